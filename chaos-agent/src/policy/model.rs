@@ -1,0 +1,150 @@
+//! The validated policy model: what the rest of the agent works with. Every
+//! value here has been checked; nothing downstream re-validates.
+
+use std::{net::IpAddr, time::Duration};
+
+/// A validated policy file (or a blast built from flags).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    /// `metadata.name`.
+    pub name: String,
+    /// Where it came from, for messages: a file path or `<flags>`.
+    pub origin: String,
+    /// `spec.duration`: faults expire in the kernel at start + duration.
+    pub duration: Duration,
+    /// `spec.startAfter` (zero when absent).
+    pub start_after: Duration,
+    pub abort_when: Option<AbortWhen>,
+    pub guard: Guard,
+    pub faults: Vec<Fault>,
+}
+
+/// `spec.abortWhen`: the steady-state guard (run by the daemon, issue 5).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AbortWhen {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub failures: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Probe {
+    Http { url: String, expect_status: u16 },
+    Tcp { addr: String },
+}
+
+/// `spec.guard`: additions to the built-in guard.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Guard {
+    pub ports: Vec<u16>,
+    pub cidrs: Vec<Cidr>,
+    /// `disableDefaults: true` turns the built-in guard off for this policy.
+    pub disable_defaults: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fault {
+    /// `spec.faults[i].name`, unique within the policy.
+    pub name: String,
+    pub kind: FaultKind,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum FaultKind {
+    Network(NetworkFault),
+    Syscall(SyscallFault),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetworkFault {
+    pub interface: String,
+    /// Named network namespace (`ip netns`), `None` for the agent's own.
+    pub netns: Option<String>,
+    pub direction: Direction,
+    pub matcher: Match,
+    pub action: NetworkAction,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Egress,
+    Ingress,
+    Both,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Any,
+    Tcp,
+    Udp,
+    /// ICMP and ICMPv6.
+    Icmp,
+}
+
+/// `match:` — fields AND together, list entries OR together; an empty list
+/// means "any".
+#[derive(Clone, Debug, PartialEq)]
+pub struct Match {
+    pub protocol: Protocol,
+    pub dst_ports: Vec<PortRange>,
+    pub src_ports: Vec<PortRange>,
+    pub dst_cidrs: Vec<Cidr>,
+    pub src_cidrs: Vec<Cidr>,
+    /// Egress only (validation refuses it on ingress and both).
+    pub cgroup: Option<CgroupSelector>,
+}
+
+/// An inclusive port range; a single port has `first == last`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+/// An address prefix; host bits are zero (validation refuses `10.0.0.1/8`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CgroupSelector {
+    /// A systemd unit name such as `db-client.service`.
+    Unit(String),
+    /// A cgroup v2 path relative to the cgroup2 mount, starting with `/`.
+    Path(String),
+}
+
+/// A percentage in [0, 100].
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+pub struct Percent(pub f64);
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum NetworkAction {
+    Loss { percent: Percent },
+    Delay { latency: Duration, jitter: Duration },
+    Corrupt { percent: Percent },
+    Duplicate { percent: Percent },
+    /// Bits per second.
+    Bandwidth { rate_bps: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyscallFault {
+    /// Syscall names as in man 2, lower case, at least one.
+    pub names: Vec<String>,
+    /// 1..=4095.
+    pub errno: i32,
+    pub percent: Percent,
+    pub target: SyscallTarget,
+    pub max_injections: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyscallTarget {
+    Pid(u32),
+    Comm(String),
+    Cgroup(String),
+    Unit(String),
+}

@@ -1,0 +1,223 @@
+//! Types shared by the kernel programs (`chaos-ebpf`) and the agent.
+//!
+//! Every type that crosses the kernel boundary is `#[repr(C)]`, holds only
+//! plain integers, has its padding spelled out as fields, and carries a
+//! compile-time size check, so both sides agree on the layout byte for byte.
+#![no_std]
+
+/// Program names as they appear in the ELF object and as the name of a
+/// netlink tc filter (`tc filter show` prints them). Start-up clean-up finds
+/// leftovers of a crashed run by these names, so they must stay unique to us.
+pub const PROG_TC_INGRESS: &str = "chaos_tc_ingress";
+pub const PROG_TC_EGRESS: &str = "chaos_tc_egress";
+
+/// Map names, used by the agent to find the maps in the loaded object.
+pub const MAP_HOOKS: &str = "CHAOS_HOOKS";
+pub const MAP_RULE_INDEX: &str = "CHAOS_RULE_INDEX";
+pub const MAP_RULES: &str = "CHAOS_RULES";
+pub const MAP_COUNTERS: &str = "CHAOS_COUNTERS";
+pub const MAP_GUARD_PORTS: &str = "CHAOS_GUARD_PORTS";
+pub const MAP_GUARD_NETS: &str = "CHAOS_GUARD_NETS";
+
+/// Name of the read-only global that switches kernel-side debug logging on.
+pub const GLOBAL_DEBUG: &str = "CHAOS_DEBUG";
+
+/// Capacity of the rule table (`CHAOS_RULES`, `CHAOS_COUNTERS`).
+pub const MAX_RULES: u32 = 16_384;
+/// Capacity of the rule index; a rule with lists of ports and CIDRs takes
+/// one entry per combination (see `RuleKey`).
+pub const MAX_RULE_KEYS: u32 = 262_144;
+/// Interfaces x directions that can carry rules at once.
+pub const MAX_HOOKS: u32 = 1_024;
+/// Distinct match shapes per hook; the per-packet cost is one hash lookup
+/// per shape, whatever the number of rules.
+pub const MAX_SHAPES: usize = 8;
+pub const MAX_GUARD_PORTS: u32 = 256;
+pub const MAX_GUARD_NETS: u32 = 256;
+
+/// Traffic direction of a hook (`HookKey::direction`).
+pub const DIR_INGRESS: u32 = 0;
+pub const DIR_EGRESS: u32 = 1;
+
+/// Address family values used in keys.
+pub const FAMILY_ANY: u8 = 0;
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// IP protocol numbers used in keys.
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// Actions a rule can take (`Rule::action`).
+pub const ACTION_LOSS: u32 = 1;
+
+/// Bits of `Shape::fields`: which packet fields take part in the key.
+pub const FIELD_PROTO: u8 = 1 << 0;
+pub const FIELD_DPORT: u8 = 1 << 1;
+pub const FIELD_SPORT: u8 = 1 << 2;
+pub const FIELD_CGROUP: u8 = 1 << 3;
+
+/// Identifies one attachment point: an interface in the namespace this
+/// program instance serves, and a direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HookKey {
+    /// Interface index, host byte order.
+    pub ifindex: u32,
+    /// `DIR_INGRESS` or `DIR_EGRESS`.
+    pub direction: u32,
+}
+const _: () = assert!(core::mem::size_of::<HookKey>() == 8);
+
+/// One match shape: which fields a group of rule keys uses. The program
+/// builds one masked key per shape and looks it up in the rule index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Shape {
+    /// `FIELD_*` bits.
+    pub fields: u8,
+    /// `FAMILY_ANY`, `FAMILY_V4` or `FAMILY_V6`; with `FAMILY_ANY` the
+    /// prefix lengths below are 0.
+    pub family: u8,
+    /// Destination prefix length in bits (0 = any address of the family).
+    pub dst_prefix: u8,
+    /// Source prefix length in bits.
+    pub src_prefix: u8,
+    /// With `FIELD_CGROUP`: the cgroup level compared, as for
+    /// `bpf_skb_ancestor_cgroup_id` (so a unit's child cgroups match too).
+    pub cgroup_level: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<Shape>() == 8);
+
+/// The shapes in use on one hook (value of `CHAOS_HOOKS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookConf {
+    /// Number of valid entries in `shapes`.
+    pub shape_count: u32,
+    pub _pad: u32,
+    pub shapes: [Shape; MAX_SHAPES],
+}
+const _: () = assert!(core::mem::size_of::<HookConf>() == 8 + 8 * MAX_SHAPES);
+
+/// Key of the rule index (`CHAOS_RULE_INDEX`): a packet's fields masked by
+/// one shape. Fields the shape leaves out are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RuleKey {
+    pub hook: HookKey,
+    /// Index of the shape in the hook's `HookConf`.
+    pub shape: u8,
+    /// IP protocol number.
+    pub proto: u8,
+    /// `FAMILY_*` (as in the shape).
+    pub family: u8,
+    pub _pad0: u8,
+    /// Destination port, host byte order.
+    pub dport: u16,
+    /// Source port, host byte order.
+    pub sport: u16,
+    /// Ancestor cgroup id at the shape's level.
+    pub cgroup_id: u64,
+    /// Destination address, network byte order, masked to the shape's
+    /// prefix; IPv4 in the first four bytes.
+    pub dst: [u8; 16],
+    /// Source address, as `dst`.
+    pub src: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<RuleKey>() == 56);
+
+/// Value of the rule index: which rule a key belongs to. When a packet
+/// matches keys of several rules, the lowest rule id wins.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleRef {
+    pub rule_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<RuleRef>() == 4);
+
+/// A rule's action and life time (`CHAOS_RULES`, indexed by rule id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    /// CLOCK_MONOTONIC (`bpf_ktime_get_ns`) nanoseconds after which the rule
+    /// is inert, whatever userspace does. 0 marks an unused slot.
+    pub deadline_ns: u64,
+    /// Probability of acting on a matched packet, as a threshold compared
+    /// with a 32-bit random number: `2^32` means always, 0 never.
+    pub threshold: u64,
+    /// `ACTION_*`.
+    pub action: u32,
+    /// 1 when the built-in guard (port 22, SSH peer, metrics port) applies.
+    pub default_guard: u32,
+}
+const _: () = assert!(core::mem::size_of::<Rule>() == 24);
+
+/// Per-rule, per-CPU decision counters (`CHAOS_COUNTERS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets that matched the rule's filter before its deadline.
+    pub matched: u64,
+    /// Packets the rule acted on (dropped, for loss).
+    pub injected: u64,
+    /// Matched packets the guard let through untouched.
+    pub guard_passed: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counters>() == 24);
+
+/// Key of the guard's port set: a TCP or UDP port that is never faulted, in
+/// either direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GuardPort {
+    /// Port, host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<GuardPort>() == 4);
+
+/// Value of both guard maps: which guard the entry belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardEntry {
+    /// `GUARD_DEFAULT` and/or `GUARD_EXTRA` bits.
+    pub kinds: u32,
+}
+const _: () = assert!(core::mem::size_of::<GuardEntry>() == 4);
+
+/// The built-in guard: applies only to rules with `default_guard == 1`.
+pub const GUARD_DEFAULT: u32 = 1 << 0;
+/// Guard entries added by policies: apply to every rule.
+pub const GUARD_EXTRA: u32 = 1 << 1;
+
+/// Data of the guard's LPM trie key: an address of either family.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardNet {
+    /// `FAMILY_V4` or `FAMILY_V6`. Family and padding are the first 32 bits
+    /// of every prefix, so a prefix length is `32 + CIDR bits`.
+    pub family: u8,
+    pub _pad: [u8; 3],
+    /// Address, network byte order, IPv4 in the first four bytes.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<GuardNet>() == 20);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)] plain integers with explicit padding.
+    unsafe impl aya::Pod for HookKey {}
+    unsafe impl aya::Pod for HookConf {}
+    unsafe impl aya::Pod for RuleKey {}
+    unsafe impl aya::Pod for RuleRef {}
+    unsafe impl aya::Pod for Rule {}
+    unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for GuardPort {}
+    unsafe impl aya::Pod for GuardEntry {}
+    unsafe impl aya::Pod for GuardNet {}
+}

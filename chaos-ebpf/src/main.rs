@@ -1,0 +1,293 @@
+//! chaos-agent's kernel side: one TC classifier, attached at ingress and at
+//! egress, that selects packets by rule and acts on them.
+//!
+//! Each entry point calls [`classify`] and turns its result into a verdict in
+//! one place, [`verdict`]: any parse or lookup problem lets the packet pass
+//! untouched (fail open). A fault injector that fails closed would turn its
+//! own bugs into outages.
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{__sk_buff, BPF_F_NO_PREALLOC, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id},
+    macros::{classifier, map},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    programs::TcContext,
+};
+use aya_log_ebpf::debug;
+use chaos_common::{
+    ACTION_LOSS, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_ANY, FIELD_CGROUP, FIELD_DPORT,
+    FIELD_PROTO, FIELD_SPORT, GUARD_DEFAULT, GUARD_EXTRA, GuardEntry, GuardNet, GuardPort,
+    HookConf, HookKey, MAX_GUARD_NETS, MAX_GUARD_PORTS, MAX_HOOKS, MAX_RULE_KEYS, MAX_RULES,
+    MAX_SHAPES, Rule, RuleKey, RuleRef, Shape,
+};
+use parse::{Packet, Parsed};
+
+/// Set to 1 by the agent (`--debug-kernel`) to emit aya-log records. A
+/// read-only global: the verifier drops the logging code when it is 0.
+#[unsafe(no_mangle)]
+static CHAOS_DEBUG: u8 = 0;
+
+#[map(name = "CHAOS_HOOKS")]
+static HOOKS: HashMap<HookKey, HookConf> = HashMap::with_max_entries(MAX_HOOKS, 0);
+
+#[map(name = "CHAOS_RULE_INDEX")]
+static RULE_INDEX: HashMap<RuleKey, RuleRef> =
+    HashMap::with_max_entries(MAX_RULE_KEYS, BPF_F_NO_PREALLOC);
+
+#[map(name = "CHAOS_RULES")]
+static RULES: Array<Rule> = Array::with_max_entries(MAX_RULES, 0);
+
+#[map(name = "CHAOS_COUNTERS")]
+static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+
+/// Per-CPU scratch space for the parsed packet and the lookup key: they do
+/// not fit on the 512-byte BPF stack once the shape loop is unrolled.
+#[repr(C)]
+struct Scratch {
+    key: RuleKey,
+    pkt: Packet,
+}
+
+#[map(name = "CHAOS_SCRATCH")]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "CHAOS_GUARD_PORTS")]
+static GUARD_PORTS: HashMap<GuardPort, GuardEntry> = HashMap::with_max_entries(MAX_GUARD_PORTS, 0);
+
+#[map(name = "CHAOS_GUARD_NETS")]
+static GUARD_NETS: LpmTrie<GuardNet, GuardEntry> =
+    LpmTrie::with_max_entries(MAX_GUARD_NETS, BPF_F_NO_PREALLOC);
+
+#[classifier]
+pub fn chaos_tc_ingress(ctx: TcContext) -> i32 {
+    verdict(classify(&ctx, DIR_INGRESS))
+}
+
+#[classifier]
+pub fn chaos_tc_egress(ctx: TcContext) -> i32 {
+    verdict(classify(&ctx, DIR_EGRESS))
+}
+
+/// What to do with a packet.
+enum Decision {
+    Pass,
+    Drop,
+}
+
+/// The one place where a classification result becomes a TC verdict. Errors
+/// pass: we fail open. "Pass" is `TC_ACT_UNSPEC`, which hands the packet to
+/// the next program or filter on the hook, so we never override a decision
+/// another tool (a CNI, a firewall) would make.
+#[inline(always)]
+fn verdict(result: Result<Decision, ()>) -> i32 {
+    match result {
+        Ok(Decision::Drop) => TC_ACT_SHOT as i32,
+        Ok(Decision::Pass) | Err(()) => TC_ACT_UNSPEC,
+    }
+}
+
+#[inline(always)]
+fn debug_enabled() -> bool {
+    // SAFETY: a plain read of a read-only global; volatile so the compiler
+    // keeps the load the agent patches at load time.
+    unsafe { core::ptr::read_volatile(&CHAOS_DEBUG) != 0 }
+}
+
+fn classify(ctx: &TcContext, direction: u32) -> Result<Decision, ()> {
+    let skb = ctx.as_ptr() as *mut __sk_buff;
+    // SAFETY: the context pointer is the kernel's __sk_buff for this packet.
+    let ifindex = unsafe { (*skb).ifindex };
+    let hook = HookKey { ifindex, direction };
+    // Fast path: a hook without rules costs one lookup.
+    let Some(conf) = (unsafe { HOOKS.get(&hook) }) else {
+        return Ok(Decision::Pass);
+    };
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: this CPU's scratch slot; a tc program runs to completion on
+    // one CPU without being re-entered, so nothing else uses it meanwhile.
+    let scratch = unsafe { &mut *scratch };
+    if let Parsed::Skip = parse::parse(ctx, &mut scratch.pkt)? {
+        return Ok(Decision::Pass);
+    }
+    let pkt = &scratch.pkt;
+    // The guard is evaluated before any rule; a guarded packet that matches a
+    // rule is counted as guard-passed for that rule and left alone.
+    let guard = guard_kinds(pkt);
+    let Some((rule_id, rule)) = lookup_rule(&mut scratch.key, skb, &hook, conf, pkt) else {
+        return Ok(Decision::Pass);
+    };
+    let counters = COUNTERS.get_ptr_mut(rule_id).ok_or(())?;
+    // SAFETY: a per-CPU slot: no other CPU writes it, and BPF programs do not
+    // preempt each other on one CPU for the same map slot in tc context.
+    let counters = unsafe { &mut *counters };
+    counters.matched += 1;
+    let guarded = guard & GUARD_EXTRA != 0 || (rule.default_guard != 0 && guard & GUARD_DEFAULT != 0);
+    if guarded {
+        counters.guard_passed += 1;
+        return Ok(Decision::Pass);
+    }
+    // A 32-bit random number below the threshold acts; threshold 2^32 always.
+    if u64::from(unsafe { bpf_get_prandom_u32() }) >= rule.threshold {
+        return Ok(Decision::Pass);
+    }
+    match rule.action {
+        ACTION_LOSS => {
+            counters.injected += 1;
+            if debug_enabled() {
+                debug!(ctx, "rule {} dropped a packet on ifindex {} dir {}", rule_id, ifindex, direction);
+            }
+            Ok(Decision::Drop)
+        }
+        _ => Ok(Decision::Pass),
+    }
+}
+
+/// Which guards cover this packet: `GUARD_DEFAULT` and/or `GUARD_EXTRA`.
+#[inline(always)]
+fn guard_kinds(pkt: &Packet) -> u32 {
+    let mut kinds = 0;
+    if pkt.has_ports != 0 {
+        for port in [pkt.sport, pkt.dport] {
+            if let Some(e) = unsafe { GUARD_PORTS.get(&GuardPort { port, _pad: 0 }) } {
+                kinds |= e.kinds;
+            }
+        }
+    }
+    for addr in [pkt.src, pkt.dst] {
+        let key = Key::new(
+            32 + if pkt.family == chaos_common::FAMILY_V4 { 32 } else { 128 },
+            GuardNet {
+                family: pkt.family,
+                _pad: [0; 3],
+                addr,
+            },
+        );
+        if let Some(e) = GUARD_NETS.get(&key) {
+            kinds |= e.kinds;
+        }
+    }
+    kinds
+}
+
+/// Finds the matching rule with the lowest id whose deadline has not
+/// passed. One hash lookup per shape in use on the hook (at most
+/// `MAX_SHAPES`), independent of the number of rules.
+#[inline(always)]
+fn lookup_rule(
+    key: &mut RuleKey,
+    skb: *mut __sk_buff,
+    hook: &HookKey,
+    conf: &HookConf,
+    pkt: &Packet,
+) -> Option<(u32, &'static Rule)> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut best: Option<(u32, &'static Rule)> = None;
+    let count = conf.shape_count as usize;
+    for i in 0..MAX_SHAPES {
+        if i >= count {
+            break;
+        }
+        if !shape_key(key, skb, hook, i as u8, &conf.shapes[i], pkt) {
+            continue;
+        }
+        let Some(found) = (unsafe { RULE_INDEX.get(key) }) else {
+            continue;
+        };
+        let id = found.rule_id;
+        if let Some((best_id, _)) = best {
+            if best_id <= id {
+                continue;
+            }
+        }
+        let Some(rule) = RULES.get(id) else {
+            continue;
+        };
+        // Past its deadline (or an unused slot, deadline 0) a rule is inert.
+        if rule.deadline_ns <= now {
+            continue;
+        }
+        best = Some((id, rule));
+    }
+    best
+}
+
+/// Fills `key` with the packet's fields for one shape; false when the packet
+/// cannot match that shape at all (other family, no ports, no cgroup on
+/// ingress).
+#[inline(always)]
+fn shape_key(
+    key: &mut RuleKey,
+    skb: *mut __sk_buff,
+    hook: &HookKey,
+    index: u8,
+    shape: &Shape,
+    pkt: &Packet,
+) -> bool {
+    if shape.family != FAMILY_ANY && shape.family != pkt.family {
+        return false;
+    }
+    let ports = shape.fields & (FIELD_DPORT | FIELD_SPORT) != 0;
+    if ports && pkt.has_ports == 0 {
+        return false;
+    }
+    key.hook = *hook;
+    key.shape = index;
+    key.family = shape.family;
+    key._pad0 = 0;
+    key.proto = if shape.fields & FIELD_PROTO != 0 { pkt.proto } else { 0 };
+    key.dport = if shape.fields & FIELD_DPORT != 0 { pkt.dport } else { 0 };
+    key.sport = if shape.fields & FIELD_SPORT != 0 { pkt.sport } else { 0 };
+    key.cgroup_id = 0;
+    if shape.fields & FIELD_CGROUP != 0 {
+        if hook.direction != DIR_EGRESS {
+            return false;
+        }
+        // SAFETY: skb is this program's context. Returns 0 when the packet
+        // has no socket or the level is deeper than its cgroup.
+        key.cgroup_id = unsafe { bpf_skb_ancestor_cgroup_id(skb, shape.cgroup_level as i32) };
+        if key.cgroup_id == 0 {
+            return false;
+        }
+    }
+    let (dst_prefix, src_prefix) = if shape.family == FAMILY_ANY {
+        (0, 0)
+    } else {
+        (shape.dst_prefix, shape.src_prefix)
+    };
+    mask_into(&mut key.dst, &pkt.dst, dst_prefix);
+    mask_into(&mut key.src, &pkt.src, src_prefix);
+    true
+}
+
+/// Copies `addr` into `out` with all bits past `prefix` cleared.
+#[inline(always)]
+fn mask_into(out: &mut [u8; 16], addr: &[u8; 16], prefix: u8) {
+    let full = (prefix / 8) as usize;
+    let rest = prefix % 8;
+    for i in 0..16 {
+        out[i] = if i < full {
+            addr[i]
+        } else if i == full && rest != 0 {
+            addr[i] & (0xffu8 << (8 - rest))
+        } else {
+            0
+        };
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects programs with reachable panics; this is never
+    // entered at run time.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
