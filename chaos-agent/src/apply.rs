@@ -1,0 +1,536 @@
+//! Loading, filling the maps, attaching, reading counters and reverting.
+//!
+//! `apply` is all or nothing: the policy is checked, every interface and
+//! cgroup resolved, every rule encoded before anything touches the kernel;
+//! if loading or attaching fails half-way, what was attached is detached
+//! again before the error is returned.
+//!
+//! One program instance (one `Ebpf`, its own maps) serves each network
+//! namespace, so interface indexes in keys are unambiguous.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::LinkOrder,
+        tc::{self, NlOptions, SchedClassifierLink, TcAttach},
+    },
+    util::KernelVersion,
+};
+use chaos_common::{
+    Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, GLOBAL_DEBUG, GUARD_DEFAULT,
+    GUARD_EXTRA, GuardEntry, GuardNet, GuardPort, HookKey, MAP_COUNTERS, MAP_GUARD_NETS,
+    MAP_GUARD_PORTS, MAP_HOOKS, MAP_RULE_INDEX, MAP_RULES, PROG_TC_EGRESS, PROG_TC_INGRESS,
+    RuleKey, RuleRef,
+};
+use tracing::{info, warn};
+
+use crate::{
+    cgroup,
+    error::{Error, Result},
+    leftovers::{self, NetlinkRecord, StateFile},
+    netns::{self, NetnsGuard},
+    policy::model::{Cidr, Direction, FaultKind, NetworkAction, NetworkFault, Policy},
+    rules::{self, RuleSpec},
+};
+
+/// The eBPF object, built by build.rs and embedded in the binary.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos-ebpf"));
+
+/// tcx links exist from Linux 6.6 on.
+pub fn has_tcx() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// The embedded object, for `probe`.
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
+
+/// How programs are attached to interfaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// tcx links where the kernel has them (6.6+), netlink clsact otherwise.
+    Auto,
+    /// tcx links only (fd-owned: a killed agent leaves nothing attached).
+    Tcx,
+    /// netlink clsact filters (persist until removed; the in-kernel deadline
+    /// makes them inert and the next start removes them).
+    Netlink,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub attach: AttachMode,
+    /// Emit aya-log records from the kernel side.
+    pub debug_kernel: bool,
+    /// Ports added to the built-in guard (the agent's own metrics port).
+    pub extra_default_ports: Vec<u16>,
+}
+
+/// What one applied fault looks like to the user, and where its counters are.
+#[derive(Clone, Debug)]
+pub struct FaultHandle {
+    pub policy: String,
+    pub fault: String,
+    pub action: &'static str,
+    pub interface: String,
+    pub netns: Option<String>,
+    pub direction: Direction,
+    instance: usize,
+    rule_id: u32,
+}
+
+/// Summed per-CPU counters of one fault.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounters {
+    pub matched: u64,
+    pub injected: u64,
+    pub guard_passed: u64,
+}
+
+struct Instance {
+    netns: Option<String>,
+    ebpf: Ebpf,
+    links: Vec<AttachedLink>,
+    _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+struct AttachedLink {
+    iface: String,
+    direction: u32,
+    link: SchedClassifierLink,
+    netlink: Option<NetlinkRecord>,
+}
+
+/// A policy in force. Dropping it without `revert` detaches too, but
+/// `revert` reports what could not be removed.
+pub struct Applied {
+    instances: Vec<Instance>,
+    pub faults: Vec<FaultHandle>,
+    /// CLOCK_MONOTONIC nanoseconds at which the kernel stops acting.
+    pub deadline_ns: u64,
+    pub mode: &'static str,
+    state: Option<StateFile>,
+}
+
+/// CLOCK_MONOTONIC now, the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn action_name(a: &NetworkAction) -> &'static str {
+    match a {
+        NetworkAction::Loss { .. } => "loss",
+        NetworkAction::Delay { .. } => "delay",
+        NetworkAction::Corrupt { .. } => "corrupt",
+        NetworkAction::Duplicate { .. } => "duplicate",
+        NetworkAction::Bandwidth { .. } => "bandwidth",
+    }
+}
+
+fn directions(d: Direction) -> &'static [u32] {
+    match d {
+        Direction::Egress => &[DIR_EGRESS],
+        Direction::Ingress => &[DIR_INGRESS],
+        Direction::Both => &[DIR_INGRESS, DIR_EGRESS],
+    }
+}
+
+pub fn direction_name(d: u32) -> &'static str {
+    if d == DIR_INGRESS { "ingress" } else { "egress" }
+}
+
+/// Refuses what this build cannot do yet, before anything is touched.
+pub fn check_supported(policy: &Policy) -> Result<()> {
+    for f in &policy.faults {
+        match &f.kind {
+            FaultKind::Network(n) => {
+                if !matches!(n.action, NetworkAction::Loss { .. }) {
+                    return Err(Error::Invalid(format!(
+                        "{}: fault {}: the {} action is not implemented yet (only loss is)",
+                        policy.origin,
+                        f.name,
+                        action_name(&n.action)
+                    )));
+                }
+            }
+            FaultKind::Syscall(_) => {
+                return Err(Error::Invalid(format!(
+                    "{}: fault {}: syscall faults are not implemented yet",
+                    policy.origin, f.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The built-in guard's addresses: the peer of `SSH_CONNECTION`, if set.
+fn ssh_peer() -> Option<IpAddr> {
+    let v = std::env::var("SSH_CONNECTION").ok()?;
+    v.split_whitespace().next()?.parse().ok()
+}
+
+fn guard_net(addr: IpAddr, prefix: u8) -> Key<GuardNet> {
+    let mut a = [0u8; 16];
+    let family = match addr {
+        IpAddr::V4(v4) => {
+            a[..4].copy_from_slice(&v4.octets());
+            FAMILY_V4
+        }
+        IpAddr::V6(v6) => {
+            a.copy_from_slice(&v6.octets());
+            FAMILY_V6
+        }
+    };
+    Key::new(32 + u32::from(prefix), GuardNet { family, _pad: [0; 3], addr: a })
+}
+
+/// Guard map contents: (ports, nets), each tagged default and/or extra.
+fn guard_entries(policy: &Policy, opts: &Options) -> (BTreeMap<u16, u32>, Vec<(Cidr, u32)>) {
+    let mut ports: BTreeMap<u16, u32> = BTreeMap::new();
+    let mut nets: Vec<(Cidr, u32)> = Vec::new();
+    for p in std::iter::once(22).chain(opts.extra_default_ports.iter().copied()) {
+        *ports.entry(p).or_default() |= GUARD_DEFAULT;
+    }
+    if let Some(peer) = ssh_peer() {
+        let prefix = if peer.is_ipv4() { 32 } else { 128 };
+        nets.push((Cidr { addr: peer, prefix }, GUARD_DEFAULT));
+    }
+    for &p in &policy.guard.ports {
+        *ports.entry(p).or_default() |= GUARD_EXTRA;
+    }
+    for c in &policy.guard.cidrs {
+        nets.push((*c, GUARD_EXTRA));
+    }
+    (ports, nets)
+}
+
+/// A network fault with everything resolved, grouped by namespace.
+struct Planned<'a> {
+    fault_name: &'a str,
+    fault: &'a NetworkFault,
+    hooks: Vec<HookKey>,
+    cgroup: Option<rules::ResolvedCgroup>,
+}
+
+pub fn apply(policy: &Policy, opts: &Options) -> Result<Applied> {
+    check_supported(policy)?;
+    let mode = match opts.attach {
+        AttachMode::Netlink => "netlink",
+        AttachMode::Tcx | AttachMode::Auto if has_tcx() => "tcx",
+        AttachMode::Tcx => {
+            return Err(Error::Unsupported(
+                "tcx links need Linux 6.6 or later; use --attach netlink".into(),
+            ));
+        }
+        AttachMode::Auto => "netlink",
+    };
+
+    // 1. Resolve everything, per namespace, before touching the kernel.
+    let mut by_netns: BTreeMap<Option<String>, Vec<Planned<'_>>> = BTreeMap::new();
+    for f in &policy.faults {
+        let FaultKind::Network(n) = &f.kind else { continue };
+        let ifindex = {
+            let _ns = NetnsGuard::enter(n.netns.as_deref())?;
+            netns::ifindex(&n.interface).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{}: fault {}: interface {} not found{}",
+                    policy.origin,
+                    f.name,
+                    n.interface,
+                    n.netns.as_deref().map(|s| format!(" in netns {s}")).unwrap_or_default()
+                ))
+            })?
+        };
+        let cgroup = n.matcher.cgroup.as_ref().map(cgroup::resolve).transpose()?;
+        let hooks = directions(n.direction).iter().map(|&direction| HookKey { ifindex, direction }).collect();
+        by_netns.entry(n.netns.clone()).or_default().push(Planned { fault_name: &f.name, fault: n, hooks, cgroup });
+    }
+    if by_netns.is_empty() {
+        return Err(Error::Invalid(format!("{}: no network faults to apply", policy.origin)));
+    }
+
+    let deadline_ns = monotonic_ns() + policy.duration.as_nanos() as u64;
+    let (guard_ports, guard_nets) = guard_entries(policy, opts);
+    let mut faults = Vec::new();
+    let mut encoded = Vec::new();
+    for (i, (ns, planned)) in by_netns.iter().enumerate() {
+        let mut specs = Vec::new();
+        for (id, p) in planned.iter().enumerate() {
+            let rule = rules::kernel_rule(&p.fault.action, deadline_ns, !policy.guard.disable_defaults)
+                .ok_or_else(|| Error::Invalid(format!("fault {}: action not implemented yet", p.fault_name)))?;
+            specs.push(RuleSpec { id: id as u32, hooks: p.hooks.clone(), matcher: &p.fault.matcher, cgroup: p.cgroup, rule });
+            faults.push(FaultHandle {
+                policy: policy.name.clone(),
+                fault: p.fault_name.to_owned(),
+                action: action_name(&p.fault.action),
+                interface: p.fault.interface.clone(),
+                netns: ns.clone(),
+                direction: p.fault.direction,
+                instance: i,
+                rule_id: id as u32,
+            });
+        }
+        let enc = rules::encode(&specs).map_err(|e| Error::Invalid(format!("{}: {e}", policy.origin)))?;
+        encoded.push((ns.clone(), planned, enc));
+    }
+
+    // 2. Clear leftovers of crashed runs where we are about to attach.
+    let namespaces: Vec<Option<String>> = by_netns.keys().cloned().collect();
+    leftovers::clean(&namespaces);
+
+    // 3. Load, fill, attach. On any error, `applied` drops and detaches.
+    let mut applied = Applied { instances: Vec::new(), faults, deadline_ns, mode, state: None };
+    if mode == "netlink" {
+        applied.state = Some(StateFile::create()?);
+    }
+    for (ns, planned, enc) in encoded {
+        let mut ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_DEBUG, &u8::from(opts.debug_kernel), true)
+            .load(OBJECT)
+            .map_err(|e| Error::Runtime(format!("loading the eBPF object failed: {e}")))?;
+        let logger = if opts.debug_kernel {
+            match aya_log::EbpfLogger::init(&mut ebpf) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    warn!("kernel-side logging unavailable: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        fill_maps(&mut ebpf, &enc, &guard_ports, &guard_nets)?;
+        applied.instances.push(Instance { netns: ns.clone(), ebpf, links: Vec::new(), _logger: logger });
+        let instance = applied.instances.last_mut().expect("just pushed");
+        let mut hooks: Vec<(String, u32)> = planned
+            .iter()
+            .flat_map(|p| directions(p.fault.direction).iter().map(|&d| (p.fault.interface.clone(), d)))
+            .collect();
+        hooks.sort();
+        hooks.dedup();
+        let _ns = NetnsGuard::enter(ns.as_deref())?;
+        for (iface, direction) in hooks {
+            attach_one(instance, &iface, direction, mode, applied.state.as_mut())?;
+        }
+    }
+    info!(
+        policy = %policy.name,
+        faults = applied.faults.len(),
+        mode,
+        deadline_ns,
+        "applied"
+    );
+    Ok(applied)
+}
+
+fn map_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Runtime(format!("{what}: {e}"))
+}
+
+fn fill_maps(
+    ebpf: &mut Ebpf,
+    enc: &rules::Encoded,
+    guard_ports: &BTreeMap<u16, u32>,
+    guard_nets: &[(Cidr, u32)],
+) -> Result<()> {
+    {
+        let mut ports: HashMap<_, GuardPort, GuardEntry> =
+            HashMap::try_from(ebpf.map_mut(MAP_GUARD_PORTS).ok_or_else(|| map_err(MAP_GUARD_PORTS, "missing"))?)
+                .map_err(|e| map_err(MAP_GUARD_PORTS, e))?;
+        for (&port, &kinds) in guard_ports {
+            ports.insert(&GuardPort { port, _pad: 0 }, &GuardEntry { kinds }, 0).map_err(|e| map_err(MAP_GUARD_PORTS, e))?;
+        }
+    }
+    {
+        let mut nets: LpmTrie<_, GuardNet, GuardEntry> =
+            LpmTrie::try_from(ebpf.map_mut(MAP_GUARD_NETS).ok_or_else(|| map_err(MAP_GUARD_NETS, "missing"))?)
+                .map_err(|e| map_err(MAP_GUARD_NETS, e))?;
+        for (cidr, kinds) in guard_nets {
+            let key = guard_net(cidr.addr, cidr.prefix);
+            let kinds = nets.get(&key, 0).map(|e| e.kinds).unwrap_or(0) | kinds;
+            nets.insert(&key, &GuardEntry { kinds }, 0).map_err(|e| map_err(MAP_GUARD_NETS, e))?;
+        }
+    }
+    {
+        let mut rules_map: Array<_, chaos_common::Rule> =
+            Array::try_from(ebpf.map_mut(MAP_RULES).ok_or_else(|| map_err(MAP_RULES, "missing"))?)
+                .map_err(|e| map_err(MAP_RULES, e))?;
+        for (id, rule) in &enc.rules {
+            rules_map.set(*id, rule, 0).map_err(|e| map_err(MAP_RULES, e))?;
+        }
+    }
+    {
+        let mut index: HashMap<_, RuleKey, RuleRef> =
+            HashMap::try_from(ebpf.map_mut(MAP_RULE_INDEX).ok_or_else(|| map_err(MAP_RULE_INDEX, "missing"))?)
+                .map_err(|e| map_err(MAP_RULE_INDEX, e))?;
+        for (key, value) in &enc.keys {
+            index.insert(key, value, 0).map_err(|e| map_err(MAP_RULE_INDEX, e))?;
+        }
+    }
+    // Hooks last: until a hook has its entry, the program passes everything.
+    let mut hooks: HashMap<_, HookKey, chaos_common::HookConf> =
+        HashMap::try_from(ebpf.map_mut(MAP_HOOKS).ok_or_else(|| map_err(MAP_HOOKS, "missing"))?)
+            .map_err(|e| map_err(MAP_HOOKS, e))?;
+    for (k, conf) in &enc.hooks {
+        hooks.insert(&k.key(), conf, 0).map_err(|e| map_err(MAP_HOOKS, e))?;
+    }
+    Ok(())
+}
+
+fn program_name(direction: u32) -> &'static str {
+    if direction == DIR_INGRESS { PROG_TC_INGRESS } else { PROG_TC_EGRESS }
+}
+
+fn attach_type(direction: u32) -> TcAttachType {
+    if direction == DIR_INGRESS { TcAttachType::Ingress } else { TcAttachType::Egress }
+}
+
+/// Attaches one program in the current thread's namespace.
+fn attach_one(
+    instance: &mut Instance,
+    iface: &str,
+    direction: u32,
+    mode: &'static str,
+    state: Option<&mut StateFile>,
+) -> Result<()> {
+    let name = program_name(direction);
+    let prog: &mut SchedClassifier = instance
+        .ebpf
+        .program_mut(name)
+        .ok_or_else(|| map_err(name, "program missing from the object"))?
+        .try_into()
+        .map_err(|e| map_err(name, e))?;
+    if prog.fd().is_err() {
+        prog.load().map_err(|e| Error::Runtime(format!("the kernel refused program {name}: {e}")))?;
+    }
+    let iface_c = std::ffi::CString::new(iface).map_err(|_| Error::Invalid(format!("interface {iface:?}")))?;
+    let where_ = format!("{iface} {}", direction_name(direction));
+    let (link, netlink) = if mode == "tcx" {
+        let id = prog
+            .attach(iface_c.as_c_str(), TcAttach::Tcx { attach_type: attach_type(direction), order: LinkOrder::default() })
+            .map_err(|e| Error::Runtime(format!("tcx attach on {where_} failed: {e}")))?;
+        (prog.take_link(id).map_err(|e| map_err(&where_, e))?, None)
+    } else {
+        let created_clsact = match tc::qdisc_add_clsact(iface_c.as_c_str()) {
+            Ok(()) => true,
+            Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
+            Err(e) => return Err(Error::Runtime(format!("adding the clsact qdisc on {iface} failed: {e}"))),
+        };
+        let id = prog
+            .attach(
+                iface_c.as_c_str(),
+                TcAttach::Netlink { parent: attach_type(direction).into(), options: NlOptions::default() },
+            )
+            .map_err(|e| Error::Runtime(format!("netlink attach on {where_} failed: {e}")))?;
+        let link = prog.take_link(id).map_err(|e| map_err(&where_, e))?;
+        let record = NetlinkRecord {
+            netns: instance.netns.clone(),
+            iface: iface.to_owned(),
+            direction,
+            priority: link.priority().map_err(|e| map_err(&where_, e))?,
+            handle: u32::from(link.handle().map_err(|e| map_err(&where_, e))?),
+            created_clsact,
+        };
+        if let Some(state) = state {
+            state.add(record.clone())?;
+        }
+        (link, Some(record))
+    };
+    instance.links.push(AttachedLink { iface: iface.to_owned(), direction, link, netlink });
+    Ok(())
+}
+
+impl Applied {
+    /// Current counters of every fault, in `faults` order.
+    pub fn counters(&self) -> Vec<FaultCounters> {
+        self.faults
+            .iter()
+            .map(|f| {
+                let Some(instance) = self.instances.get(f.instance) else { return FaultCounters::default() };
+                let Some(map) = instance.ebpf.map(MAP_COUNTERS) else { return FaultCounters::default() };
+                let Ok(array) = PerCpuArray::<_, Counters>::try_from(map) else { return FaultCounters::default() };
+                let Ok(values) = array.get(&f.rule_id, 0) else { return FaultCounters::default() };
+                values.iter().fold(FaultCounters::default(), |acc, c| FaultCounters {
+                    matched: acc.matched + c.matched,
+                    injected: acc.injected + c.injected,
+                    guard_passed: acc.guard_passed + c.guard_passed,
+                })
+            })
+            .collect()
+    }
+
+    /// Time until the kernel deadline.
+    pub fn remaining(&self) -> Duration {
+        Duration::from_nanos(self.deadline_ns.saturating_sub(monotonic_ns()))
+    }
+
+    /// Detaches everything. Returns what could not be removed.
+    pub fn revert(mut self) -> Vec<String> {
+        let mut failures = Vec::new();
+        for instance in std::mem::take(&mut self.instances) {
+            failures.extend(revert_instance(instance));
+        }
+        if let Some(state) = self.state.take() {
+            if failures.is_empty() {
+                state.remove();
+            }
+        }
+        failures
+    }
+}
+
+impl Drop for Applied {
+    fn drop(&mut self) {
+        for instance in std::mem::take(&mut self.instances) {
+            for f in revert_instance(instance) {
+                warn!("{f}");
+            }
+        }
+    }
+}
+
+fn revert_instance(mut instance: Instance) -> Vec<String> {
+    let mut failures = Vec::new();
+    let ns = match NetnsGuard::enter(instance.netns.as_deref()) {
+        Ok(g) => g,
+        Err(e) => {
+            // The namespace is gone, and with it its interfaces and filters.
+            warn!("revert: {e}; its interfaces went with it");
+            std::mem::forget(instance.links);
+            return failures;
+        }
+    };
+    let mut our_clsacts = Vec::new();
+    for l in instance.links.drain(..) {
+        let what = format!("{} {}", l.iface, direction_name(l.direction));
+        // Netlink links are detached in the namespace they live in: we are
+        // in it now. tcx links just close their fd.
+        if let Err(e) = aya::programs::links::Link::detach(l.link) {
+            if netns::ifindex(&l.iface).is_some() {
+                failures.push(format!("could not detach from {what}: {e}"));
+            }
+        }
+        if l.netlink.is_some_and(|r| r.created_clsact) {
+            our_clsacts.push(l.iface);
+        }
+    }
+    // Only once both directions are gone: a clsact we added goes too.
+    for iface in our_clsacts {
+        leftovers::remove_clsact_if_empty(&iface);
+    }
+    drop(ns);
+    failures
+}

@@ -1,0 +1,159 @@
+//! `blast`: apply a policy in the foreground, show live counters once a
+//! second, revert at the end of the duration, on Ctrl-C or on SIGTERM.
+
+use std::{
+    io::{IsTerminal, Write},
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+use crate::{
+    apply::{self, Applied, FaultCounters, Options},
+    error::{Error, Result},
+    policy::model::{Direction, Policy},
+};
+
+const TICK: Duration = Duration::from_millis(50);
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+fn direction_label(d: Direction) -> &'static str {
+    match d {
+        Direction::Egress => "egress",
+        Direction::Ingress => "ingress",
+        Direction::Both => "both",
+    }
+}
+
+fn counters_json(applied: &Applied, counters: &[FaultCounters]) -> serde_json::Value {
+    let faults: Vec<_> = applied
+        .faults
+        .iter()
+        .zip(counters)
+        .map(|(f, c)| {
+            json!({
+                "policy": f.policy, "fault": f.fault, "action": f.action,
+                "interface": f.interface, "netns": f.netns, "direction": direction_label(f.direction),
+                "matched": c.matched, "injected": c.injected, "guard_passed": c.guard_passed,
+            })
+        })
+        .collect();
+    json!(faults)
+}
+
+fn human_line(applied: &Applied, counters: &[FaultCounters]) -> String {
+    applied
+        .faults
+        .iter()
+        .zip(counters)
+        .map(|(f, c)| {
+            let share = if c.matched > 0 { 100.0 * c.injected as f64 / c.matched as f64 } else { 0.0 };
+            format!(
+                "{} {} {}: matched {} dropped {} ({share:.1}%) guard-passed {}",
+                f.interface,
+                direction_label(f.direction),
+                f.fault,
+                c.matched,
+                c.injected,
+                c.guard_passed
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// Runs the blast; the exit code follows CONTRACT section 2.
+pub fn run(policy: &Policy, opts: &Options, json_out: bool) -> Result<ExitCode> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .map_err(|e| Error::Runtime(format!("cannot install signal handler: {e}")))?;
+    }
+    if policy.start_after > Duration::ZERO {
+        let until = Instant::now() + policy.start_after;
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(TICK);
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let applied = apply::apply(policy, opts)?;
+    let total = policy.duration;
+    let tty = std::io::stderr().is_terminal() && !json_out;
+    if json_out {
+        println!(
+            "{}",
+            json!({"event": "applied", "policy": policy.name, "mode": applied.mode,
+                   "deadline_ns": applied.deadline_ns, "pid": std::process::id()})
+        );
+    } else {
+        eprintln!(
+            "chaos-agent: {} fault(s) of {} in force via {}; reverting in {} (Ctrl-C to stop now)",
+            applied.faults.len(),
+            policy.name,
+            applied.mode,
+            humantime::format_duration(total)
+        );
+    }
+    let started = Instant::now();
+    let mut next_report = started + REPORT_EVERY;
+    let reason = loop {
+        if stop.load(Ordering::Relaxed) {
+            break "signal";
+        }
+        if applied.remaining().is_zero() {
+            break "deadline";
+        }
+        std::thread::sleep(TICK);
+        if Instant::now() >= next_report {
+            next_report += REPORT_EVERY;
+            let counters = applied.counters();
+            let elapsed = started.elapsed().min(total);
+            if json_out {
+                println!(
+                    "{}",
+                    json!({"event": "counters", "elapsed_ms": elapsed.as_millis() as u64, "faults": counters_json(&applied, &counters)})
+                );
+            } else if tty {
+                let width = 20usize;
+                let done = ((elapsed.as_secs_f64() / total.as_secs_f64()) * width as f64) as usize;
+                eprint!(
+                    "\r\x1b[K[{}{}] {:>5.0}s/{}s  {}",
+                    "#".repeat(done.min(width)),
+                    "-".repeat(width - done.min(width)),
+                    elapsed.as_secs_f64(),
+                    total.as_secs(),
+                    human_line(&applied, &counters)
+                );
+            } else {
+                eprintln!("[{:.0}s/{}s] {}", elapsed.as_secs_f64(), total.as_secs(), human_line(&applied, &counters));
+            }
+            let _ = std::io::stdout().flush();
+        }
+    };
+    let counters = applied.counters();
+    let final_json = counters_json(&applied, &counters);
+    let final_text = human_line(&applied, &counters);
+    if tty {
+        eprintln!();
+    }
+    let failures = applied.revert();
+    if json_out {
+        println!("{}", json!({"event": "reverted", "reason": reason, "faults": final_json, "left": failures}));
+    } else {
+        eprintln!("chaos-agent: reverted ({reason})");
+        println!("{final_text}");
+    }
+    if failures.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(Error::Runtime(format!("revert incomplete; left behind: {}", failures.join("; "))))
+    }
+}
+

@@ -1,0 +1,284 @@
+//! Command-line interface (CONTRACT section 1) and exit codes (section 2).
+
+use std::{
+    io::IsTerminal,
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{
+    apply::{AttachMode, Options},
+    blast,
+    error::{Error, Result},
+    policy::{
+        self,
+        model::{
+            CgroupSelector, Cidr, Direction, Fault, FaultKind, Guard, Match, NetworkAction,
+            NetworkFault, Percent, Policy, PortRange, Protocol,
+        },
+        values,
+    },
+    probe,
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "chaos-agent", version, about = "eBPF fault injector: network faults with deadlines enforced in the kernel")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// One-off fault in the foreground; reverts at the end of --duration, on Ctrl-C or SIGTERM.
+    Blast(BlastArgs),
+    /// Check policy files or directories without touching the kernel.
+    Validate {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print what this kernel supports, with the reason for every "no".
+    Probe {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Daemon mode (not implemented yet).
+    Run {
+        #[arg(long)]
+        policies: Option<PathBuf>,
+        #[arg(long)]
+        metrics_addr: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BlastArgs {
+    /// Run the faults of a policy file.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunFlags,
+    #[command(subcommand)]
+    pub kind: Option<BlastKind>,
+}
+
+/// How a blast runs, whatever its faults.
+#[derive(Args, Debug, Clone)]
+pub struct RunFlags {
+    /// Attach mechanism: tcx where the kernel has it, or netlink clsact.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto, global = true)]
+    pub attach: AttachMode,
+    /// Emit the kernel side's debug records (aya-log) into the log.
+    #[arg(long, global = true)]
+    pub debug_kernel: bool,
+    /// Print events and counters as JSON lines on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BlastKind {
+    /// A network fault on one interface.
+    Net(NetArgs),
+    /// A syscall error fault (not implemented yet).
+    Syscall(SyscallArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("action").required(true).multiple(false))]
+pub struct NetArgs {
+    #[arg(long)]
+    pub iface: String,
+    /// Named network namespace (ip netns) holding the interface.
+    #[arg(long)]
+    pub netns: Option<String>,
+    #[arg(long, default_value = "egress", value_parser = parse_with::<Direction>)]
+    pub direction: Direction,
+    #[arg(long, default_value = "any", value_parser = parse_with::<Protocol>)]
+    pub proto: Protocol,
+    /// Destination port or range A-B; repeatable.
+    #[arg(long, value_parser = parse_with::<PortRange>)]
+    pub dport: Vec<PortRange>,
+    /// Source port or range A-B; repeatable.
+    #[arg(long, value_parser = parse_with::<PortRange>)]
+    pub sport: Vec<PortRange>,
+    /// Destination CIDR; repeatable.
+    #[arg(long, value_parser = parse_with::<Cidr>)]
+    pub dst: Vec<Cidr>,
+    /// Source CIDR; repeatable.
+    #[arg(long, value_parser = parse_with::<Cidr>)]
+    pub src: Vec<Cidr>,
+    /// Only packets from this systemd unit's processes (egress).
+    #[arg(long, conflicts_with = "cgroup", value_parser = values::parse_unit)]
+    pub unit: Option<String>,
+    /// Only packets from this cgroup (path under the cgroup2 mount; egress).
+    #[arg(long, value_parser = values::parse_cgroup_path)]
+    pub cgroup: Option<String>,
+    /// Drop this share of matching packets.
+    #[arg(long, group = "action", value_parser = parse_with::<Percent>)]
+    pub loss: Option<Percent>,
+    #[arg(long, group = "action")]
+    pub delay: Option<String>,
+    #[arg(long, requires = "delay")]
+    pub jitter: Option<String>,
+    #[arg(long, group = "action")]
+    pub corrupt: Option<String>,
+    #[arg(long, group = "action")]
+    pub duplicate: Option<String>,
+    #[arg(long, group = "action")]
+    pub rate: Option<String>,
+    #[arg(long, value_parser = values::parse_positive_duration)]
+    pub duration: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct SyscallArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub rest: Vec<String>,
+}
+
+fn parse_with<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, String> {
+    s.parse()
+}
+
+/// Builds the policy a `blast net` stands for.
+pub fn net_policy(a: &NetArgs) -> Result<Policy> {
+    let not_yet = |flag: &str| {
+        Err(Error::Invalid(format!(
+            "--{flag} is not implemented yet: this build injects loss only (--loss PCT)"
+        )))
+    };
+    let action = if let Some(percent) = a.loss {
+        NetworkAction::Loss { percent }
+    } else if a.delay.is_some() {
+        return not_yet("delay");
+    } else if a.corrupt.is_some() {
+        return not_yet("corrupt");
+    } else if a.duplicate.is_some() {
+        return not_yet("duplicate");
+    } else {
+        return not_yet("rate");
+    };
+    let cgroup = match (&a.unit, &a.cgroup) {
+        (Some(u), _) => Some(CgroupSelector::Unit(u.clone())),
+        (_, Some(c)) => Some(CgroupSelector::Path(c.clone())),
+        _ => None,
+    };
+    if cgroup.is_some() && a.direction != Direction::Egress {
+        return Err(Error::Invalid(
+            "--unit and --cgroup select the sending process, so they need --direction egress".into(),
+        ));
+    }
+    if (!a.dport.is_empty() || !a.sport.is_empty()) && a.proto == Protocol::Icmp {
+        return Err(Error::Invalid("--dport and --sport need --proto tcp, udp or any (ICMP has no ports)".into()));
+    }
+    values::parse_interface(&a.iface).map_err(|e| Error::Invalid(format!("--iface: {e}")))?;
+    if let Some(ns) = &a.netns {
+        values::parse_netns(ns).map_err(|e| Error::Invalid(format!("--netns: {e}")))?;
+    }
+    Ok(Policy {
+        name: "blast".into(),
+        origin: "<flags>".into(),
+        duration: a.duration,
+        start_after: Duration::ZERO,
+        abort_when: None,
+        guard: Guard::default(),
+        faults: vec![Fault {
+            name: "net".into(),
+            kind: FaultKind::Network(NetworkFault {
+                interface: a.iface.clone(),
+                netns: a.netns.clone(),
+                direction: a.direction,
+                matcher: Match {
+                    protocol: a.proto,
+                    dst_ports: a.dport.clone(),
+                    src_ports: a.sport.clone(),
+                    dst_cidrs: a.dst.clone(),
+                    src_cidrs: a.src.clone(),
+                    cgroup,
+                },
+                action,
+            }),
+        }],
+    })
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let default = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let ansi = std::io::stderr().is_terminal();
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    // `init` also routes `log` records (aya-log's kernel-side records among
+    // them) into tracing.
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    match dispatch(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("chaos-agent: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn dispatch(cli: &Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Validate { paths } => Ok(validate(paths)),
+        Command::Probe { json } => probe::print(*json),
+        Command::Run { .. } => Err(Error::Invalid("`run` (the daemon) is not implemented yet; use `blast`".into())),
+        Command::Blast(b) => {
+            let policy = match (&b.policy, &b.kind) {
+                (Some(path), None) => policy::load_file(path).map_err(|e| Error::Invalid(e.to_string()))?,
+                (None, Some(BlastKind::Net(net))) => net_policy(net)?,
+                (None, Some(BlastKind::Syscall(_))) => {
+                    return Err(Error::Invalid("`blast syscall` is not implemented yet".into()));
+                }
+                _ => return Err(Error::Invalid("blast needs `net`, `syscall` or --policy FILE".into())),
+            };
+            let opts = Options { attach: b.run.attach, debug_kernel: b.run.debug_kernel, extra_default_ports: Vec::new() };
+            blast::run(&policy, &opts, b.run.json)
+        }
+    }
+}
+
+fn validate(paths: &[PathBuf]) -> ExitCode {
+    let mut bad = 0;
+    for (path, result) in policy::load_paths(paths) {
+        match result {
+            Ok(p) => println!("{}: ok ({} fault{})", path.display(), p.faults.len(), if p.faults.len() == 1 { "" } else { "s" }),
+            Err(e) => {
+                bad += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) }
+}

@@ -1,0 +1,31 @@
+//! The agent's error type and its mapping to the exit codes of the
+//! contract (section 2).
+
+use std::process::ExitCode;
+
+/// Every failure the CLI can report. The variant decides the exit code; the
+/// message says what happened and what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad flags or a bad policy file (exit 2). Nothing was applied.
+    #[error("{0}")]
+    Invalid(String),
+    /// The host lacks a kernel feature (exit 3). Nothing was applied.
+    #[error("not supported on this host: {0}")]
+    Unsupported(String),
+    /// Something failed while running (exit 1).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Runtime(_) => ExitCode::from(1),
+            Error::Invalid(_) => ExitCode::from(2),
+            Error::Unsupported(_) => ExitCode::from(3),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

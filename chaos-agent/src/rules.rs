@@ -1,0 +1,416 @@
+//! Rule encoding: validated network faults -> the kernel's map entries.
+//!
+//! The kernel looks rules up by exact match on a key built from the packet
+//! (see `chaos_common::RuleKey`). A rule with lists of ports and CIDRs is
+//! expanded here into one key per combination; all keys of one kind of
+//! combination (which fields, which family, which prefix lengths, which
+//! cgroup level) share a *shape*, and the program does one hash lookup per
+//! shape in use on a hook. So the per-packet cost depends on how many
+//! different shapes a hook carries (at most `MAX_SHAPES`), never on how many
+//! rules or keys there are.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+};
+
+use chaos_common::{
+    ACTION_LOSS, FAMILY_ANY, FAMILY_V4, FAMILY_V6, FIELD_CGROUP, FIELD_DPORT, FIELD_PROTO,
+    FIELD_SPORT, HookConf, HookKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    MAX_RULE_KEYS, MAX_SHAPES, Rule, RuleKey, RuleRef, Shape,
+};
+
+use crate::policy::model::{Cidr, Match, NetworkAction, Percent, PortRange, Protocol};
+
+/// Most keys one rule may expand to; beyond this a rule is refused (exit 2)
+/// rather than filling the kernel map.
+pub const MAX_KEYS_PER_RULE: usize = 65_536;
+
+/// A cgroup resolved to what the kernel compares: its id (the inode number
+/// of its directory) and its depth below the cgroup2 root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolvedCgroup {
+    pub id: u64,
+    pub level: u8,
+}
+
+/// One rule, ready to encode.
+#[derive(Debug)]
+pub struct RuleSpec<'a> {
+    /// Slot in `CHAOS_RULES`; lower ids win when several rules match.
+    pub id: u32,
+    /// The hooks (interface, direction) it is attached to.
+    pub hooks: Vec<HookKey>,
+    pub matcher: &'a Match,
+    pub cgroup: Option<ResolvedCgroup>,
+    pub rule: Rule,
+}
+
+/// Everything to write into one program instance's maps.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    pub hooks: BTreeMap<HookKeyOrd, HookConf>,
+    pub keys: Vec<(RuleKey, RuleRef)>,
+    pub rules: Vec<(u32, Rule)>,
+}
+
+/// `HookKey` with an order, so encoding is deterministic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HookKeyOrd(pub u32, pub u32);
+
+impl HookKeyOrd {
+    pub fn key(self) -> HookKey {
+        HookKey { ifindex: self.0, direction: self.1 }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EncodeError {
+    #[error("rule {rule}: its match expands to {keys} kernel keys (limit {limit}); use fewer or narrower port ranges and CIDR lists")]
+    TooManyKeys { rule: u32, keys: usize, limit: usize },
+    #[error("rule {rule}: source and destination CIDRs have no address family in common, so nothing can match")]
+    NoCommonFamily { rule: u32 },
+    #[error("interface index {ifindex}: more than {limit} different match shapes on one interface and direction; merge faults with similar matches")]
+    TooManyShapes { ifindex: u32, limit: usize },
+    #[error("{keys} kernel keys in total (limit {limit})")]
+    MapFull { keys: usize, limit: u32 },
+}
+
+/// The rule's action and probability as the kernel stores them.
+pub fn kernel_rule(action: &NetworkAction, deadline_ns: u64, default_guard: bool) -> Option<Rule> {
+    let (action, percent) = match action {
+        NetworkAction::Loss { percent } => (ACTION_LOSS, *percent),
+        // Other actions arrive with the delay/corrupt/duplicate issue.
+        _ => return None,
+    };
+    Some(Rule {
+        deadline_ns,
+        threshold: threshold(percent),
+        action,
+        default_guard: u32::from(default_guard),
+    })
+}
+
+/// `percent` as a threshold for a 32-bit random number: acting when
+/// `random < threshold` happens with probability `threshold / 2^32`.
+pub fn threshold(percent: Percent) -> u64 {
+    let p = percent.0.clamp(0.0, 100.0) / 100.0;
+    ((p * 4_294_967_296.0).round() as u64).min(1 << 32)
+}
+
+/// One address prefix in kernel form.
+#[derive(Clone, Copy)]
+struct Prefix {
+    family: u8,
+    len: u8,
+    addr: [u8; 16],
+}
+
+fn prefix(c: &Cidr) -> Prefix {
+    let mut addr = [0u8; 16];
+    let family = match c.addr {
+        IpAddr::V4(a) => {
+            addr[..4].copy_from_slice(&a.octets());
+            FAMILY_V4
+        }
+        IpAddr::V6(a) => {
+            addr.copy_from_slice(&a.octets());
+            FAMILY_V6
+        }
+    };
+    Prefix { family, len: c.prefix, addr }
+}
+
+fn protocols(m: &Match) -> Vec<u8> {
+    let has_ports = !m.dst_ports.is_empty() || !m.src_ports.is_empty();
+    match m.protocol {
+        Protocol::Tcp => vec![IPPROTO_TCP],
+        Protocol::Udp => vec![IPPROTO_UDP],
+        Protocol::Icmp => vec![IPPROTO_ICMP, IPPROTO_ICMPV6],
+        // Ports only exist for TCP and UDP.
+        Protocol::Any if has_ports => vec![IPPROTO_TCP, IPPROTO_UDP],
+        Protocol::Any => vec![],
+    }
+}
+
+/// A port list expanded to single ports; `None` means "any port".
+fn ports(list: &[PortRange]) -> Option<Vec<u16>> {
+    if list.is_empty() {
+        return None;
+    }
+    let mut out: Vec<u16> = list.iter().flat_map(|r| r.first..=r.last).collect();
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
+}
+
+fn count_of<T>(list: &Option<Vec<T>>) -> usize {
+    list.as_ref().map_or(1, Vec::len)
+}
+
+pub fn encode(specs: &[RuleSpec<'_>]) -> Result<Encoded, EncodeError> {
+    let mut out = Encoded::default();
+    for spec in specs {
+        out.rules.push((spec.id, spec.rule));
+        let m = spec.matcher;
+        let protos = protocols(m);
+        let dports = ports(&m.dst_ports);
+        let sports = ports(&m.src_ports);
+        let dsts: Option<Vec<Prefix>> = (!m.dst_cidrs.is_empty()).then(|| m.dst_cidrs.iter().map(prefix).collect());
+        let srcs: Option<Vec<Prefix>> = (!m.src_cidrs.is_empty()).then(|| m.src_cidrs.iter().map(prefix).collect());
+        let keys = protos.len().max(1)
+            * count_of(&dports)
+            * count_of(&sports)
+            * count_of(&dsts)
+            * count_of(&srcs);
+        if keys > MAX_KEYS_PER_RULE {
+            return Err(EncodeError::TooManyKeys { rule: spec.id, keys, limit: MAX_KEYS_PER_RULE });
+        }
+        let mut fields = 0u8;
+        if !protos.is_empty() {
+            fields |= FIELD_PROTO;
+        }
+        if dports.is_some() {
+            fields |= FIELD_DPORT;
+        }
+        if sports.is_some() {
+            fields |= FIELD_SPORT;
+        }
+        if spec.cgroup.is_some() {
+            fields |= FIELD_CGROUP;
+        }
+        let cgroup = spec.cgroup.unwrap_or(ResolvedCgroup { id: 0, level: 0 });
+        // Address combinations: (family, dst prefix, src prefix).
+        let any = Prefix { family: FAMILY_ANY, len: 0, addr: [0; 16] };
+        let mut addrs: Vec<(Prefix, Prefix)> = Vec::new();
+        for d in dsts.as_deref().unwrap_or(&[any]) {
+            for s in srcs.as_deref().unwrap_or(&[any]) {
+                let family = d.family.max(s.family);
+                let compatible = d.family == FAMILY_ANY || s.family == FAMILY_ANY || d.family == s.family;
+                if compatible {
+                    let d = Prefix { family, ..*d };
+                    let s = Prefix { family, ..*s };
+                    addrs.push((d, s));
+                }
+            }
+        }
+        if addrs.is_empty() {
+            return Err(EncodeError::NoCommonFamily { rule: spec.id });
+        }
+        let proto_list: Vec<u8> = if protos.is_empty() { vec![0] } else { protos.clone() };
+        let dport_list = dports.unwrap_or_else(|| vec![0]);
+        let sport_list = sports.unwrap_or_else(|| vec![0]);
+        for hook in &spec.hooks {
+            let ord = HookKeyOrd(hook.ifindex, hook.direction);
+            for (d, s) in &addrs {
+                let shape = Shape {
+                    fields,
+                    family: d.family,
+                    dst_prefix: if d.family == FAMILY_ANY { 0 } else { d.len },
+                    src_prefix: if s.family == FAMILY_ANY { 0 } else { s.len },
+                    cgroup_level: cgroup.level,
+                    _pad: [0; 3],
+                };
+                let conf = out.hooks.entry(ord).or_default();
+                let index = shape_index(conf, shape, hook.ifindex)?;
+                for &proto in &proto_list {
+                    for &dport in &dport_list {
+                        for &sport in &sport_list {
+                            let key = RuleKey {
+                                hook: *hook,
+                                shape: index,
+                                proto,
+                                family: d.family,
+                                _pad0: 0,
+                                dport,
+                                sport,
+                                cgroup_id: cgroup.id,
+                                dst: if d.family == FAMILY_ANY { [0; 16] } else { d.addr },
+                                src: if s.family == FAMILY_ANY { [0; 16] } else { s.addr },
+                            };
+                            out.keys.push((key, RuleRef { rule_id: spec.id }));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Two rules with the same key: the lower id wins, as in the kernel.
+    out.keys.sort_by(|a, b| key_bytes(&a.0).cmp(&key_bytes(&b.0)).then(a.1.rule_id.cmp(&b.1.rule_id)));
+    out.keys.dedup_by(|b, a| key_bytes(&a.0) == key_bytes(&b.0));
+    if out.keys.len() > MAX_RULE_KEYS as usize {
+        return Err(EncodeError::MapFull { keys: out.keys.len(), limit: MAX_RULE_KEYS });
+    }
+    Ok(out)
+}
+
+fn key_bytes(k: &RuleKey) -> (u32, u32, u8, u8, u8, u16, u16, u64, [u8; 16], [u8; 16]) {
+    (k.hook.ifindex, k.hook.direction, k.shape, k.proto, k.family, k.dport, k.sport, k.cgroup_id, k.dst, k.src)
+}
+
+fn shape_index(conf: &mut HookConf, shape: Shape, ifindex: u32) -> Result<u8, EncodeError> {
+    let used = conf.shape_count as usize;
+    if let Some(i) = conf.shapes[..used].iter().position(|s| *s == shape) {
+        return Ok(i as u8);
+    }
+    if used == MAX_SHAPES {
+        return Err(EncodeError::TooManyShapes { ifindex, limit: MAX_SHAPES });
+    }
+    conf.shapes[used] = shape;
+    conf.shape_count += 1;
+    Ok(used as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chaos_common::{DIR_EGRESS, DIR_INGRESS};
+
+    fn m() -> Match {
+        Match {
+            protocol: Protocol::Any,
+            dst_ports: vec![],
+            src_ports: vec![],
+            dst_cidrs: vec![],
+            src_cidrs: vec![],
+            cgroup: None,
+        }
+    }
+
+    fn spec(id: u32, matcher: &Match) -> RuleSpec<'_> {
+        RuleSpec {
+            id,
+            hooks: vec![HookKey { ifindex: 7, direction: DIR_EGRESS }],
+            matcher,
+            cgroup: None,
+            rule: kernel_rule(&NetworkAction::Loss { percent: Percent(30.0) }, 99, true).unwrap(),
+        }
+    }
+
+    fn cidr(s: &str) -> Cidr {
+        let (a, p) = s.split_once('/').unwrap();
+        Cidr { addr: a.parse().unwrap(), prefix: p.parse().unwrap() }
+    }
+
+    #[test]
+    fn threshold_covers_the_ends() {
+        assert_eq!(threshold(Percent(0.0)), 0);
+        assert_eq!(threshold(Percent(100.0)), 1 << 32);
+        assert_eq!(threshold(Percent(50.0)), 1 << 31);
+        assert_eq!(threshold(Percent(30.0)), 1_288_490_189);
+    }
+
+    #[test]
+    fn match_all_is_one_wildcard_key() {
+        let matcher = m();
+        let e = encode(&[spec(0, &matcher)]).unwrap();
+        assert_eq!(e.keys.len(), 1);
+        let conf = e.hooks[&HookKeyOrd(7, DIR_EGRESS)];
+        assert_eq!(conf.shape_count, 1);
+        assert_eq!(conf.shapes[0].fields, 0);
+        assert_eq!(conf.shapes[0].family, FAMILY_ANY);
+        assert_eq!(e.keys[0].0, RuleKey { hook: HookKey { ifindex: 7, direction: DIR_EGRESS }, ..RuleKey::default() });
+    }
+
+    #[test]
+    fn ports_with_any_protocol_mean_tcp_and_udp_and_ranges_expand() {
+        let mut matcher = m();
+        matcher.dst_ports = vec![PortRange { first: 5432, last: 5432 }, PortRange { first: 6000, last: 6002 }];
+        let e = encode(&[spec(3, &matcher)]).unwrap();
+        assert_eq!(e.keys.len(), 2 * 4);
+        let conf = e.hooks[&HookKeyOrd(7, DIR_EGRESS)];
+        assert_eq!(conf.shapes[0].fields, FIELD_PROTO | FIELD_DPORT);
+        let mut seen: Vec<(u8, u16)> = e.keys.iter().map(|(k, _)| (k.proto, k.dport)).collect();
+        seen.sort_unstable();
+        assert_eq!(seen[0], (IPPROTO_TCP, 5432));
+        assert_eq!(seen[7], (IPPROTO_UDP, 6002));
+        assert!(e.keys.iter().all(|(_, r)| r.rule_id == 3));
+    }
+
+    #[test]
+    fn cidrs_set_family_and_prefix_per_shape() {
+        let mut matcher = m();
+        matcher.protocol = Protocol::Udp;
+        matcher.dst_cidrs = vec![cidr("10.1.0.0/16"), cidr("fd00::/8")];
+        let e = encode(&[spec(0, &matcher)]).unwrap();
+        let conf = e.hooks[&HookKeyOrd(7, DIR_EGRESS)];
+        assert_eq!(conf.shape_count, 2);
+        assert_eq!((conf.shapes[0].family, conf.shapes[0].dst_prefix), (FAMILY_V4, 16));
+        assert_eq!((conf.shapes[1].family, conf.shapes[1].dst_prefix), (FAMILY_V6, 8));
+        let v4 = e.keys.iter().find(|(k, _)| k.family == FAMILY_V4).unwrap();
+        assert_eq!(&v4.0.dst[..4], &[10, 1, 0, 0]);
+        assert_eq!(v4.0.proto, IPPROTO_UDP);
+    }
+
+    #[test]
+    fn mixed_families_without_overlap_are_refused() {
+        let mut matcher = m();
+        matcher.dst_cidrs = vec![cidr("10.0.0.0/8")];
+        matcher.src_cidrs = vec![cidr("fd00::/8")];
+        assert_eq!(encode(&[spec(1, &matcher)]).unwrap_err(), EncodeError::NoCommonFamily { rule: 1 });
+    }
+
+    #[test]
+    fn key_explosion_is_refused() {
+        let mut matcher = m();
+        matcher.protocol = Protocol::Udp;
+        matcher.dst_ports = vec![PortRange { first: 1, last: 40_000 }];
+        matcher.src_ports = vec![PortRange { first: 1, last: 3 }];
+        assert!(matches!(encode(&[spec(0, &matcher)]), Err(EncodeError::TooManyKeys { keys: 120_000, .. })));
+    }
+
+    #[test]
+    fn many_rules_share_one_shape() {
+        let matchers: Vec<Match> = (0..100u16)
+            .map(|i| {
+                let mut x = m();
+                x.protocol = Protocol::Udp;
+                x.dst_ports = vec![PortRange { first: 1000 + i, last: 1000 + i }];
+                x
+            })
+            .collect();
+        let specs: Vec<RuleSpec<'_>> = matchers.iter().enumerate().map(|(i, x)| spec(i as u32, x)).collect();
+        let e = encode(&specs).unwrap();
+        assert_eq!(e.hooks[&HookKeyOrd(7, DIR_EGRESS)].shape_count, 1);
+        assert_eq!(e.keys.len(), 100);
+    }
+
+    #[test]
+    fn too_many_shapes_on_one_hook_is_refused() {
+        let matchers: Vec<Match> = (0..=MAX_SHAPES as u8)
+            .map(|i| {
+                let mut x = m();
+                x.dst_cidrs = vec![cidr(&format!("10.0.0.0/{}", 8 + i))];
+                x
+            })
+            .collect();
+        let specs: Vec<RuleSpec<'_>> = matchers.iter().enumerate().map(|(i, x)| spec(i as u32, x)).collect();
+        assert!(matches!(encode(&specs), Err(EncodeError::TooManyShapes { ifindex: 7, .. })));
+    }
+
+    #[test]
+    fn same_key_keeps_the_lower_rule_and_both_directions_get_keys() {
+        let matcher = m();
+        let mut a = spec(5, &matcher);
+        a.hooks.push(HookKey { ifindex: 7, direction: DIR_INGRESS });
+        let b = spec(2, &matcher);
+        let e = encode(&[a, b]).unwrap();
+        assert_eq!(e.keys.len(), 2);
+        let egress = e.keys.iter().find(|(k, _)| k.hook.direction == DIR_EGRESS).unwrap();
+        assert_eq!(egress.1.rule_id, 2);
+        let ingress = e.keys.iter().find(|(k, _)| k.hook.direction == DIR_INGRESS).unwrap();
+        assert_eq!(ingress.1.rule_id, 5);
+    }
+
+    #[test]
+    fn cgroup_rules_carry_id_and_level() {
+        let matcher = m();
+        let mut s = spec(0, &matcher);
+        s.cgroup = Some(ResolvedCgroup { id: 4242, level: 2 });
+        let e = encode(&[s]).unwrap();
+        let conf = e.hooks[&HookKeyOrd(7, DIR_EGRESS)];
+        assert_eq!(conf.shapes[0].fields, FIELD_CGROUP);
+        assert_eq!(conf.shapes[0].cgroup_level, 2);
+        assert_eq!(e.keys[0].0.cgroup_id, 4242);
+    }
+}
