@@ -8,11 +8,7 @@
 //! One program instance (one `Ebpf`, its own maps) serves each network
 //! namespace, so interface indexes in keys are unambiguous.
 
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -123,7 +119,10 @@ pub struct Applied {
 
 /// CLOCK_MONOTONIC now, the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -148,7 +147,11 @@ fn directions(d: Direction) -> &'static [u32] {
 }
 
 pub fn direction_name(d: u32) -> &'static str {
-    if d == DIR_INGRESS { "ingress" } else { "egress" }
+    if d == DIR_INGRESS {
+        "ingress"
+    } else {
+        "egress"
+    }
 }
 
 /// Refuses what this build cannot do yet, before anything is touched.
@@ -194,7 +197,14 @@ fn guard_net(addr: IpAddr, prefix: u8) -> Key<GuardNet> {
             FAMILY_V6
         }
     };
-    Key::new(32 + u32::from(prefix), GuardNet { family, _pad: [0; 3], addr: a })
+    Key::new(
+        32 + u32::from(prefix),
+        GuardNet {
+            family,
+            _pad: [0; 3],
+            addr: a,
+        },
+    )
 }
 
 /// Guard map contents: (ports, nets), each tagged default and/or extra.
@@ -241,7 +251,9 @@ pub fn apply(policy: &Policy, opts: &Options) -> Result<Applied> {
     // 1. Resolve everything, per namespace, before touching the kernel.
     let mut by_netns: BTreeMap<Option<String>, Vec<Planned<'_>>> = BTreeMap::new();
     for f in &policy.faults {
-        let FaultKind::Network(n) = &f.kind else { continue };
+        let FaultKind::Network(n) = &f.kind else {
+            continue;
+        };
         let ifindex = {
             let _ns = NetnsGuard::enter(n.netns.as_deref())?;
             netns::ifindex(&n.interface).ok_or_else(|| {
@@ -250,16 +262,30 @@ pub fn apply(policy: &Policy, opts: &Options) -> Result<Applied> {
                     policy.origin,
                     f.name,
                     n.interface,
-                    n.netns.as_deref().map(|s| format!(" in netns {s}")).unwrap_or_default()
+                    n.netns
+                        .as_deref()
+                        .map(|s| format!(" in netns {s}"))
+                        .unwrap_or_default()
                 ))
             })?
         };
         let cgroup = n.matcher.cgroup.as_ref().map(cgroup::resolve).transpose()?;
-        let hooks = directions(n.direction).iter().map(|&direction| HookKey { ifindex, direction }).collect();
-        by_netns.entry(n.netns.clone()).or_default().push(Planned { fault_name: &f.name, fault: n, hooks, cgroup });
+        let hooks = directions(n.direction)
+            .iter()
+            .map(|&direction| HookKey { ifindex, direction })
+            .collect();
+        by_netns.entry(n.netns.clone()).or_default().push(Planned {
+            fault_name: &f.name,
+            fault: n,
+            hooks,
+            cgroup,
+        });
     }
     if by_netns.is_empty() {
-        return Err(Error::Invalid(format!("{}: no network faults to apply", policy.origin)));
+        return Err(Error::Invalid(format!(
+            "{}: no network faults to apply",
+            policy.origin
+        )));
     }
 
     let deadline_ns = monotonic_ns() + policy.duration.as_nanos() as u64;
@@ -269,9 +295,21 @@ pub fn apply(policy: &Policy, opts: &Options) -> Result<Applied> {
     for (i, (ns, planned)) in by_netns.iter().enumerate() {
         let mut specs = Vec::new();
         for (id, p) in planned.iter().enumerate() {
-            let rule = rules::kernel_rule(&p.fault.action, deadline_ns, !policy.guard.disable_defaults)
-                .ok_or_else(|| Error::Invalid(format!("fault {}: action not implemented yet", p.fault_name)))?;
-            specs.push(RuleSpec { id: id as u32, hooks: p.hooks.clone(), matcher: &p.fault.matcher, cgroup: p.cgroup, rule });
+            let rule =
+                rules::kernel_rule(&p.fault.action, deadline_ns, !policy.guard.disable_defaults)
+                    .ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "fault {}: action not implemented yet",
+                            p.fault_name
+                        ))
+                    })?;
+            specs.push(RuleSpec {
+                id: id as u32,
+                hooks: p.hooks.clone(),
+                matcher: &p.fault.matcher,
+                cgroup: p.cgroup,
+                rule,
+            });
             faults.push(FaultHandle {
                 policy: policy.name.clone(),
                 fault: p.fault_name.to_owned(),
@@ -283,7 +321,8 @@ pub fn apply(policy: &Policy, opts: &Options) -> Result<Applied> {
                 rule_id: id as u32,
             });
         }
-        let enc = rules::encode(&specs).map_err(|e| Error::Invalid(format!("{}: {e}", policy.origin)))?;
+        let enc =
+            rules::encode(&specs).map_err(|e| Error::Invalid(format!("{}: {e}", policy.origin)))?;
         encoded.push((ns.clone(), planned, enc));
     }
 
@@ -292,7 +331,13 @@ pub fn apply(policy: &Policy, opts: &Options) -> Result<Applied> {
     leftovers::clean(&namespaces);
 
     // 3. Load, fill, attach. On any error, `applied` drops and detaches.
-    let mut applied = Applied { instances: Vec::new(), faults, deadline_ns, mode, state: None };
+    let mut applied = Applied {
+        instances: Vec::new(),
+        faults,
+        deadline_ns,
+        mode,
+        state: None,
+    };
     if mode == "netlink" {
         applied.state = Some(StateFile::create()?);
     }
@@ -313,11 +358,20 @@ pub fn apply(policy: &Policy, opts: &Options) -> Result<Applied> {
             None
         };
         fill_maps(&mut ebpf, &enc, &guard_ports, &guard_nets)?;
-        applied.instances.push(Instance { netns: ns.clone(), ebpf, links: Vec::new(), _logger: logger });
+        applied.instances.push(Instance {
+            netns: ns.clone(),
+            ebpf,
+            links: Vec::new(),
+            _logger: logger,
+        });
         let instance = applied.instances.last_mut().expect("just pushed");
         let mut hooks: Vec<(String, u32)> = planned
             .iter()
-            .flat_map(|p| directions(p.fault.direction).iter().map(|&d| (p.fault.interface.clone(), d)))
+            .flat_map(|p| {
+                directions(p.fault.direction)
+                    .iter()
+                    .map(|&d| (p.fault.interface.clone(), d))
+            })
             .collect();
         hooks.sort();
         hooks.dedup();
@@ -347,55 +401,82 @@ fn fill_maps(
     guard_nets: &[(Cidr, u32)],
 ) -> Result<()> {
     {
-        let mut ports: HashMap<_, GuardPort, GuardEntry> =
-            HashMap::try_from(ebpf.map_mut(MAP_GUARD_PORTS).ok_or_else(|| map_err(MAP_GUARD_PORTS, "missing"))?)
-                .map_err(|e| map_err(MAP_GUARD_PORTS, e))?;
+        let mut ports: HashMap<_, GuardPort, GuardEntry> = HashMap::try_from(
+            ebpf.map_mut(MAP_GUARD_PORTS)
+                .ok_or_else(|| map_err(MAP_GUARD_PORTS, "missing"))?,
+        )
+        .map_err(|e| map_err(MAP_GUARD_PORTS, e))?;
         for (&port, &kinds) in guard_ports {
-            ports.insert(&GuardPort { port, _pad: 0 }, &GuardEntry { kinds }, 0).map_err(|e| map_err(MAP_GUARD_PORTS, e))?;
+            ports
+                .insert(&GuardPort { port, _pad: 0 }, &GuardEntry { kinds }, 0)
+                .map_err(|e| map_err(MAP_GUARD_PORTS, e))?;
         }
     }
     {
-        let mut nets: LpmTrie<_, GuardNet, GuardEntry> =
-            LpmTrie::try_from(ebpf.map_mut(MAP_GUARD_NETS).ok_or_else(|| map_err(MAP_GUARD_NETS, "missing"))?)
-                .map_err(|e| map_err(MAP_GUARD_NETS, e))?;
+        let mut nets: LpmTrie<_, GuardNet, GuardEntry> = LpmTrie::try_from(
+            ebpf.map_mut(MAP_GUARD_NETS)
+                .ok_or_else(|| map_err(MAP_GUARD_NETS, "missing"))?,
+        )
+        .map_err(|e| map_err(MAP_GUARD_NETS, e))?;
         for (cidr, kinds) in guard_nets {
             let key = guard_net(cidr.addr, cidr.prefix);
             let kinds = nets.get(&key, 0).map(|e| e.kinds).unwrap_or(0) | kinds;
-            nets.insert(&key, &GuardEntry { kinds }, 0).map_err(|e| map_err(MAP_GUARD_NETS, e))?;
+            nets.insert(&key, &GuardEntry { kinds }, 0)
+                .map_err(|e| map_err(MAP_GUARD_NETS, e))?;
         }
     }
     {
-        let mut rules_map: Array<_, chaos_common::Rule> =
-            Array::try_from(ebpf.map_mut(MAP_RULES).ok_or_else(|| map_err(MAP_RULES, "missing"))?)
-                .map_err(|e| map_err(MAP_RULES, e))?;
+        let mut rules_map: Array<_, chaos_common::Rule> = Array::try_from(
+            ebpf.map_mut(MAP_RULES)
+                .ok_or_else(|| map_err(MAP_RULES, "missing"))?,
+        )
+        .map_err(|e| map_err(MAP_RULES, e))?;
         for (id, rule) in &enc.rules {
-            rules_map.set(*id, rule, 0).map_err(|e| map_err(MAP_RULES, e))?;
+            rules_map
+                .set(*id, rule, 0)
+                .map_err(|e| map_err(MAP_RULES, e))?;
         }
     }
     {
-        let mut index: HashMap<_, RuleKey, RuleRef> =
-            HashMap::try_from(ebpf.map_mut(MAP_RULE_INDEX).ok_or_else(|| map_err(MAP_RULE_INDEX, "missing"))?)
-                .map_err(|e| map_err(MAP_RULE_INDEX, e))?;
+        let mut index: HashMap<_, RuleKey, RuleRef> = HashMap::try_from(
+            ebpf.map_mut(MAP_RULE_INDEX)
+                .ok_or_else(|| map_err(MAP_RULE_INDEX, "missing"))?,
+        )
+        .map_err(|e| map_err(MAP_RULE_INDEX, e))?;
         for (key, value) in &enc.keys {
-            index.insert(key, value, 0).map_err(|e| map_err(MAP_RULE_INDEX, e))?;
+            index
+                .insert(key, value, 0)
+                .map_err(|e| map_err(MAP_RULE_INDEX, e))?;
         }
     }
     // Hooks last: until a hook has its entry, the program passes everything.
-    let mut hooks: HashMap<_, HookKey, chaos_common::HookConf> =
-        HashMap::try_from(ebpf.map_mut(MAP_HOOKS).ok_or_else(|| map_err(MAP_HOOKS, "missing"))?)
-            .map_err(|e| map_err(MAP_HOOKS, e))?;
+    let mut hooks: HashMap<_, HookKey, chaos_common::HookConf> = HashMap::try_from(
+        ebpf.map_mut(MAP_HOOKS)
+            .ok_or_else(|| map_err(MAP_HOOKS, "missing"))?,
+    )
+    .map_err(|e| map_err(MAP_HOOKS, e))?;
     for (k, conf) in &enc.hooks {
-        hooks.insert(&k.key(), conf, 0).map_err(|e| map_err(MAP_HOOKS, e))?;
+        hooks
+            .insert(&k.key(), conf, 0)
+            .map_err(|e| map_err(MAP_HOOKS, e))?;
     }
     Ok(())
 }
 
 fn program_name(direction: u32) -> &'static str {
-    if direction == DIR_INGRESS { PROG_TC_INGRESS } else { PROG_TC_EGRESS }
+    if direction == DIR_INGRESS {
+        PROG_TC_INGRESS
+    } else {
+        PROG_TC_EGRESS
+    }
 }
 
 fn attach_type(direction: u32) -> TcAttachType {
-    if direction == DIR_INGRESS { TcAttachType::Ingress } else { TcAttachType::Egress }
+    if direction == DIR_INGRESS {
+        TcAttachType::Ingress
+    } else {
+        TcAttachType::Egress
+    }
 }
 
 /// Attaches one program in the current thread's namespace.
@@ -414,25 +495,40 @@ fn attach_one(
         .try_into()
         .map_err(|e| map_err(name, e))?;
     if prog.fd().is_err() {
-        prog.load().map_err(|e| Error::Runtime(format!("the kernel refused program {name}: {e}")))?;
+        prog.load()
+            .map_err(|e| Error::Runtime(format!("the kernel refused program {name}: {e}")))?;
     }
-    let iface_c = std::ffi::CString::new(iface).map_err(|_| Error::Invalid(format!("interface {iface:?}")))?;
+    let iface_c = std::ffi::CString::new(iface)
+        .map_err(|_| Error::Invalid(format!("interface {iface:?}")))?;
     let where_ = format!("{iface} {}", direction_name(direction));
     let (link, netlink) = if mode == "tcx" {
         let id = prog
-            .attach(iface_c.as_c_str(), TcAttach::Tcx { attach_type: attach_type(direction), order: LinkOrder::default() })
+            .attach(
+                iface_c.as_c_str(),
+                TcAttach::Tcx {
+                    attach_type: attach_type(direction),
+                    order: LinkOrder::default(),
+                },
+            )
             .map_err(|e| Error::Runtime(format!("tcx attach on {where_} failed: {e}")))?;
         (prog.take_link(id).map_err(|e| map_err(&where_, e))?, None)
     } else {
         let created_clsact = match tc::qdisc_add_clsact(iface_c.as_c_str()) {
             Ok(()) => true,
             Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
-            Err(e) => return Err(Error::Runtime(format!("adding the clsact qdisc on {iface} failed: {e}"))),
+            Err(e) => {
+                return Err(Error::Runtime(format!(
+                    "adding the clsact qdisc on {iface} failed: {e}"
+                )));
+            }
         };
         let id = prog
             .attach(
                 iface_c.as_c_str(),
-                TcAttach::Netlink { parent: attach_type(direction).into(), options: NlOptions::default() },
+                TcAttach::Netlink {
+                    parent: attach_type(direction).into(),
+                    options: NlOptions::default(),
+                },
             )
             .map_err(|e| Error::Runtime(format!("netlink attach on {where_} failed: {e}")))?;
         let link = prog.take_link(id).map_err(|e| map_err(&where_, e))?;
@@ -449,7 +545,12 @@ fn attach_one(
         }
         (link, Some(record))
     };
-    instance.links.push(AttachedLink { iface: iface.to_owned(), direction, link, netlink });
+    instance.links.push(AttachedLink {
+        iface: iface.to_owned(),
+        direction,
+        link,
+        netlink,
+    });
     Ok(())
 }
 
@@ -459,15 +560,25 @@ impl Applied {
         self.faults
             .iter()
             .map(|f| {
-                let Some(instance) = self.instances.get(f.instance) else { return FaultCounters::default() };
-                let Some(map) = instance.ebpf.map(MAP_COUNTERS) else { return FaultCounters::default() };
-                let Ok(array) = PerCpuArray::<_, Counters>::try_from(map) else { return FaultCounters::default() };
-                let Ok(values) = array.get(&f.rule_id, 0) else { return FaultCounters::default() };
-                values.iter().fold(FaultCounters::default(), |acc, c| FaultCounters {
-                    matched: acc.matched + c.matched,
-                    injected: acc.injected + c.injected,
-                    guard_passed: acc.guard_passed + c.guard_passed,
-                })
+                let Some(instance) = self.instances.get(f.instance) else {
+                    return FaultCounters::default();
+                };
+                let Some(map) = instance.ebpf.map(MAP_COUNTERS) else {
+                    return FaultCounters::default();
+                };
+                let Ok(array) = PerCpuArray::<_, Counters>::try_from(map) else {
+                    return FaultCounters::default();
+                };
+                let Ok(values) = array.get(&f.rule_id, 0) else {
+                    return FaultCounters::default();
+                };
+                values
+                    .iter()
+                    .fold(FaultCounters::default(), |acc, c| FaultCounters {
+                        matched: acc.matched + c.matched,
+                        injected: acc.injected + c.injected,
+                        guard_passed: acc.guard_passed + c.guard_passed,
+                    })
             })
             .collect()
     }

@@ -52,7 +52,11 @@ fn human_line(applied: &Applied, counters: &[FaultCounters]) -> String {
         .iter()
         .zip(counters)
         .map(|(f, c)| {
-            let share = if c.matched > 0 { 100.0 * c.injected as f64 / c.matched as f64 } else { 0.0 };
+            let share = if c.matched > 0 {
+                100.0 * c.injected as f64 / c.matched as f64
+            } else {
+                0.0
+            };
             format!(
                 "{} {} {}: matched {} dropped {} ({share:.1}%) guard-passed {}",
                 f.interface,
@@ -132,7 +136,12 @@ pub fn run(policy: &Policy, opts: &Options, json_out: bool) -> Result<ExitCode> 
                     human_line(&applied, &counters)
                 );
             } else {
-                eprintln!("[{:.0}s/{}s] {}", elapsed.as_secs_f64(), total.as_secs(), human_line(&applied, &counters));
+                eprintln!(
+                    "[{:.0}s/{}s] {}",
+                    elapsed.as_secs_f64(),
+                    total.as_secs(),
+                    human_line(&applied, &counters)
+                );
             }
             let _ = std::io::stdout().flush();
         }
@@ -145,7 +154,10 @@ pub fn run(policy: &Policy, opts: &Options, json_out: bool) -> Result<ExitCode> 
     }
     let failures = applied.revert();
     if json_out {
-        println!("{}", json!({"event": "reverted", "reason": reason, "faults": final_json, "left": failures}));
+        println!(
+            "{}",
+            json!({"event": "reverted", "reason": reason, "faults": final_json, "left": failures})
+        );
     } else {
         eprintln!("chaos-agent: reverted ({reason})");
         println!("{final_text}");
@@ -153,7 +165,9 @@ pub fn run(policy: &Policy, opts: &Options, json_out: bool) -> Result<ExitCode> 
     if failures.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
-        Err(Error::Runtime(format!("revert incomplete; left behind: {}", failures.join("; "))))
+        Err(Error::Runtime(format!(
+            "revert incomplete; left behind: {}",
+            failures.join("; ")
+        )))
     }
 }
-

@@ -35,7 +35,9 @@ fn find_unit(root: &Path, unit: &str) -> Option<PathBuf> {
     for _ in 0..6 {
         let mut next = Vec::new();
         for dir in level {
-            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                     continue;
@@ -63,18 +65,28 @@ pub fn resolve(selector: &CgroupSelector) -> Result<ResolvedCgroup> {
             }
             let dir = root.join(rel);
             if !dir.is_dir() {
-                return Err(Error::Invalid(format!("cgroup {p}: no such cgroup under {}", root.display())));
+                return Err(Error::Invalid(format!(
+                    "cgroup {p}: no such cgroup under {}",
+                    root.display()
+                )));
             }
             dir
         }
         CgroupSelector::Unit(u) => find_unit(&root, u).ok_or_else(|| {
-            Error::Invalid(format!("unit {u}: no cgroup of that name under {} (is the unit running?)", root.display()))
+            Error::Invalid(format!(
+                "unit {u}: no cgroup of that name under {} (is the unit running?)",
+                root.display()
+            ))
         })?,
     };
     let meta = fs::metadata(&dir).map_err(|e| Error::Runtime(format!("{}: {e}", dir.display())))?;
-    let level = dir.strip_prefix(&root).map(|r| r.components().count()).unwrap_or(0);
+    let level = dir
+        .strip_prefix(&root)
+        .map(|r| r.components().count())
+        .unwrap_or(0);
     Ok(ResolvedCgroup {
         id: meta.ino(),
-        level: u8::try_from(level).map_err(|_| Error::Invalid(format!("{}: nested too deep", dir.display())))?,
+        level: u8::try_from(level)
+            .map_err(|_| Error::Invalid(format!("{}: nested too deep", dir.display())))?,
     })
 }

@@ -1,11 +1,6 @@
 //! Command-line interface (CONTRACT section 1) and exit codes (section 2).
 
-use std::{
-    io::IsTerminal,
-    path::PathBuf,
-    process::ExitCode,
-    time::Duration,
-};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -25,7 +20,11 @@ use crate::{
 };
 
 #[derive(Parser, Debug)]
-#[command(name = "chaos-agent", version, about = "eBPF fault injector: network faults with deadlines enforced in the kernel")]
+#[command(
+    name = "chaos-agent",
+    version,
+    about = "eBPF fault injector: network faults with deadlines enforced in the kernel"
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -182,11 +181,14 @@ pub fn net_policy(a: &NetArgs) -> Result<Policy> {
     };
     if cgroup.is_some() && a.direction != Direction::Egress {
         return Err(Error::Invalid(
-            "--unit and --cgroup select the sending process, so they need --direction egress".into(),
+            "--unit and --cgroup select the sending process, so they need --direction egress"
+                .into(),
         ));
     }
     if (!a.dport.is_empty() || !a.sport.is_empty()) && a.proto == Protocol::Icmp {
-        return Err(Error::Invalid("--dport and --sport need --proto tcp, udp or any (ICMP has no ports)".into()));
+        return Err(Error::Invalid(
+            "--dport and --sport need --proto tcp, udp or any (ICMP has no ports)".into(),
+        ));
     }
     values::parse_interface(&a.iface).map_err(|e| Error::Invalid(format!("--iface: {e}")))?;
     if let Some(ns) = &a.netns {
@@ -228,7 +230,10 @@ fn init_logging(cli: &Cli) {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let ansi = std::io::stderr().is_terminal();
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     // `init` also routes `log` records (aya-log's kernel-side records among
     // them) into tracing.
     match cli.log_format {
@@ -253,17 +258,31 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Validate { paths } => Ok(validate(paths)),
         Command::Probe { json } => probe::print(*json),
-        Command::Run { .. } => Err(Error::Invalid("`run` (the daemon) is not implemented yet; use `blast`".into())),
+        Command::Run { .. } => Err(Error::Invalid(
+            "`run` (the daemon) is not implemented yet; use `blast`".into(),
+        )),
         Command::Blast(b) => {
             let policy = match (&b.policy, &b.kind) {
-                (Some(path), None) => policy::load_file(path).map_err(|e| Error::Invalid(e.to_string()))?,
+                (Some(path), None) => {
+                    policy::load_file(path).map_err(|e| Error::Invalid(e.to_string()))?
+                }
                 (None, Some(BlastKind::Net(net))) => net_policy(net)?,
                 (None, Some(BlastKind::Syscall(_))) => {
-                    return Err(Error::Invalid("`blast syscall` is not implemented yet".into()));
+                    return Err(Error::Invalid(
+                        "`blast syscall` is not implemented yet".into(),
+                    ));
                 }
-                _ => return Err(Error::Invalid("blast needs `net`, `syscall` or --policy FILE".into())),
+                _ => {
+                    return Err(Error::Invalid(
+                        "blast needs `net`, `syscall` or --policy FILE".into(),
+                    ));
+                }
             };
-            let opts = Options { attach: b.run.attach, debug_kernel: b.run.debug_kernel, extra_default_ports: Vec::new() };
+            let opts = Options {
+                attach: b.run.attach,
+                debug_kernel: b.run.debug_kernel,
+                extra_default_ports: Vec::new(),
+            };
             blast::run(&policy, &opts, b.run.json)
         }
     }
@@ -273,12 +292,21 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
     let mut bad = 0;
     for (path, result) in policy::load_paths(paths) {
         match result {
-            Ok(p) => println!("{}: ok ({} fault{})", path.display(), p.faults.len(), if p.faults.len() == 1 { "" } else { "s" }),
+            Ok(p) => println!(
+                "{}: ok ({} fault{})",
+                path.display(),
+                p.faults.len(),
+                if p.faults.len() == 1 { "" } else { "s" }
+            ),
             Err(e) => {
                 bad += 1;
                 eprintln!("{e}");
             }
         }
     }
-    if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) }
+    if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
 }

@@ -67,9 +67,16 @@ impl StateFile {
             .open(&path)
             .map_err(|e| Error::Runtime(format!("cannot create {}: {e}", path.display())))?;
         if !lock(&file, true) {
-            return Err(Error::Runtime(format!("{} is locked by another process", path.display())));
+            return Err(Error::Runtime(format!(
+                "{} is locked by another process",
+                path.display()
+            )));
         }
-        Ok(StateFile { path, file, records: Vec::new() })
+        Ok(StateFile {
+            path,
+            file,
+            records: Vec::new(),
+        })
     }
 
     /// Records a filter; written before we return so a crash right after
@@ -95,19 +102,35 @@ impl StateFile {
 }
 
 fn parent(direction: u32) -> TcHandle {
-    if direction == DIR_INGRESS { TcAttachType::Ingress.into() } else { TcAttachType::Egress.into() }
+    if direction == DIR_INGRESS {
+        TcAttachType::Ingress.into()
+    } else {
+        TcAttachType::Egress.into()
+    }
 }
 
 /// Removes one recorded filter (in its namespace). Quiet when it is gone.
 fn remove_record(r: &NetlinkRecord) {
-    let Ok(_ns) = NetnsGuard::enter(r.netns.as_deref()) else { return };
+    let Ok(_ns) = NetnsGuard::enter(r.netns.as_deref()) else {
+        return;
+    };
     if netns::ifindex(&r.iface).is_none() {
         return;
     }
-    let Ok(iface) = std::ffi::CString::new(r.iface.as_str()) else { return };
-    match SchedClassifierLink::attached(iface.as_c_str(), parent(r.direction), r.priority, TcHandle::from(r.handle), None) {
+    let Ok(iface) = std::ffi::CString::new(r.iface.as_str()) else {
+        return;
+    };
+    match SchedClassifierLink::attached(
+        iface.as_c_str(),
+        parent(r.direction),
+        r.priority,
+        TcHandle::from(r.handle),
+        None,
+    ) {
         Ok(link) => match aya::programs::links::Link::detach(link) {
-            Ok(()) => info!(iface = %r.iface, netns = ?r.netns, "removed a leftover filter of a crashed run"),
+            Ok(()) => {
+                info!(iface = %r.iface, netns = ?r.netns, "removed a leftover filter of a crashed run")
+            }
             Err(e) => warn!(iface = %r.iface, "leftover filter not removed: {e}"),
         },
         Err(e) => warn!(iface = %r.iface, "leftover filter: {e}"),
@@ -116,7 +139,9 @@ fn remove_record(r: &NetlinkRecord) {
 
 /// Removes a clsact qdisc a dead agent added, once its filters are gone.
 fn remove_record_clsact(r: &NetlinkRecord) {
-    let Ok(_ns) = NetnsGuard::enter(r.netns.as_deref()) else { return };
+    let Ok(_ns) = NetnsGuard::enter(r.netns.as_deref()) else {
+        return;
+    };
     if netns::ifindex(&r.iface).is_some() {
         remove_clsact_if_empty(&r.iface);
     }
@@ -128,13 +153,17 @@ pub fn clean(namespaces: &[Option<String>]) {
     if let Ok(entries) = fs::read_dir(STATE_DIR) {
         for entry in entries.flatten() {
             let path = entry.path();
-            let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else { continue };
+            let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else {
+                continue;
+            };
             if !lock(&file, true) {
                 live_agents += 1;
                 continue;
             }
-            let records: Vec<NetlinkRecord> =
-                fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+            let records: Vec<NetlinkRecord> = fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
             for r in &records {
                 remove_record(r);
             }
@@ -148,10 +177,17 @@ pub fn clean(namespaces: &[Option<String>]) {
         return;
     }
     for ns in namespaces {
-        let Ok(_ns) = NetnsGuard::enter(ns.as_deref()) else { continue };
+        let Ok(_ns) = NetnsGuard::enter(ns.as_deref()) else {
+            continue;
+        };
         for iface in interfaces() {
-            for (attach, name) in [(TcAttachType::Ingress, PROG_TC_INGRESS), (TcAttachType::Egress, PROG_TC_EGRESS)] {
-                let Ok(c) = std::ffi::CString::new(iface.as_str()) else { continue };
+            for (attach, name) in [
+                (TcAttachType::Ingress, PROG_TC_INGRESS),
+                (TcAttachType::Egress, PROG_TC_EGRESS),
+            ] {
+                let Ok(c) = std::ffi::CString::new(iface.as_str()) else {
+                    continue;
+                };
                 if tc::qdisc_detach_program(c.as_c_str(), attach.into(), name).is_ok() {
                     info!(iface = %iface, netns = ?ns, "removed a leftover {name} filter of an earlier run");
                 }
@@ -172,7 +208,11 @@ fn interfaces() -> Vec<String> {
         }
         let mut p = list;
         while (*p).if_index != 0 {
-            out.push(std::ffi::CStr::from_ptr((*p).if_name).to_string_lossy().into_owned());
+            out.push(
+                std::ffi::CStr::from_ptr((*p).if_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
             p = p.add(1);
         }
         libc::if_freenameindex(list);
@@ -194,9 +234,16 @@ pub fn remove_clsact_if_empty(iface: &str) {
     if shows_filters("ingress") || shows_filters("egress") {
         return;
     }
-    match Command::new("tc").args(["qdisc", "del", "dev", iface, "clsact"]).output() {
+    match Command::new("tc")
+        .args(["qdisc", "del", "dev", iface, "clsact"])
+        .output()
+    {
         Ok(o) if o.status.success() => {}
-        Ok(o) => warn!(iface, "could not remove our clsact qdisc: {}", String::from_utf8_lossy(&o.stderr).trim()),
+        Ok(o) => warn!(
+            iface,
+            "could not remove our clsact qdisc: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
         Err(e) => warn!(iface, "could not run tc to remove our clsact qdisc: {e}"),
     }
 }

@@ -24,7 +24,9 @@ impl NetnsGuard {
             return Ok(NetnsGuard { original: None });
         };
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-            return Err(Error::Invalid(format!("netns {name:?}: not a valid namespace name")));
+            return Err(Error::Invalid(format!(
+                "netns {name:?}: not a valid namespace name"
+            )));
         }
         let path = netns_path(name);
         let target = File::open(&path).map_err(|e| {
@@ -40,7 +42,9 @@ impl NetnsGuard {
             let e = std::io::Error::last_os_error();
             return Err(Error::Runtime(format!("netns {name}: setns failed: {e}")));
         }
-        Ok(NetnsGuard { original: Some(original) })
+        Ok(NetnsGuard {
+            original: Some(original),
+        })
     }
 }
 

@@ -15,7 +15,11 @@ pub struct Row {
 }
 
 fn row(feature: &'static str, supported: bool, detail: impl Into<String>) -> Row {
-    Row { feature, supported, detail: detail.into() }
+    Row {
+        feature,
+        supported,
+        detail: detail.into(),
+    }
 }
 
 /// Loads (but does not attach) the classifiers: the real test of whether
@@ -30,40 +34,81 @@ fn load_classifiers() -> std::result::Result<(), String> {
             .ok_or_else(|| format!("{name} missing"))?
             .try_into()
             .map_err(|e| format!("{name}: {e}"))?;
-        prog.load().map_err(|e| format!("{name}: the kernel refused it: {e}"))?;
+        prog.load()
+            .map_err(|e| format!("{name}: the kernel refused it: {e}"))?;
     }
     Ok(())
 }
 
 pub fn rows() -> Vec<Row> {
     let version = KernelVersion::current().ok();
-    let vtext = version.map(|v| v.to_string()).unwrap_or_else(|| "unknown".into());
+    let vtext = version
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "unknown".into());
     let at_least = |a, b| version.is_some_and(|v| v >= KernelVersion::new(a, b, 0));
     let mut out = Vec::new();
     match load_classifiers() {
-        Ok(()) => out.push(row("tc-classifier", true, "the ingress and egress classifiers pass the verifier")),
+        Ok(()) => out.push(row(
+            "tc-classifier",
+            true,
+            "the ingress and egress classifiers pass the verifier",
+        )),
         Err(e) => out.push(row("tc-classifier", false, e)),
     }
     out.push(if at_least(6, 6) {
-        row("attach-tcx", true, format!("Linux {vtext} has tcx links (fd-owned: a killed agent leaves nothing attached)"))
+        row(
+            "attach-tcx",
+            true,
+            format!(
+                "Linux {vtext} has tcx links (fd-owned: a killed agent leaves nothing attached)"
+            ),
+        )
     } else {
-        row("attach-tcx", false, format!("tcx needs Linux 6.6; this is {vtext}; netlink clsact is used instead"))
+        row(
+            "attach-tcx",
+            false,
+            format!("tcx needs Linux 6.6; this is {vtext}; netlink clsact is used instead"),
+        )
     });
     out.push(if at_least(4, 5) {
-        row("attach-netlink", true, "clsact qdisc with direct-action cls_bpf filters")
+        row(
+            "attach-netlink",
+            true,
+            "clsact qdisc with direct-action cls_bpf filters",
+        )
     } else {
-        row("attach-netlink", false, format!("clsact needs Linux 4.5; this is {vtext}"))
+        row(
+            "attach-netlink",
+            false,
+            format!("clsact needs Linux 4.5; this is {vtext}"),
+        )
     });
     let cg = cgroup::cgroup2_mount();
     out.push(match (&cg, at_least(4, 19)) {
-        (Some(m), true) => row("cgroup-match", true, format!("bpf_skb_ancestor_cgroup_id, cgroup2 at {}", m.display())),
-        (None, _) => row("cgroup-match", false, "no cgroup2 mount found in /proc/self/mountinfo"),
-        (_, false) => row("cgroup-match", false, format!("bpf_skb_ancestor_cgroup_id needs Linux 4.19; this is {vtext}")),
+        (Some(m), true) => row(
+            "cgroup-match",
+            true,
+            format!("bpf_skb_ancestor_cgroup_id, cgroup2 at {}", m.display()),
+        ),
+        (None, _) => row(
+            "cgroup-match",
+            false,
+            "no cgroup2 mount found in /proc/self/mountinfo",
+        ),
+        (_, false) => row(
+            "cgroup-match",
+            false,
+            format!("bpf_skb_ancestor_cgroup_id needs Linux 4.19; this is {vtext}"),
+        ),
     });
     out.push(if Path::new("/sys/kernel/btf/vmlinux").exists() {
         row("btf", true, "/sys/kernel/btf/vmlinux present")
     } else {
-        row("btf", false, "/sys/kernel/btf/vmlinux missing (CONFIG_DEBUG_INFO_BTF is not set)")
+        row(
+            "btf",
+            false,
+            "/sys/kernel/btf/vmlinux missing (CONFIG_DEBUG_INFO_BTF is not set)",
+        )
     });
     out
 }
@@ -71,10 +116,18 @@ pub fn rows() -> Vec<Row> {
 pub fn print(json: bool) -> Result<ExitCode> {
     let rows = rows();
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialise"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).expect("rows serialise")
+        );
     } else {
         for r in &rows {
-            println!("{:<16} {:<4} {}", r.feature, if r.supported { "yes" } else { "no" }, r.detail);
+            println!(
+                "{:<16} {:<4} {}",
+                r.feature,
+                if r.supported { "yes" } else { "no" },
+                r.detail
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -9,10 +9,7 @@
 //! different shapes a hook carries (at most `MAX_SHAPES`), never on how many
 //! rules or keys there are.
 
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use chaos_common::{
     ACTION_LOSS, FAMILY_ANY, FAMILY_V4, FAMILY_V6, FIELD_CGROUP, FIELD_DPORT, FIELD_PROTO,
@@ -60,17 +57,30 @@ pub struct HookKeyOrd(pub u32, pub u32);
 
 impl HookKeyOrd {
     pub fn key(self) -> HookKey {
-        HookKey { ifindex: self.0, direction: self.1 }
+        HookKey {
+            ifindex: self.0,
+            direction: self.1,
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum EncodeError {
-    #[error("rule {rule}: its match expands to {keys} kernel keys (limit {limit}); use fewer or narrower port ranges and CIDR lists")]
-    TooManyKeys { rule: u32, keys: usize, limit: usize },
-    #[error("rule {rule}: source and destination CIDRs have no address family in common, so nothing can match")]
+    #[error(
+        "rule {rule}: its match expands to {keys} kernel keys (limit {limit}); use fewer or narrower port ranges and CIDR lists"
+    )]
+    TooManyKeys {
+        rule: u32,
+        keys: usize,
+        limit: usize,
+    },
+    #[error(
+        "rule {rule}: source and destination CIDRs have no address family in common, so nothing can match"
+    )]
     NoCommonFamily { rule: u32 },
-    #[error("interface index {ifindex}: more than {limit} different match shapes on one interface and direction; merge faults with similar matches")]
+    #[error(
+        "interface index {ifindex}: more than {limit} different match shapes on one interface and direction; merge faults with similar matches"
+    )]
     TooManyShapes { ifindex: u32, limit: usize },
     #[error("{keys} kernel keys in total (limit {limit})")]
     MapFull { keys: usize, limit: u32 },
@@ -118,7 +128,11 @@ fn prefix(c: &Cidr) -> Prefix {
             FAMILY_V6
         }
     };
-    Prefix { family, len: c.prefix, addr }
+    Prefix {
+        family,
+        len: c.prefix,
+        addr,
+    }
 }
 
 fn protocols(m: &Match) -> Vec<u8> {
@@ -156,15 +170,21 @@ pub fn encode(specs: &[RuleSpec<'_>]) -> Result<Encoded, EncodeError> {
         let protos = protocols(m);
         let dports = ports(&m.dst_ports);
         let sports = ports(&m.src_ports);
-        let dsts: Option<Vec<Prefix>> = (!m.dst_cidrs.is_empty()).then(|| m.dst_cidrs.iter().map(prefix).collect());
-        let srcs: Option<Vec<Prefix>> = (!m.src_cidrs.is_empty()).then(|| m.src_cidrs.iter().map(prefix).collect());
+        let dsts: Option<Vec<Prefix>> =
+            (!m.dst_cidrs.is_empty()).then(|| m.dst_cidrs.iter().map(prefix).collect());
+        let srcs: Option<Vec<Prefix>> =
+            (!m.src_cidrs.is_empty()).then(|| m.src_cidrs.iter().map(prefix).collect());
         let keys = protos.len().max(1)
             * count_of(&dports)
             * count_of(&sports)
             * count_of(&dsts)
             * count_of(&srcs);
         if keys > MAX_KEYS_PER_RULE {
-            return Err(EncodeError::TooManyKeys { rule: spec.id, keys, limit: MAX_KEYS_PER_RULE });
+            return Err(EncodeError::TooManyKeys {
+                rule: spec.id,
+                keys,
+                limit: MAX_KEYS_PER_RULE,
+            });
         }
         let mut fields = 0u8;
         if !protos.is_empty() {
@@ -181,12 +201,17 @@ pub fn encode(specs: &[RuleSpec<'_>]) -> Result<Encoded, EncodeError> {
         }
         let cgroup = spec.cgroup.unwrap_or(ResolvedCgroup { id: 0, level: 0 });
         // Address combinations: (family, dst prefix, src prefix).
-        let any = Prefix { family: FAMILY_ANY, len: 0, addr: [0; 16] };
+        let any = Prefix {
+            family: FAMILY_ANY,
+            len: 0,
+            addr: [0; 16],
+        };
         let mut addrs: Vec<(Prefix, Prefix)> = Vec::new();
         for d in dsts.as_deref().unwrap_or(&[any]) {
             for s in srcs.as_deref().unwrap_or(&[any]) {
                 let family = d.family.max(s.family);
-                let compatible = d.family == FAMILY_ANY || s.family == FAMILY_ANY || d.family == s.family;
+                let compatible =
+                    d.family == FAMILY_ANY || s.family == FAMILY_ANY || d.family == s.family;
                 if compatible {
                     let d = Prefix { family, ..*d };
                     let s = Prefix { family, ..*s };
@@ -197,7 +222,11 @@ pub fn encode(specs: &[RuleSpec<'_>]) -> Result<Encoded, EncodeError> {
         if addrs.is_empty() {
             return Err(EncodeError::NoCommonFamily { rule: spec.id });
         }
-        let proto_list: Vec<u8> = if protos.is_empty() { vec![0] } else { protos.clone() };
+        let proto_list: Vec<u8> = if protos.is_empty() {
+            vec![0]
+        } else {
+            protos.clone()
+        };
         let dport_list = dports.unwrap_or_else(|| vec![0]);
         let sport_list = sports.unwrap_or_else(|| vec![0]);
         for hook in &spec.hooks {
@@ -225,8 +254,16 @@ pub fn encode(specs: &[RuleSpec<'_>]) -> Result<Encoded, EncodeError> {
                                 dport,
                                 sport,
                                 cgroup_id: cgroup.id,
-                                dst: if d.family == FAMILY_ANY { [0; 16] } else { d.addr },
-                                src: if s.family == FAMILY_ANY { [0; 16] } else { s.addr },
+                                dst: if d.family == FAMILY_ANY {
+                                    [0; 16]
+                                } else {
+                                    d.addr
+                                },
+                                src: if s.family == FAMILY_ANY {
+                                    [0; 16]
+                                } else {
+                                    s.addr
+                                },
                             };
                             out.keys.push((key, RuleRef { rule_id: spec.id }));
                         }
@@ -236,16 +273,34 @@ pub fn encode(specs: &[RuleSpec<'_>]) -> Result<Encoded, EncodeError> {
         }
     }
     // Two rules with the same key: the lower id wins, as in the kernel.
-    out.keys.sort_by(|a, b| key_bytes(&a.0).cmp(&key_bytes(&b.0)).then(a.1.rule_id.cmp(&b.1.rule_id)));
+    out.keys.sort_by(|a, b| {
+        key_bytes(&a.0)
+            .cmp(&key_bytes(&b.0))
+            .then(a.1.rule_id.cmp(&b.1.rule_id))
+    });
     out.keys.dedup_by(|b, a| key_bytes(&a.0) == key_bytes(&b.0));
     if out.keys.len() > MAX_RULE_KEYS as usize {
-        return Err(EncodeError::MapFull { keys: out.keys.len(), limit: MAX_RULE_KEYS });
+        return Err(EncodeError::MapFull {
+            keys: out.keys.len(),
+            limit: MAX_RULE_KEYS,
+        });
     }
     Ok(out)
 }
 
 fn key_bytes(k: &RuleKey) -> (u32, u32, u8, u8, u8, u16, u16, u64, [u8; 16], [u8; 16]) {
-    (k.hook.ifindex, k.hook.direction, k.shape, k.proto, k.family, k.dport, k.sport, k.cgroup_id, k.dst, k.src)
+    (
+        k.hook.ifindex,
+        k.hook.direction,
+        k.shape,
+        k.proto,
+        k.family,
+        k.dport,
+        k.sport,
+        k.cgroup_id,
+        k.dst,
+        k.src,
+    )
 }
 
 fn shape_index(conf: &mut HookConf, shape: Shape, ifindex: u32) -> Result<u8, EncodeError> {
@@ -254,7 +309,10 @@ fn shape_index(conf: &mut HookConf, shape: Shape, ifindex: u32) -> Result<u8, En
         return Ok(i as u8);
     }
     if used == MAX_SHAPES {
-        return Err(EncodeError::TooManyShapes { ifindex, limit: MAX_SHAPES });
+        return Err(EncodeError::TooManyShapes {
+            ifindex,
+            limit: MAX_SHAPES,
+        });
     }
     conf.shapes[used] = shape;
     conf.shape_count += 1;
@@ -280,16 +338,29 @@ mod tests {
     fn spec(id: u32, matcher: &Match) -> RuleSpec<'_> {
         RuleSpec {
             id,
-            hooks: vec![HookKey { ifindex: 7, direction: DIR_EGRESS }],
+            hooks: vec![HookKey {
+                ifindex: 7,
+                direction: DIR_EGRESS,
+            }],
             matcher,
             cgroup: None,
-            rule: kernel_rule(&NetworkAction::Loss { percent: Percent(30.0) }, 99, true).unwrap(),
+            rule: kernel_rule(
+                &NetworkAction::Loss {
+                    percent: Percent(30.0),
+                },
+                99,
+                true,
+            )
+            .unwrap(),
         }
     }
 
     fn cidr(s: &str) -> Cidr {
         let (a, p) = s.split_once('/').unwrap();
-        Cidr { addr: a.parse().unwrap(), prefix: p.parse().unwrap() }
+        Cidr {
+            addr: a.parse().unwrap(),
+            prefix: p.parse().unwrap(),
+        }
     }
 
     #[test]
@@ -309,13 +380,31 @@ mod tests {
         assert_eq!(conf.shape_count, 1);
         assert_eq!(conf.shapes[0].fields, 0);
         assert_eq!(conf.shapes[0].family, FAMILY_ANY);
-        assert_eq!(e.keys[0].0, RuleKey { hook: HookKey { ifindex: 7, direction: DIR_EGRESS }, ..RuleKey::default() });
+        assert_eq!(
+            e.keys[0].0,
+            RuleKey {
+                hook: HookKey {
+                    ifindex: 7,
+                    direction: DIR_EGRESS
+                },
+                ..RuleKey::default()
+            }
+        );
     }
 
     #[test]
     fn ports_with_any_protocol_mean_tcp_and_udp_and_ranges_expand() {
         let mut matcher = m();
-        matcher.dst_ports = vec![PortRange { first: 5432, last: 5432 }, PortRange { first: 6000, last: 6002 }];
+        matcher.dst_ports = vec![
+            PortRange {
+                first: 5432,
+                last: 5432,
+            },
+            PortRange {
+                first: 6000,
+                last: 6002,
+            },
+        ];
         let e = encode(&[spec(3, &matcher)]).unwrap();
         assert_eq!(e.keys.len(), 2 * 4);
         let conf = e.hooks[&HookKeyOrd(7, DIR_EGRESS)];
@@ -335,8 +424,14 @@ mod tests {
         let e = encode(&[spec(0, &matcher)]).unwrap();
         let conf = e.hooks[&HookKeyOrd(7, DIR_EGRESS)];
         assert_eq!(conf.shape_count, 2);
-        assert_eq!((conf.shapes[0].family, conf.shapes[0].dst_prefix), (FAMILY_V4, 16));
-        assert_eq!((conf.shapes[1].family, conf.shapes[1].dst_prefix), (FAMILY_V6, 8));
+        assert_eq!(
+            (conf.shapes[0].family, conf.shapes[0].dst_prefix),
+            (FAMILY_V4, 16)
+        );
+        assert_eq!(
+            (conf.shapes[1].family, conf.shapes[1].dst_prefix),
+            (FAMILY_V6, 8)
+        );
         let v4 = e.keys.iter().find(|(k, _)| k.family == FAMILY_V4).unwrap();
         assert_eq!(&v4.0.dst[..4], &[10, 1, 0, 0]);
         assert_eq!(v4.0.proto, IPPROTO_UDP);
@@ -347,16 +442,25 @@ mod tests {
         let mut matcher = m();
         matcher.dst_cidrs = vec![cidr("10.0.0.0/8")];
         matcher.src_cidrs = vec![cidr("fd00::/8")];
-        assert_eq!(encode(&[spec(1, &matcher)]).unwrap_err(), EncodeError::NoCommonFamily { rule: 1 });
+        assert_eq!(
+            encode(&[spec(1, &matcher)]).unwrap_err(),
+            EncodeError::NoCommonFamily { rule: 1 }
+        );
     }
 
     #[test]
     fn key_explosion_is_refused() {
         let mut matcher = m();
         matcher.protocol = Protocol::Udp;
-        matcher.dst_ports = vec![PortRange { first: 1, last: 40_000 }];
+        matcher.dst_ports = vec![PortRange {
+            first: 1,
+            last: 40_000,
+        }];
         matcher.src_ports = vec![PortRange { first: 1, last: 3 }];
-        assert!(matches!(encode(&[spec(0, &matcher)]), Err(EncodeError::TooManyKeys { keys: 120_000, .. })));
+        assert!(matches!(
+            encode(&[spec(0, &matcher)]),
+            Err(EncodeError::TooManyKeys { keys: 120_000, .. })
+        ));
     }
 
     #[test]
@@ -365,11 +469,18 @@ mod tests {
             .map(|i| {
                 let mut x = m();
                 x.protocol = Protocol::Udp;
-                x.dst_ports = vec![PortRange { first: 1000 + i, last: 1000 + i }];
+                x.dst_ports = vec![PortRange {
+                    first: 1000 + i,
+                    last: 1000 + i,
+                }];
                 x
             })
             .collect();
-        let specs: Vec<RuleSpec<'_>> = matchers.iter().enumerate().map(|(i, x)| spec(i as u32, x)).collect();
+        let specs: Vec<RuleSpec<'_>> = matchers
+            .iter()
+            .enumerate()
+            .map(|(i, x)| spec(i as u32, x))
+            .collect();
         let e = encode(&specs).unwrap();
         assert_eq!(e.hooks[&HookKeyOrd(7, DIR_EGRESS)].shape_count, 1);
         assert_eq!(e.keys.len(), 100);
@@ -384,21 +495,39 @@ mod tests {
                 x
             })
             .collect();
-        let specs: Vec<RuleSpec<'_>> = matchers.iter().enumerate().map(|(i, x)| spec(i as u32, x)).collect();
-        assert!(matches!(encode(&specs), Err(EncodeError::TooManyShapes { ifindex: 7, .. })));
+        let specs: Vec<RuleSpec<'_>> = matchers
+            .iter()
+            .enumerate()
+            .map(|(i, x)| spec(i as u32, x))
+            .collect();
+        assert!(matches!(
+            encode(&specs),
+            Err(EncodeError::TooManyShapes { ifindex: 7, .. })
+        ));
     }
 
     #[test]
     fn same_key_keeps_the_lower_rule_and_both_directions_get_keys() {
         let matcher = m();
         let mut a = spec(5, &matcher);
-        a.hooks.push(HookKey { ifindex: 7, direction: DIR_INGRESS });
+        a.hooks.push(HookKey {
+            ifindex: 7,
+            direction: DIR_INGRESS,
+        });
         let b = spec(2, &matcher);
         let e = encode(&[a, b]).unwrap();
         assert_eq!(e.keys.len(), 2);
-        let egress = e.keys.iter().find(|(k, _)| k.hook.direction == DIR_EGRESS).unwrap();
+        let egress = e
+            .keys
+            .iter()
+            .find(|(k, _)| k.hook.direction == DIR_EGRESS)
+            .unwrap();
         assert_eq!(egress.1.rule_id, 2);
-        let ingress = e.keys.iter().find(|(k, _)| k.hook.direction == DIR_INGRESS).unwrap();
+        let ingress = e
+            .keys
+            .iter()
+            .find(|(k, _)| k.hook.direction == DIR_INGRESS)
+            .unwrap();
         assert_eq!(ingress.1.rule_id, 5);
     }
 

@@ -126,7 +126,8 @@ fn classify(ctx: &TcContext, direction: u32) -> Result<Decision, ()> {
     // preempt each other on one CPU for the same map slot in tc context.
     let counters = unsafe { &mut *counters };
     counters.matched += 1;
-    let guarded = guard & GUARD_EXTRA != 0 || (rule.default_guard != 0 && guard & GUARD_DEFAULT != 0);
+    let guarded =
+        guard & GUARD_EXTRA != 0 || (rule.default_guard != 0 && guard & GUARD_DEFAULT != 0);
     if guarded {
         counters.guard_passed += 1;
         return Ok(Decision::Pass);
@@ -139,7 +140,10 @@ fn classify(ctx: &TcContext, direction: u32) -> Result<Decision, ()> {
         ACTION_LOSS => {
             counters.injected += 1;
             if debug_enabled() {
-                debug!(ctx, "rule {} dropped a packet on ifindex {} dir {}", rule_id, ifindex, direction);
+                debug!(
+                    ctx,
+                    "rule {} dropped a packet on ifindex {} dir {}", rule_id, ifindex, direction
+                );
             }
             Ok(Decision::Drop)
         }
@@ -160,7 +164,11 @@ fn guard_kinds(pkt: &Packet) -> u32 {
     }
     for addr in [pkt.src, pkt.dst] {
         let key = Key::new(
-            32 + if pkt.family == chaos_common::FAMILY_V4 { 32 } else { 128 },
+            32 + if pkt.family == chaos_common::FAMILY_V4 {
+                32
+            } else {
+                128
+            },
             GuardNet {
                 family: pkt.family,
                 _pad: [0; 3],
@@ -239,9 +247,21 @@ fn shape_key(
     key.shape = index;
     key.family = shape.family;
     key._pad0 = 0;
-    key.proto = if shape.fields & FIELD_PROTO != 0 { pkt.proto } else { 0 };
-    key.dport = if shape.fields & FIELD_DPORT != 0 { pkt.dport } else { 0 };
-    key.sport = if shape.fields & FIELD_SPORT != 0 { pkt.sport } else { 0 };
+    key.proto = if shape.fields & FIELD_PROTO != 0 {
+        pkt.proto
+    } else {
+        0
+    };
+    key.dport = if shape.fields & FIELD_DPORT != 0 {
+        pkt.dport
+    } else {
+        0
+    };
+    key.sport = if shape.fields & FIELD_SPORT != 0 {
+        pkt.sport
+    } else {
+        0
+    };
     key.cgroup_id = 0;
     if shape.fields & FIELD_CGROUP != 0 {
         if hook.direction != DIR_EGRESS {

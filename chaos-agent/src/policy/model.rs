@@ -122,12 +122,23 @@ pub struct Percent(pub f64);
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum NetworkAction {
-    Loss { percent: Percent },
-    Delay { latency: Duration, jitter: Duration },
-    Corrupt { percent: Percent },
-    Duplicate { percent: Percent },
+    Loss {
+        percent: Percent,
+    },
+    Delay {
+        latency: Duration,
+        jitter: Duration,
+    },
+    Corrupt {
+        percent: Percent,
+    },
+    Duplicate {
+        percent: Percent,
+    },
     /// Bits per second.
-    Bandwidth { rate_bps: u64 },
+    Bandwidth {
+        rate_bps: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -1,0 +1,1307 @@
+//! Policy files: loading, validation and the value parsers the CLI shares.
+//!
+//! ```text
+//! load_file / load_str / load_paths
+//!   -> size cap (MAX_FILE_SIZE)
+//!   -> locate::check_structure   (YAML syntax, one document, depth <= 64; no alias expansion)
+//!   -> serde_norway + serde_path_to_error into raw::RawPolicy (unknown fields refused,
+//!      single values parsed by `values`)
+//!   -> validate::validate        (rules across fields) -> model::Policy
+//! ```
+//!
+//! Every error is a [`PolicyError`] whose position comes from
+//! [`locate::locate`] (the field path looked up in the YAML event stream).
+
+mod error;
+mod locate;
+pub mod model;
+mod raw;
+mod validate;
+pub mod values;
+
+use std::{
+    fs,
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+pub use error::{ErrorKind, PolicyError};
+pub use values::{
+    MAX_DURATION, MAX_ERRNO, errno_name, parse_cgroup_path, parse_comm, parse_duration,
+    parse_errno, parse_interface, parse_name, parse_netns, parse_pid, parse_port,
+    parse_positive_duration, parse_rate, parse_syscall_name, parse_unit,
+};
+
+use error::{FieldPath, Seg};
+use locate::{Located, Pos, StructureError};
+use validate::Anchor;
+
+/// Files larger than this are refused before parsing.
+pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
+
+/// Loads one policy file. The error names `path` as given.
+pub fn load_file(path: &Path) -> Result<model::Policy, PolicyError> {
+    let origin = path.display().to_string();
+    let text = read_bounded(path, &origin)?;
+    load_str(&origin, &text)
+}
+
+/// Parses and validates policy text; `origin` is used in messages and kept
+/// in [`model::Policy::origin`].
+pub fn load_str(origin: &str, text: &str) -> Result<model::Policy, PolicyError> {
+    if text.len() as u64 > MAX_FILE_SIZE {
+        return Err(too_large(origin, text.len() as u64));
+    }
+    let at = |pos: Pos, path: Option<&FieldPath>, kind, message: String| PolicyError {
+        file: origin.to_string(),
+        line: Some(pos.line),
+        column: Some(pos.column),
+        path: path.filter(|p| !p.is_root()).map(ToString::to_string),
+        message,
+        kind,
+    };
+    match locate::check_structure(text) {
+        Ok(()) => {}
+        Err(StructureError::Syntax { pos, message }) if message.contains("recursion limit") => {
+            // The YAML scanner's own cap on flow nesting, met before ours.
+            return Err(at(
+                pos,
+                None,
+                ErrorKind::Invalid,
+                format!(
+                    "nesting deeper than {} levels is not allowed",
+                    locate::MAX_DEPTH
+                ),
+            ));
+        }
+        Err(StructureError::Syntax { pos, message }) => {
+            return Err(at(
+                pos,
+                None,
+                ErrorKind::Syntax,
+                format!("invalid YAML: {}", cap(&message)),
+            ));
+        }
+        Err(StructureError::TooDeep { pos, path }) => {
+            return Err(at(
+                pos,
+                Some(&path),
+                ErrorKind::Invalid,
+                format!(
+                    "nesting deeper than {} levels is not allowed",
+                    locate::MAX_DEPTH
+                ),
+            ));
+        }
+        Err(StructureError::AliasBomb { pos, path }) => {
+            return Err(at(
+                pos,
+                Some(&path),
+                ErrorKind::Invalid,
+                format!(
+                    "YAML aliases expand to more than {} nodes (an alias/anchor bomb?); refusing the file",
+                    locate::MAX_EXPANDED_NODES
+                ),
+            ));
+        }
+        Err(StructureError::Empty) => {
+            return Err(PolicyError::without_position(
+                origin,
+                ErrorKind::Invalid,
+                format!(
+                    "the file is empty; expected a FaultPolicy document (apiVersion: {})",
+                    raw::API_VERSION
+                ),
+            ));
+        }
+        Err(StructureError::SeveralDocuments { pos }) => {
+            return Err(at(
+                pos,
+                None,
+                ErrorKind::Invalid,
+                "expected one YAML document per file, found a second one; put each policy in its own file".into(),
+            ));
+        }
+    }
+
+    let de = serde_norway::Deserializer::from_str(text);
+    let raw: raw::RawPolicy = match serde_path_to_error::deserialize(de) {
+        Ok(r) => r,
+        Err(e) => return Err(serde_error(origin, text, e)),
+    };
+    validate::validate(raw, origin).map_err(|inv| {
+        let (pos, path) = position(text, &inv.path, inv.anchor, 1, None);
+        at(pos, Some(&path), ErrorKind::Invalid, inv.message)
+    })
+}
+
+/// Loads policy files: files as given, directories expanded to their
+/// `*.yaml` / `*.yml` files (sorted, not recursive; names starting with `.`
+/// are skipped, they are editor and tool leftovers). A path that cannot be
+/// read (or does not exist) is an error entry for that path.
+pub fn load_paths(paths: &[PathBuf]) -> Vec<(PathBuf, Result<model::Policy, PolicyError>)> {
+    let mut out = Vec::new();
+    for p in paths {
+        let origin = p.display().to_string();
+        let meta = match fs::metadata(p) {
+            Ok(m) => m,
+            Err(e) => {
+                out.push((p.clone(), Err(io_error(&origin, &e))));
+                continue;
+            }
+        };
+        if !meta.is_dir() {
+            out.push((p.clone(), load_file(p)));
+            continue;
+        }
+        match policy_files_in(p) {
+            Ok(files) => out.extend(files.into_iter().map(|f| {
+                let r = load_file(&f);
+                (f, r)
+            })),
+            Err(e) => out.push((p.clone(), Err(io_error(&origin, &e)))),
+        }
+    }
+    out
+}
+
+/// The `*.yaml` / `*.yml` files directly in `dir`, sorted by name.
+pub fn policy_files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+        // `is_file` follows symlinks, so a dangling link is skipped too.
+        if is_yaml && !name.starts_with('.') && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn io_error(origin: &str, e: &std::io::Error) -> PolicyError {
+    PolicyError::without_position(origin, ErrorKind::Io, format!("cannot read: {e}"))
+}
+
+fn too_large(origin: &str, size: u64) -> PolicyError {
+    PolicyError::without_position(
+        origin,
+        ErrorKind::TooLarge,
+        format!(
+            "file is too large ({size} bytes); policy files are limited to {MAX_FILE_SIZE} bytes (1 MiB)"
+        ),
+    )
+}
+
+/// Reads at most `MAX_FILE_SIZE` bytes (plus one, to tell that there were
+/// more), whatever the file claims to be.
+fn read_bounded(path: &Path, origin: &str) -> Result<String, PolicyError> {
+    let file = fs::File::open(path).map_err(|e| io_error(origin, &e))?;
+    let meta = file.metadata().map_err(|e| io_error(origin, &e))?;
+    if meta.is_dir() {
+        return Err(PolicyError::without_position(
+            origin,
+            ErrorKind::Io,
+            "cannot read: is a directory; expected a policy file".into(),
+        ));
+    }
+    if meta.len() > MAX_FILE_SIZE {
+        return Err(too_large(origin, meta.len()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_error(origin, &e))?;
+    if bytes.len() as u64 > MAX_FILE_SIZE {
+        return Err(PolicyError::without_position(
+            origin,
+            ErrorKind::TooLarge,
+            format!("file is too large; policy files are limited to {MAX_FILE_SIZE} bytes (1 MiB)"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        // Safe: `good` is the valid prefix.
+        let good = std::str::from_utf8(good).unwrap_or_default();
+        let line = good.matches('\n').count() + 1;
+        let column = good.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        PolicyError {
+            file: origin.to_string(),
+            line: Some(line),
+            column: Some(column),
+            path: None,
+            message: "the file is not valid UTF-8".into(),
+            kind: ErrorKind::Syntax,
+        }
+    })
+}
+
+/// Where to point for a field, and the path to report. `serde_loc` is
+/// serde's own idea of the position, used when the field cannot be found
+/// (it sits behind an alias).
+fn position(
+    text: &str,
+    path: &FieldPath,
+    anchor: Anchor,
+    nth: usize,
+    serde_loc: Option<Pos>,
+) -> (Pos, FieldPath) {
+    let pick = |l: Located, anchor| match anchor {
+        Anchor::Value => l.node,
+        _ => l.key_or_node(),
+    };
+    let lookup = if anchor == Anchor::Missing {
+        path.parent()
+    } else {
+        path.clone()
+    };
+    let (exact, best) = locate::locate(text, &lookup, nth);
+    let pos = match (exact, serde_loc, best) {
+        (Some(l), _, _) => pick(l, anchor),
+        (None, Some(p), _) => p,
+        (None, None, Some(l)) => l.node,
+        (None, None, None) => Pos { line: 1, column: 1 },
+    };
+    (pos, path.clone())
+}
+
+/// Turns serde's error into ours: the path from serde_path_to_error, the
+/// message without serde_norway's decorations, the position from the
+/// event stream.
+fn serde_error(
+    origin: &str,
+    text: &str,
+    e: serde_path_to_error::Error<serde_norway::Error>,
+) -> PolicyError {
+    let mut path = FieldPath::from_serde(e.path());
+    let inner = e.into_inner();
+    let serde_loc = inner.location().map(|l| Pos {
+        line: l.line(),
+        column: l.column(),
+    });
+    let mut message = inner.to_string();
+    // serde_norway adds " at line L column C" and "PATH: " around the message.
+    if let Some(l) = &serde_loc {
+        let suffix = format!(" at line {} column {}", l.line, l.column);
+        if let Some(i) = message.find(&suffix) {
+            message.replace_range(i..i + suffix.len(), "");
+        }
+    }
+    if let Some(i) = message.find(": ")
+        && !message[..i].contains(char::is_whitespace)
+    {
+        message.replace_range(..i + 2, "");
+    }
+
+    let mut anchor = Anchor::Value;
+    let mut nth = 1;
+    if let Some(field) = backticked_after(&message, "missing field ") {
+        path = path.key(&field);
+        anchor = Anchor::Missing;
+        message = format!("missing required field `{field}`{}", field_hint(&field));
+    } else if let Some(field) = backticked_after(&message, "unknown field ") {
+        if path.0.last() != Some(&Seg::Key(field.clone())) {
+            path = path.key(&field);
+        }
+        anchor = Anchor::Key;
+        let known: Vec<&str> = message.split('`').skip(3).step_by(2).collect();
+        if let Some(m) = values::closest(&field, known.iter().copied()) {
+            message.push_str(&format!("; did you mean `{m}`?"));
+        }
+    } else if let Some(field) = backticked_after(&message, "duplicate field ") {
+        path = path.key(&field);
+        anchor = Anchor::Key;
+        nth = 2;
+        message = format!("duplicate field `{field}`; expected each field once");
+    } else if message == "repetition limit exceeded" {
+        message =
+            "too many alias expansions (an alias/anchor bomb?); refusing to expand this document"
+                .into();
+    } else if message == "recursion limit exceeded" {
+        message = format!(
+            "nesting deeper than {} levels is not allowed",
+            locate::MAX_DEPTH
+        );
+    } else {
+        message = message
+            .replace("expected u16", "expected a whole number from 0 to 65535")
+            .replace(
+                "expected u32",
+                "expected a whole number from 0 to 4294967295",
+            )
+            .replace("expected u64", "expected a whole number")
+            .replace("expected a boolean", "expected true or false")
+            .replace("expected a sequence", "expected a list")
+            .replace("expected field identifier", "expected a field name");
+    }
+    let (pos, path) = position(text, &path, anchor, nth, serde_loc);
+    PolicyError {
+        file: origin.to_string(),
+        line: Some(pos.line),
+        column: Some(pos.column),
+        path: (!path.is_root()).then(|| path.to_string()),
+        message: cap(&message),
+        kind: ErrorKind::Invalid,
+    }
+}
+
+/// serde quotes whole values back; keep messages to a readable length.
+fn cap(message: &str) -> String {
+    const MAX: usize = 400;
+    match message.char_indices().nth(MAX) {
+        None => message.to_string(),
+        Some((i, _)) => format!("{}…", &message[..i]),
+    }
+}
+
+/// `x` from "PREFIX`x`..." when the message starts with `prefix`.
+fn backticked_after(message: &str, prefix: &str) -> Option<String> {
+    let rest = message.strip_prefix(prefix)?.strip_prefix('`')?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+/// What a missing required field should hold.
+fn field_hint(field: &str) -> String {
+    let hint = match field {
+        "apiVersion" => "\"chaos-agent/v1\"",
+        "kind" => "\"FaultPolicy\"",
+        "metadata" => "a mapping with name",
+        "spec" => "a mapping with duration and faults",
+        "name" => values::NAME_EXPECTED,
+        "duration" | "latency" => values::DURATION_EXPECTED,
+        "faults" => "a list of faults",
+        "probe" => "a mapping with http or tcp",
+        "interface" => values::INTERFACE_EXPECTED,
+        "percent" => values::PERCENT_EXPECTED,
+        "rate" => values::RATE_EXPECTED,
+        "names" => "a list of syscall names such as [connect]",
+        "errno" => values::ERRNO_EXPECTED,
+        "target" => "a mapping with exactly one of pid, comm, cgroup, unit",
+        _ => return String::new(),
+    };
+    format!("; expected {hint}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::IpAddr, time::Duration};
+
+    use super::{model::*, *};
+
+    /// The example of CONTRACT.md section 3, verbatim.
+    const CONTRACT_EXAMPLE: &str = r#"apiVersion: chaos-agent/v1
+kind: FaultPolicy
+metadata:
+  name: checkout-db-latency        # [a-z0-9-]{1,63}; unique among loaded policies
+spec:
+  duration: 10m                    # required; faults expire in the kernel at start + duration
+  startAfter: 30s                  # optional
+  abortWhen:                       # optional steady-state guard, run by the agent
+    probe: { http: "http://127.0.0.1:8080/health", expectStatus: 200 }   # or { tcp: "127.0.0.1:5432" }
+    interval: 1s
+    failures: 3                    # consecutive failures that revert the whole policy
+  guard:                           # optional; adds to the built-in guard (section 4)
+    ports: [2222]
+    cidrs: [192.0.2.0/24]
+  faults:
+    - name: db-latency             # [a-z0-9-]{1,63}; unique within the policy
+      network:
+        interface: eth0            # required
+        netns: edge-app            # optional: named network namespace (ip netns) holding the interface
+        direction: egress          # egress (default) | ingress | both
+        match:                     # fields AND together; entries inside a list OR together
+          protocol: tcp            # tcp | udp | icmp | any (default any)
+          dstPorts: [5432, "6000-6100"]
+          srcPorts: []
+          dstCidrs: [10.1.0.0/16, "fd00::/8"]
+          srcCidrs: []
+          unit: db-client.service  # or cgroup: /system.slice/db-client.service (egress only)
+        delay: { latency: 100ms, jitter: 20ms }
+        # exactly one action per network fault:
+        #   loss:      { percent: 30 }
+        #   delay:     { latency: 100ms, jitter: 20ms }
+        #   corrupt:   { percent: 5 }
+        #   duplicate: { percent: 5 }
+        #   bandwidth: { rate: 1mbit }
+    - name: refuse-connect
+      syscall:
+        names: [connect]           # as in man 2; several allowed
+        errno: ECONNREFUSED        # name or number 1..4095
+        percent: 50                # default 100
+        target:                    # required, exactly one of: pid | comm | cgroup | unit
+          unit: payment.service
+        maxInjections: 1000        # optional budget, enforced in the kernel
+"#;
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let p = load_str("policies/checkout.yaml", CONTRACT_EXAMPLE).unwrap();
+        let want = Policy {
+            name: "checkout-db-latency".into(),
+            origin: "policies/checkout.yaml".into(),
+            duration: Duration::from_secs(600),
+            start_after: Duration::from_secs(30),
+            abort_when: Some(AbortWhen {
+                probe: Probe::Http {
+                    url: "http://127.0.0.1:8080/health".into(),
+                    expect_status: 200,
+                },
+                interval: Duration::from_secs(1),
+                failures: 3,
+            }),
+            guard: Guard {
+                ports: vec![2222],
+                cidrs: vec![cidr("192.0.2.0/24")],
+                disable_defaults: false,
+            },
+            faults: vec![
+                Fault {
+                    name: "db-latency".into(),
+                    kind: FaultKind::Network(NetworkFault {
+                        interface: "eth0".into(),
+                        netns: Some("edge-app".into()),
+                        direction: Direction::Egress,
+                        matcher: Match {
+                            protocol: Protocol::Tcp,
+                            dst_ports: vec![
+                                PortRange {
+                                    first: 5432,
+                                    last: 5432,
+                                },
+                                PortRange {
+                                    first: 6000,
+                                    last: 6100,
+                                },
+                            ],
+                            src_ports: vec![],
+                            dst_cidrs: vec![cidr("10.1.0.0/16"), cidr("fd00::/8")],
+                            src_cidrs: vec![],
+                            cgroup: Some(CgroupSelector::Unit("db-client.service".into())),
+                        },
+                        action: NetworkAction::Delay {
+                            latency: Duration::from_millis(100),
+                            jitter: Duration::from_millis(20),
+                        },
+                    }),
+                },
+                Fault {
+                    name: "refuse-connect".into(),
+                    kind: FaultKind::Syscall(SyscallFault {
+                        names: vec!["connect".into()],
+                        errno: 111,
+                        percent: Percent(50.0),
+                        target: SyscallTarget::Unit("payment.service".into()),
+                        max_injections: Some(1000),
+                    }),
+                },
+            ],
+        };
+        assert_eq!(p, want);
+    }
+
+    #[test]
+    fn defaults_and_other_forms() {
+        let p = load_str(
+            "<test>",
+            "apiVersion: chaos-agent/v1
+kind: FaultPolicy
+metadata: {name: d}
+spec:
+  duration: 1h 30m
+  abortWhen:
+    probe: {tcp: \"127.0.0.1:5432\"}
+  faults:
+    - name: n
+      network: {interface: lo, corrupt: {percent: \"0.5%\"}}
+    - name: b
+      network: {interface: lo, direction: both, match: {protocol: icmp}, bandwidth: {rate: 500kbit}}
+    - name: s
+      syscall: {names: [openat, read], errno: 5, target: {pid: 4242}}
+",
+        )
+        .unwrap();
+        assert_eq!(p.duration, Duration::from_secs(5400));
+        assert_eq!(p.start_after, Duration::ZERO);
+        assert_eq!(
+            p.abort_when,
+            Some(AbortWhen {
+                probe: Probe::Tcp {
+                    addr: "127.0.0.1:5432".into()
+                },
+                interval: Duration::from_secs(1),
+                failures: 3
+            })
+        );
+        assert_eq!(p.guard, Guard::default());
+        let FaultKind::Network(n) = &p.faults[0].kind else {
+            panic!()
+        };
+        assert_eq!(n.direction, Direction::Egress);
+        assert_eq!(n.netns, None);
+        assert_eq!(n.matcher.protocol, Protocol::Any);
+        assert!(n.matcher.dst_ports.is_empty() && n.matcher.cgroup.is_none());
+        assert_eq!(
+            n.action,
+            NetworkAction::Corrupt {
+                percent: Percent(0.5)
+            }
+        );
+        let FaultKind::Network(b) = &p.faults[1].kind else {
+            panic!()
+        };
+        assert_eq!(b.direction, Direction::Both);
+        assert_eq!(b.action, NetworkAction::Bandwidth { rate_bps: 500_000 });
+        let FaultKind::Syscall(s) = &p.faults[2].kind else {
+            panic!()
+        };
+        assert_eq!(s.percent, Percent(100.0));
+        assert_eq!(s.errno, 5);
+        assert_eq!(s.target, SyscallTarget::Pid(4242));
+        assert_eq!(s.max_injections, None);
+        assert_eq!(s.names, ["openat", "read"]);
+    }
+
+    /// A valid policy; each bad case below changes one thing in it.
+    const BASE: &str = "\
+apiVersion: chaos-agent/v1
+kind: FaultPolicy
+metadata:
+  name: test
+spec:
+  duration: 10m
+  faults:
+    - name: net
+      network:
+        interface: eth0
+        match:
+          protocol: tcp
+          dstPorts: [5432, \"6000-6100\"]
+        loss: { percent: 30 }
+    - name: sys
+      syscall:
+        names: [connect]
+        errno: ECONNREFUSED
+        target:
+          unit: payment.service
+";
+
+    fn edit(from: &str, to: &str) -> String {
+        assert!(BASE.contains(from), "BASE has no {from:?}");
+        BASE.replacen(from, to, 1)
+    }
+
+    #[track_caller]
+    fn check(text: &str, line: usize, col: usize, path: &str, fragment: &str) -> PolicyError {
+        let e = load_str("bad.yaml", text).expect_err("should be refused");
+        let shown = e.to_string();
+        assert_eq!(
+            (e.line, e.column, e.path.as_deref().unwrap_or("")),
+            (Some(line), Some(col), path),
+            "{shown}"
+        );
+        assert!(
+            e.message.contains(fragment),
+            "{shown}\n  wanted: {fragment}"
+        );
+        assert!(!shown.contains('\n'), "{shown}");
+        assert_eq!(
+            shown,
+            format!("bad.yaml:{line}:{col}: {path}: {}", e.message)
+        );
+        e
+    }
+
+    #[test]
+    fn base_is_valid() {
+        load_str("base.yaml", BASE).unwrap();
+    }
+
+    #[test]
+    fn unknown_field_typo() {
+        check(
+            &edit("dstPorts:", "dstPort:"),
+            13,
+            11,
+            "spec.faults[0].network.match.dstPort",
+            "unknown field `dstPort`",
+        );
+        let e = load_str("bad.yaml", &edit("dstPorts:", "dstPort:")).unwrap_err();
+        assert!(e.message.contains("did you mean `dstPorts`?"), "{e}");
+        check(
+            &edit("  duration: 10m\n", "  duration: 10m\n  startafter: 1s\n"),
+            7,
+            3,
+            "spec.startafter",
+            "did you mean `startAfter`?",
+        );
+    }
+
+    #[test]
+    fn percent_out_of_range() {
+        check(
+            &edit("percent: 30", "percent: 150"),
+            14,
+            26,
+            "spec.faults[0].network.loss.percent",
+            "expected a percentage from 0 to 100",
+        );
+        check(
+            &edit("percent: 30", "percent: lots"),
+            14,
+            26,
+            "spec.faults[0].network.loss.percent",
+            "found \"lots\"",
+        );
+    }
+
+    #[test]
+    fn port_out_of_range() {
+        let e = check(
+            &edit("\"6000-6100\"", "70000"),
+            13,
+            28,
+            "spec.faults[0].network.match.dstPorts[1]",
+            "expected a port (1-65535) or a range A-B, found \"70000\"",
+        );
+        assert_eq!(
+            e.to_string(),
+            "bad.yaml:13:28: spec.faults[0].network.match.dstPorts[1]: expected a port (1-65535) or a range A-B, found \"70000\""
+        );
+    }
+
+    #[test]
+    fn port_range_reversed() {
+        check(
+            &edit("\"6000-6100\"", "\"10-5\""),
+            13,
+            28,
+            "spec.faults[0].network.match.dstPorts[1]",
+            "port range 10-5 is reversed",
+        );
+    }
+
+    #[test]
+    fn bad_cidr() {
+        check(
+            &edit(
+                "protocol: tcp",
+                "protocol: tcp\n          dstCidrs: [10.1.0.0/16, 300.1.0.0/16]",
+            ),
+            13,
+            35,
+            "spec.faults[0].network.match.dstCidrs[1]",
+            "expected an address or prefix",
+        );
+    }
+
+    #[test]
+    fn cidr_host_bits() {
+        check(
+            &edit(
+                "protocol: tcp",
+                "protocol: tcp\n          srcCidrs: [\"10.0.0.1/8\"]",
+            ),
+            13,
+            22,
+            "spec.faults[0].network.match.srcCidrs[0]",
+            "host bits set; did you mean 10.0.0.0/8?",
+        );
+    }
+
+    #[test]
+    fn two_actions() {
+        check(
+            &edit(
+                "        loss: { percent: 30 }\n",
+                "        loss: { percent: 30 }\n        delay: { latency: 100ms }\n",
+            ),
+            9,
+            7,
+            "spec.faults[0].network",
+            "expected exactly one action (loss, delay, corrupt, duplicate or bandwidth) per network fault, found loss and delay",
+        );
+    }
+
+    #[test]
+    fn no_action() {
+        check(
+            &edit("        loss: { percent: 30 }\n", ""),
+            9,
+            7,
+            "spec.faults[0].network",
+            "found none",
+        );
+    }
+
+    #[test]
+    fn cgroup_on_ingress() {
+        let text = edit(
+            "interface: eth0\n",
+            "interface: eth0\n        direction: ingress\n",
+        )
+        .replacen(
+            "protocol: tcp\n",
+            "protocol: tcp\n          cgroup: /system.slice/x.service\n",
+            1,
+        );
+        check(
+            &text,
+            14,
+            11,
+            "spec.faults[0].network.match.cgroup",
+            "cgroup needs direction egress",
+        );
+        let text = edit(
+            "interface: eth0\n",
+            "interface: eth0\n        direction: both\n",
+        )
+        .replacen(
+            "protocol: tcp\n",
+            "protocol: tcp\n          unit: x.service\n",
+            1,
+        );
+        check(
+            &text,
+            14,
+            11,
+            "spec.faults[0].network.match.unit",
+            "found direction both",
+        );
+    }
+
+    #[test]
+    fn unit_and_cgroup() {
+        check(
+            &edit(
+                "protocol: tcp\n",
+                "protocol: tcp\n          unit: x.service\n          cgroup: /x\n",
+            ),
+            11,
+            9,
+            "spec.faults[0].network.match",
+            "expected one of unit or cgroup, found both",
+        );
+    }
+
+    #[test]
+    fn ports_with_icmp() {
+        check(
+            &edit("protocol: tcp", "protocol: icmp"),
+            13,
+            11,
+            "spec.faults[0].network.match.dstPorts",
+            "ports need protocol tcp, udp or any, found icmp",
+        );
+    }
+
+    #[test]
+    fn duplicate_fault_name() {
+        check(
+            &edit("- name: sys", "- name: net"),
+            15,
+            13,
+            "spec.faults[1].name",
+            "duplicate fault name \"net\"",
+        );
+    }
+
+    #[test]
+    fn bad_names() {
+        check(
+            &edit("name: test", "name: Test"),
+            4,
+            9,
+            "metadata.name",
+            "expected a name of 1-63 characters from a-z, 0-9 and -, found \"Test\"",
+        );
+        check(
+            &edit("- name: sys", "- name: my_sys"),
+            15,
+            13,
+            "spec.faults[1].name",
+            "found \"my_sys\"",
+        );
+    }
+
+    #[test]
+    fn missing_duration() {
+        check(
+            &edit("  duration: 10m\n", ""),
+            5,
+            1,
+            "spec.duration",
+            "missing required field `duration`; expected a duration",
+        );
+    }
+
+    #[test]
+    fn duration_without_unit() {
+        check(
+            &edit("duration: 10m", "duration: \"10\""),
+            6,
+            13,
+            "spec.duration",
+            "expected a duration such as 250ms, 30s, 5m or 1h, found \"10\" (a unit is required)",
+        );
+        check(
+            &edit("duration: 10m", "duration: 10"),
+            6,
+            13,
+            "spec.duration",
+            "a unit is required",
+        );
+        check(
+            &edit("duration: 10m", "duration: 0s"),
+            6,
+            13,
+            "spec.duration",
+            "greater than zero",
+        );
+    }
+
+    #[test]
+    fn wrong_api_version() {
+        check(
+            &edit("chaos-agent/v1", "chaos-agent/v2"),
+            1,
+            13,
+            "apiVersion",
+            "expected \"chaos-agent/v1\", found \"chaos-agent/v2\"",
+        );
+    }
+
+    #[test]
+    fn wrong_kind() {
+        check(
+            &edit("kind: FaultPolicy", "kind: Policy"),
+            2,
+            7,
+            "kind",
+            "expected \"FaultPolicy\", found \"Policy\"",
+        );
+    }
+
+    #[test]
+    fn errno_out_of_range() {
+        check(
+            &edit("errno: ECONNREFUSED", "errno: 5000"),
+            18,
+            16,
+            "spec.faults[1].syscall.errno",
+            "errno 5000 is out of range",
+        );
+    }
+
+    #[test]
+    fn unknown_errno_name() {
+        check(
+            &edit("errno: ECONNREFUSED", "errno: ECONNREFUSD"),
+            18,
+            16,
+            "spec.faults[1].syscall.errno",
+            "unknown errno \"ECONNREFUSD\" (did you mean ECONNREFUSED?)",
+        );
+    }
+
+    #[test]
+    fn missing_target() {
+        check(
+            &edit("        target:\n          unit: payment.service\n", ""),
+            16,
+            7,
+            "spec.faults[1].syscall.target",
+            "missing required field `target`",
+        );
+    }
+
+    #[test]
+    fn two_targets() {
+        check(
+            &edit(
+                "unit: payment.service",
+                "unit: payment.service\n          pid: 42",
+            ),
+            19,
+            9,
+            "spec.faults[1].syscall.target",
+            "expected exactly one target (pid, comm, cgroup or unit), found pid and unit",
+        );
+        check(
+            &edit("          unit: payment.service\n", ""),
+            19,
+            9,
+            "spec.faults[1].syscall.target",
+            "found none",
+        );
+    }
+
+    #[test]
+    fn network_and_syscall_in_one_fault() {
+        check(
+            &edit(
+                "    - name: sys\n",
+                "    - name: sys\n      network: {interface: lo, loss: {percent: 1}}\n",
+            ),
+            15,
+            7,
+            "spec.faults[1]",
+            "expected exactly one of network or syscall in a fault, found both",
+        );
+        check(
+            &edit(
+                "    - name: sys\n      syscall:\n",
+                "    - name: sys\n      xsyscall:\n",
+            ),
+            16,
+            7,
+            "spec.faults[1].xsyscall",
+            "unknown field",
+        );
+    }
+
+    #[test]
+    fn alias_bomb() {
+        // Nine levels of nine: 9^9 (387 million) nodes once expanded.
+        let mut bomb = String::from(
+            "apiVersion: chaos-agent/v1\nkind: FaultPolicy\nmetadata: {name: x}\nspec:\n  duration: 1m\n  a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+        );
+        for i in 1..9 {
+            let p = i - 1;
+            bomb.push_str(&format!(
+                "  a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        bomb.push_str("  faults: *a8\n");
+        let start = std::time::Instant::now();
+        let e = load_str("bad.yaml", &bomb).unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            start.elapsed()
+        );
+        assert_eq!((e.line, e.column), (Some(12), Some(17)), "{e}");
+        assert_eq!(e.path.as_deref(), Some("spec.a6"), "{e}");
+        assert!(e.message.contains("alias/anchor bomb"), "{e}");
+    }
+
+    /// serde_norway's own limit, which backs up ours: expanding a bomb into
+    /// an untyped value fails fast instead of eating the memory.
+    #[test]
+    fn serde_norway_repetition_limit() {
+        let mut bomb = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..9 {
+            let p = i - 1;
+            bomb.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let start = std::time::Instant::now();
+        let e = serde_norway::from_str::<serde_norway::Value>(&bomb).unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            start.elapsed()
+        );
+        assert!(e.to_string().contains("repetition limit exceeded"), "{e}");
+    }
+
+    #[test]
+    fn deep_nesting() {
+        let deep = format!(
+            "apiVersion: chaos-agent/v1\nkind: FaultPolicy\nmetadata: {{name: x}}\nspec:\n  duration: 1m\n  faults: {}{}\n",
+            "[".repeat(70),
+            "]".repeat(70)
+        );
+        let e = load_str("bad.yaml", &deep).unwrap_err();
+        assert_eq!((e.line, e.column), (Some(6), Some(73)), "{e}");
+        assert!(e.message.contains("nesting deeper than 64 levels"), "{e}");
+        assert!(
+            e.path
+                .as_deref()
+                .unwrap()
+                .starts_with("spec.faults[0][0][0]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn deep_flow_nesting_stops_in_the_scanner() {
+        let deep = format!("spec: {}1", "{a: ".repeat(100_000));
+        let e = load_str("bad.yaml", &deep).unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+        assert!(e.message.contains("nesting deeper than 64 levels"), "{e}");
+    }
+
+    #[test]
+    fn too_large() {
+        let mut big = BASE.to_string();
+        big.push_str(&format!("# {}\n", "x".repeat(2 * 1024 * 1024)));
+        let e = load_str("big.yaml", &big).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::TooLarge);
+        assert_eq!((e.line, e.column, e.path.as_deref()), (None, None, None));
+        assert!(
+            e.message.contains("limited to 1048576 bytes (1 MiB)"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().starts_with("big.yaml: file is too large"),
+            "{e}"
+        );
+
+        let dir = scratch_dir("too_large");
+        let file = dir.join("big.yaml");
+        fs::write(&file, &big).unwrap();
+        let e = load_file(&file).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::TooLarge);
+        assert_eq!(e.file, file.display().to_string());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn more_bad_inputs() {
+        // Syntax error: the position is libyaml-like, no path.
+        let e = load_str(
+            "bad.yaml",
+            &edit("    - name: sys\n", "    - name: sys\n   oops\n"),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Syntax, "{e}");
+        assert_eq!(e.path, None);
+        assert!(
+            e.line.is_some() && e.message.starts_with("invalid YAML"),
+            "{e}"
+        );
+        // Duplicate key: points at the second one.
+        check(
+            &edit("  duration: 10m\n", "  duration: 10m\n  duration: 5m\n"),
+            7,
+            3,
+            "spec.duration",
+            "duplicate field `duration`",
+        );
+        // Wrong type.
+        check(
+            &edit("names: [connect]", "names: connect"),
+            17,
+            16,
+            "spec.faults[1].syscall.names",
+            "expected a list",
+        );
+        check(
+            &edit("names: [connect]", "names: []"),
+            17,
+            16,
+            "spec.faults[1].syscall.names",
+            "expected at least 1 entry",
+        );
+        check(
+            &edit("names: [connect]", "names: [Connect]"),
+            17,
+            17,
+            "spec.faults[1].syscall.names[0]",
+            "expected a syscall name",
+        );
+        check(
+            &edit("unit: payment.service", "pid: 1"),
+            20,
+            16,
+            "spec.faults[1].syscall.target.pid",
+            "PID 1 is never targeted",
+        );
+        check(
+            &edit("    - name: sys\n", "    - name: sys\n      network: {interface: lo, bandwidth: {rate: 0kbit}}\n")
+                .replacen("      syscall:\n        names: [connect]\n        errno: ECONNREFUSED\n        target:\n          unit: payment.service\n", "", 1),
+            16,
+            50,
+            "spec.faults[1].network.bandwidth.rate",
+            "greater than zero",
+        );
+        check(
+            &edit("  faults:\n", "  guard: {ports: [0]}\n  faults:\n"),
+            7,
+            19,
+            "spec.guard.ports[0]",
+            "expected a port (1-65535), found \"0\"",
+        );
+        check(
+            &edit(
+                "  faults:\n",
+                "  abortWhen: {probe: {http: \"http://x/\", tcp: \"x:1\"}}\n  faults:\n",
+            ),
+            7,
+            15,
+            "spec.abortWhen.probe",
+            "found both",
+        );
+        check(
+            &edit("  faults:\n", "  faults: []\n").replacen(
+                "    - name: net",
+                "  xfaults:\n    - name: net",
+                1,
+            ),
+            7,
+            11,
+            "spec.faults",
+            "expected at least 1 entry",
+        );
+        check(
+            &edit("interface: eth0", "interface: eth0/x"),
+            10,
+            20,
+            "spec.faults[0].network.interface",
+            "expected a network interface name",
+        );
+        // Everything about the file itself.
+        let e = load_str("empty.yaml", "# nothing\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "empty.yaml: the file is empty; expected a FaultPolicy document (apiVersion: chaos-agent/v1)"
+        );
+        let e = load_str("two.yaml", &format!("{BASE}---\n{BASE}")).unwrap_err();
+        assert_eq!((e.line, e.column), (Some(22), Some(1)), "{e}");
+        assert!(e.message.contains("one YAML document per file"), "{e}");
+        let e = load_str("list.yaml", "- a\n- b\n").unwrap_err();
+        assert!(e.message.contains("expected a FaultPolicy mapping"), "{e}");
+        assert_eq!((e.line, e.path.as_deref()), (Some(1), None), "{e}");
+    }
+
+    #[test]
+    fn errors_behind_aliases_still_have_a_position() {
+        let text = edit(
+            "  faults:\n",
+            "  x-net: &net {interface: eth0, loss: {percent: 300}}\n  faults:\n",
+        );
+        // `x-net` is an unknown field: reported first.
+        check(&text, 7, 3, "spec.x-net", "unknown field");
+        let text = edit(
+            "      network:\n        interface: eth0\n        match:\n          protocol: tcp\n          dstPorts: [5432, \"6000-6100\"]\n        loss: { percent: 30 }\n",
+            "      network: &n {interface: eth0, loss: {percent: 30}}\n    - name: other\n      network: *n\n",
+        );
+        load_str("ok.yaml", &text).unwrap();
+        let text = text.replace("percent: 30}", "percent: 300}");
+        let e = load_str("bad.yaml", &text).unwrap_err();
+        assert_eq!(
+            e.path.as_deref(),
+            Some("spec.faults[0].network.loss.percent"),
+            "{e}"
+        );
+        assert_eq!((e.line, e.column), (Some(9), Some(53)), "{e}");
+    }
+
+    fn scratch_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("chaos-agent-policy-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn load_paths_expands_directories() {
+        let dir = scratch_dir("load_paths");
+        fs::write(dir.join("b.yaml"), BASE).unwrap();
+        fs::write(dir.join("a.yml"), BASE).unwrap();
+        fs::write(dir.join("c.yaml"), "apiVersion: nope\n").unwrap();
+        fs::write(dir.join("notes.txt"), "not a policy").unwrap();
+        fs::write(dir.join(".hidden.yaml"), "junk").unwrap();
+        fs::create_dir(dir.join("sub.yaml")).unwrap();
+        fs::write(
+            dir.join("bad-utf8.yaml"),
+            b"apiVersion: chaos-agent/v1\nkind: \xff\n",
+        )
+        .unwrap();
+        let missing = dir.join("missing.yaml");
+        let got = load_paths(&[dir.clone(), missing.clone(), dir.join("b.yaml")]);
+        let names: Vec<_> = got
+            .iter()
+            .map(|(p, r)| {
+                (
+                    p.strip_prefix(&dir).unwrap().display().to_string(),
+                    r.is_ok(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("a.yml".to_string(), true),
+                ("b.yaml".to_string(), true),
+                ("bad-utf8.yaml".to_string(), false),
+                ("c.yaml".to_string(), false),
+                ("missing.yaml".to_string(), false),
+                ("b.yaml".to_string(), true),
+            ]
+        );
+        let e = got[2].1.as_ref().unwrap_err();
+        assert_eq!(
+            (e.kind, e.line, e.column),
+            (ErrorKind::Syntax, Some(2), Some(7)),
+            "{e}"
+        );
+        let e = got[4].1.as_ref().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Io);
+        assert_eq!(e.file, missing.display().to_string());
+        assert!(e.to_string().contains("No such file"), "{e}");
+        assert_eq!(
+            got[0].1.as_ref().unwrap().origin,
+            dir.join("a.yml").display().to_string()
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Every example in the repository's policies/ directory loads.
+    #[test]
+    fn example_policies_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let got = load_paths(&[dir]);
+        assert!(got.len() >= 4, "{got:?}");
+        for (path, r) in &got {
+            if let Err(e) = r {
+                panic!("{}: {e}", path.display());
+            }
+        }
+        let demo = got
+            .iter()
+            .find(|(p, _)| p.ends_with("demo.yaml"))
+            .and_then(|(_, r)| r.as_ref().ok())
+            .expect("demo.yaml");
+        assert_eq!(demo.duration, Duration::from_secs(60));
+        let FaultKind::Network(n) = &demo.faults[0].kind else {
+            panic!("demo is a network fault")
+        };
+        assert_eq!(n.interface, "veth-demo-a");
+        assert_eq!(n.netns.as_deref(), Some("chaos-demo-a"));
+        assert_eq!(n.direction, Direction::Egress);
+        assert_eq!(n.matcher.protocol, Protocol::Udp);
+        assert_eq!(
+            n.matcher.dst_ports,
+            [PortRange {
+                first: 7000,
+                last: 7000
+            }]
+        );
+        assert_eq!(
+            n.action,
+            NetworkAction::Loss {
+                percent: Percent(30.0)
+            }
+        );
+        let partition = got
+            .iter()
+            .find(|(p, _)| p.ends_with("partition-cidr.yaml"))
+            .and_then(|(_, r)| r.as_ref().ok())
+            .expect("partition-cidr.yaml");
+        let net: IpAddr = "10.20.0.0".parse().unwrap();
+        assert!(partition.faults.iter().all(|f| matches!(&f.kind,
+            FaultKind::Network(n) if n.action == NetworkAction::Loss { percent: Percent(100.0) }
+                && (n.matcher.dst_cidrs.iter().chain(&n.matcher.src_cidrs)).all(|c| c.addr == net))));
+    }
+}

@@ -1,0 +1,266 @@
+//! Loss as the receiving side sees it: 0 %, 30 % and 100 %, IPv4 and IPv6,
+//! UDP and TCP, egress and ingress; untargeted ports and protocols pass; the
+//! kernel's counters agree with what arrived.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use chaos_tests::{
+    AddrKind, Direction, NetnsPair, Side, TcpOptions, require_root, snmp_tcp_segments,
+    tcp_transfer, three_sigma_band, udp_run, within_3_sigma,
+};
+use common::{Blast, fault_counters};
+
+const TARGET: u16 = 7000;
+const OTHER: u16 = 7001;
+const UDP_COUNT: u32 = 20_000;
+const UDP_PPS: u32 = 40_000;
+
+#[derive(Clone, Copy, Debug)]
+enum Hook {
+    /// The rule sits on the sender's interface, egress.
+    Egress,
+    /// The rule sits on the receiver's interface, ingress.
+    Ingress,
+}
+
+/// Starts a blast that drops `pct` % of `proto` to port TARGET for traffic
+/// from a to b, on a's egress or b's ingress.
+fn blast(pair: &NetnsPair, hook: Hook, proto: &str, pct: u32) -> Result<Blast> {
+    let (side, dir) = match hook {
+        Hook::Egress => (Side::A, "egress"),
+        Hook::Ingress => (Side::B, "ingress"),
+    };
+    Blast::start(&[
+        "net",
+        "--netns",
+        pair.ns(side),
+        "--iface",
+        pair.iface(side),
+        "--direction",
+        dir,
+        "--proto",
+        proto,
+        "--dport",
+        &TARGET.to_string(),
+        "--loss",
+        &pct.to_string(),
+        "--duration",
+        "60s",
+    ])
+}
+
+/// One UDP measurement: the targeted port's loss, the untargeted port's
+/// loss, and the agent's counters.
+fn udp_case(kind: AddrKind, hook: Hook, pct: u32) -> Result<bool> {
+    let pair = NetnsPair::new("loss")?;
+    let agent = blast(&pair, hook, "udp", pct)?;
+    let (sent, got) = udp_run(&pair, Direction::AtoB, kind, TARGET, UDP_COUNT, UDP_PPS)?;
+    let (sent_other, got_other) = udp_run(&pair, Direction::AtoB, kind, OTHER, 2_000, UDP_PPS)?;
+    let (status, reverted) = agent.stop()?;
+    assert!(status.success(), "agent exit: {status}");
+
+    assert_eq!(
+        sent.sent,
+        u64::from(UDP_COUNT),
+        "sender could not send everything: {sent:?}"
+    );
+    let lost = sent.sent - got.distinct;
+    let p = f64::from(pct) / 100.0;
+    eprintln!(
+        "udp {kind:?} {hook:?} {pct}%: sent {} received {} lost {lost} ({:.2}%), 3-sigma band {:?}",
+        sent.sent,
+        got.distinct,
+        100.0 * lost as f64 / sent.sent as f64,
+        three_sigma_band(sent.sent, p)
+    );
+    // The untargeted port is untouched, whatever the rate.
+    assert_eq!(
+        got_other.distinct, sent_other.sent,
+        "untargeted port {OTHER} lost datagrams"
+    );
+    assert_eq!(got.corrupted, 0);
+    // The kernel's counters agree with the receiving side exactly.
+    let (matched, injected, guard) = fault_counters(&reverted);
+    assert_eq!(
+        matched, sent.sent,
+        "matched counter vs datagrams sent to the target"
+    );
+    assert_eq!(
+        injected, lost,
+        "injected counter vs datagrams that did not arrive"
+    );
+    assert_eq!(guard, 0);
+    Ok(within_3_sigma(sent.sent, p, lost))
+}
+
+/// A probabilistic check that is outside its 3-sigma band once in 370 runs
+/// by chance: a second, independent sample decides before we call it wrong.
+fn holds_in_one_of_two(mut case: impl FnMut() -> Result<bool>, what: &str) -> Result<()> {
+    if case()? {
+        return Ok(());
+    }
+    eprintln!("{what}: outside the 3-sigma band; measuring a second, independent sample");
+    assert!(
+        case()?,
+        "{what}: observed loss outside the 3-sigma band twice"
+    );
+    Ok(())
+}
+
+fn udp_all(kind: AddrKind, hook: Hook) -> Result<()> {
+    for pct in [0, 30, 100] {
+        holds_in_one_of_two(
+            || udp_case(kind, hook, pct),
+            &format!("udp {kind:?} {hook:?} {pct}%"),
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn udp_ipv4_egress() {
+    require_root!();
+    udp_all(AddrKind::V4, Hook::Egress).unwrap();
+}
+
+#[test]
+fn udp_ipv4_ingress() {
+    require_root!();
+    udp_all(AddrKind::V4, Hook::Ingress).unwrap();
+}
+
+#[test]
+fn udp_ipv6_egress() {
+    require_root!();
+    udp_all(AddrKind::V6, Hook::Egress).unwrap();
+}
+
+#[test]
+fn udp_ipv6_ingress() {
+    require_root!();
+    udp_all(AddrKind::V6, Hook::Ingress).unwrap();
+}
+
+/// TCP under loss: segments the sender's stack emitted (OutSegs in a) vs
+/// segments b's stack received (InSegs in b), with segmentation offload off
+/// so one packet is one segment.
+fn tcp_case(kind: AddrKind, hook: Hook, pct: u32) -> Result<bool> {
+    let pair = NetnsPair::new("tcploss")?;
+    for side in [Side::A, Side::B] {
+        let out = pair.exec(
+            side,
+            &[
+                "ip",
+                "link",
+                "set",
+                "dev",
+                pair.iface(side),
+                "gso_max_segs",
+                "1",
+            ],
+        )?;
+        assert!(
+            out.status.success(),
+            "ip link set gso_max_segs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let agent = blast(&pair, hook, "tcp", pct)?;
+    let (_, out_a0, _) = snmp_tcp_segments(pair.ns_a())?;
+    let (in_b0, _, _) = snmp_tcp_segments(pair.ns_b())?;
+    let opts = TcpOptions {
+        bytes: if pct == 0 { 4 << 20 } else { 512 << 10 },
+        max_time: Duration::from_secs(if pct == 30 { 8 } else { 4 }),
+        connect_timeout: Duration::from_secs(2),
+        from: None,
+    };
+    let t = tcp_transfer(&pair, Direction::AtoB, kind, TARGET, &opts)?;
+    let (_, out_a1, _) = snmp_tcp_segments(pair.ns_a())?;
+    let (in_b1, _, _) = snmp_tcp_segments(pair.ns_b())?;
+    // UDP to the same port is another protocol: untouched.
+    let (udp_sent, udp_got) = udp_run(&pair, Direction::AtoB, kind, TARGET, 1_000, 20_000)?;
+    let (status, reverted) = agent.stop()?;
+    assert!(status.success());
+    assert_eq!(
+        udp_got.distinct, udp_sent.sent,
+        "UDP to the TCP rule's port was touched"
+    );
+
+    let emitted = out_a1 - out_a0;
+    let arrived = in_b1 - in_b0;
+    let lost = emitted.saturating_sub(arrived);
+    let (matched, injected, _) = fault_counters(&reverted);
+    eprintln!(
+        "tcp {kind:?} {hook:?} {pct}%: segments emitted {emitted} arrived {arrived} lost {lost}; \
+         counters matched {matched} injected {injected}; transfer {:?}",
+        t.send
+    );
+    match pct {
+        0 => {
+            assert!(
+                t.send.completed,
+                "transfer did not complete without loss: {:?}",
+                t.send
+            );
+            assert_eq!(t.recv.bytes, opts.bytes);
+            assert_eq!(lost, 0);
+            Ok(true)
+        }
+        100 => {
+            assert!(!t.send.connected, "connected through a 100% loss rule");
+            assert!(
+                t.send.connect_timed_out,
+                "connect should time out: {:?}",
+                t.send
+            );
+            assert_eq!(arrived, 0);
+            assert!(emitted > 0 && injected == emitted);
+            Ok(true)
+        }
+        _ => {
+            assert!(emitted >= 150, "too few segments to judge ({emitted})");
+            assert_eq!(
+                injected, lost,
+                "injected counter vs segments that did not arrive"
+            );
+            Ok(within_3_sigma(emitted, f64::from(pct) / 100.0, lost))
+        }
+    }
+}
+
+fn tcp_all(kind: AddrKind, hook: Hook) -> Result<()> {
+    for pct in [0, 30, 100] {
+        holds_in_one_of_two(
+            || tcp_case(kind, hook, pct),
+            &format!("tcp {kind:?} {hook:?} {pct}%"),
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn tcp_ipv4_egress() {
+    require_root!();
+    tcp_all(AddrKind::V4, Hook::Egress).unwrap();
+}
+
+#[test]
+fn tcp_ipv4_ingress() {
+    require_root!();
+    tcp_all(AddrKind::V4, Hook::Ingress).unwrap();
+}
+
+#[test]
+fn tcp_ipv6_egress() {
+    require_root!();
+    tcp_all(AddrKind::V6, Hook::Egress).unwrap();
+}
+
+#[test]
+fn tcp_ipv6_ingress() {
+    require_root!();
+    tcp_all(AddrKind::V6, Hook::Ingress).unwrap();
+}

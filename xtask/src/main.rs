@@ -1,0 +1,175 @@
+//! `cargo xtask`: the project's front door (run through `./x`, which first
+//! installs the pinned toolchain). Setup, build, demo, test, lint.
+
+mod demo;
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (idempotent): Debian packages
+    /// and bpf-linker built against the pinned toolchain's LLVM.
+    Setup,
+    /// Build the eBPF programs and the agent (release), which embeds them.
+    Build,
+    /// Drop a share of real UDP between two throwaway network namespaces and
+    /// show configured vs observed loss.
+    Demo,
+    /// Lint, unit tests, then the privileged integration tests (as root).
+    Test {
+        /// Only run integration tests whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// cargo fmt --check and clippy -D warnings on every crate.
+    Lint,
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
+}
+
+/// Runs a command in the workspace root, failing on a non-zero exit.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    cmd.current_dir(root());
+    eprintln!("xtask: {}", display(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {}", display(cmd)))?;
+    if !status.success() {
+        bail!("{} failed: {status}", display(cmd));
+    }
+    Ok(())
+}
+
+fn display(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Builds the release agent and the test traffic tool.
+pub fn build() -> Result<PathBuf> {
+    run(cargo().args([
+        "build",
+        "--locked",
+        "--release",
+        "-p",
+        "chaos-agent",
+        "-p",
+        "chaos-tests",
+        "--bins",
+    ]))?;
+    Ok(root().join("target/release/chaos-agent"))
+}
+
+fn lint() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--locked",
+        "-p",
+        "chaos-common",
+        "-p",
+        "chaos-agent",
+        "-p",
+        "xtask",
+        "-p",
+        "chaos-tests",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The eBPF crate only builds for the BPF target, so it is linted on its own.
+    run(cargo().env("RUSTC_BOOTSTRAP", "1").args([
+        "clippy",
+        "--locked",
+        "-p",
+        "chaos-ebpf",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn test(filter: Option<String>) -> Result<()> {
+    setup::setup()?;
+    lint()?;
+    run(cargo().args([
+        "test",
+        "--locked",
+        "-p",
+        "chaos-common",
+        "-p",
+        "chaos-agent",
+        "-p",
+        "xtask",
+    ]))?;
+    let agent = build()?;
+    if !is_root() {
+        bail!(
+            "the integration tests attach eBPF programs and create network namespaces: run `./x test` as root"
+        );
+    }
+    // One at a time: every test builds its own namespaces, but they share
+    // the kernel's BPF statistics and the agent's leftover state directory.
+    let mut cmd = cargo();
+    cmd.args(["test", "--locked", "--release", "-p", "chaos-tests", "--"])
+        .args(filter.iter())
+        .args(["--test-threads=1"])
+        .env("CHAOS_AGENT_BIN", &agent)
+        .env(
+            "CHAOS_TRAFFIC_BIN",
+            root().join("target/release/chaos-traffic"),
+        )
+        .env("CHAOS_POLICIES_DIR", root().join("policies"));
+    run(&mut cmd)
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => {
+            setup::setup()?;
+            let agent = build()?;
+            eprintln!("xtask: built {}", agent.display());
+            Ok(())
+        }
+        Cmd::Demo => demo::demo(),
+        Cmd::Test { filter } => test(filter),
+        Cmd::Lint => lint(),
+    }
+}

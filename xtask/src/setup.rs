@@ -1,0 +1,149 @@
+//! `xtask setup`: everything a fresh machine needs, installed only when
+//! missing, so running it again costs a few checks.
+//!
+//! The pinned toolchain itself (with rust-src) is installed by `./x` before
+//! cargo can run at all; this installs the Debian packages the tests use and
+//! bpf-linker, built against that toolchain's own LLVM (the linker's LLVM
+//! major version must equal rustc's).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::run;
+
+/// Debian packages: `ip`/`tc` for namespaces and qdiscs, bpftool for the
+/// kernel's run-time statistics and attachment checks in tests.
+const PACKAGES: &[&str] = &["iproute2", "bpftool"];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn installed(package: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing))
+}
+
+/// The LLVM major version rustc was built with, e.g. 22.
+fn rustc_llvm_major() -> Result<u32> {
+    let vv = output(Command::new("rustc").arg("-vV").current_dir(crate::root()))
+        .context("rustc -vV failed")?;
+    let line = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("rustc -vV: no LLVM version")?;
+    line.split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .context("rustc -vV: unreadable LLVM version")
+}
+
+fn sysroot() -> Result<PathBuf> {
+    let s = output(
+        Command::new("rustc")
+            .args(["--print", "sysroot"])
+            .current_dir(crate::root()),
+    )
+    .context("rustc --print sysroot failed")?;
+    Ok(PathBuf::from(s.trim()))
+}
+
+/// bpf-linker is usable when it runs and links against our LLVM major.
+fn bpf_linker_ok(major: u32) -> bool {
+    let Some(path) = output(Command::new("sh").args(["-c", "command -v bpf-linker"])) else {
+        return false;
+    };
+    let path = path.trim();
+    if output(Command::new(path).arg("--version")).is_none() {
+        return false;
+    }
+    output(Command::new("ldd").arg(path))
+        .is_some_and(|l| l.contains(&format!("libLLVM.so.{major}")))
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join("chaos-agent")
+}
+
+fn bpf_linker() -> Result<()> {
+    let major = rustc_llvm_major()?;
+    if bpf_linker_ok(major) {
+        return Ok(());
+    }
+    // llvm-sys wants a prefix whose lib/ holds libLLVM.so; point it at the
+    // toolchain's own library, and keep a link with its soname next to it
+    // for the linked binary to find at run time (rpath below).
+    let toolchain_lib = sysroot()?.join("lib");
+    let llvm = std::fs::read_dir(&toolchain_lib)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with(&format!("libLLVM.so.{major}")))
+        .with_context(|| format!("no libLLVM.so.{major}* in {}", toolchain_lib.display()))?;
+    let prefix = cache_dir().join(format!("llvm-{major}"));
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib)?;
+    for name in ["libLLVM.so", llvm.as_str()] {
+        let link = lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(toolchain_lib.join(&llvm), &link)
+            .with_context(|| format!("cannot link {}", link.display()))?;
+    }
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .env("LLVM_PREFIX", &prefix)
+            .env(
+                "RUSTFLAGS",
+                format!("-C link-arg=-Wl,-rpath,{}", lib.display()),
+            )
+            .args([
+                "install",
+                "--locked",
+                "--force",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ]),
+    )?;
+    if !bpf_linker_ok(major) {
+        bail!(
+            "bpf-linker was installed but does not run against LLVM {major}; is ~/.cargo/bin on PATH?"
+        );
+    }
+    Ok(())
+}
+
+pub fn setup() -> Result<()> {
+    apt_packages()?;
+    bpf_linker()?;
+    Ok(())
+}
