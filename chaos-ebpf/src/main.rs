@@ -83,6 +83,13 @@ enum Decision {
 /// pass: we fail open. "Pass" is `TC_ACT_UNSPEC`, which hands the packet to
 /// the next program or filter on the hook, so we never override a decision
 /// another tool (a CNI, a firewall) would make.
+///
+/// A drop is `TC_ACT_SHOT` in both directions. On egress the sending socket
+/// learns of it (NET_XMIT_DROP) and TCP sends the segment again at once, as
+/// after local congestion; `TC_ACT_STOLEN` would hide the drop, but tcx
+/// treats it as "next" and lets the packet through. Loss that TCP has to
+/// detect by itself, as on a real network, is a fault on the receiver's
+/// ingress (see ARCHITECTURE.md).
 #[inline(always)]
 fn verdict(result: Result<Decision, ()>) -> i32 {
     match result {

@@ -144,9 +144,9 @@ fn udp_ipv6_ingress() {
     udp_all(AddrKind::V6, Hook::Ingress).unwrap();
 }
 
-/// TCP under loss: segments the sender's stack emitted (OutSegs in a) vs
-/// segments b's stack received (InSegs in b), with segmentation offload off
-/// so one packet is one segment.
+/// TCP under loss: segments the sender's stack emitted (OutSegs plus
+/// RetransSegs in a) vs segments b's stack received (InSegs in b), with
+/// segmentation offload off so one packet is one segment.
 fn tcp_case(kind: AddrKind, hook: Hook, pct: u32) -> Result<bool> {
     let pair = NetnsPair::new("tcploss")?;
     for side in [Side::A, Side::B] {
@@ -169,7 +169,7 @@ fn tcp_case(kind: AddrKind, hook: Hook, pct: u32) -> Result<bool> {
         );
     }
     let agent = blast(&pair, hook, "tcp", pct)?;
-    let (_, out_a0, _) = snmp_tcp_segments(pair.ns_a())?;
+    let (_, out_a0, retrans_a0) = snmp_tcp_segments(pair.ns_a())?;
     let (in_b0, _, _) = snmp_tcp_segments(pair.ns_b())?;
     let opts = TcpOptions {
         bytes: if pct == 0 { 4 << 20 } else { 512 << 10 },
@@ -178,7 +178,7 @@ fn tcp_case(kind: AddrKind, hook: Hook, pct: u32) -> Result<bool> {
         from: None,
     };
     let t = tcp_transfer(&pair, Direction::AtoB, kind, TARGET, &opts)?;
-    let (_, out_a1, _) = snmp_tcp_segments(pair.ns_a())?;
+    let (_, out_a1, retrans_a1) = snmp_tcp_segments(pair.ns_a())?;
     let (in_b1, _, _) = snmp_tcp_segments(pair.ns_b())?;
     // UDP to the same port is another protocol: untouched.
     let (udp_sent, udp_got) = udp_run(&pair, Direction::AtoB, kind, TARGET, 1_000, 20_000)?;
@@ -189,7 +189,8 @@ fn tcp_case(kind: AddrKind, hook: Hook, pct: u32) -> Result<bool> {
         "UDP to the TCP rule's port was touched"
     );
 
-    let emitted = out_a1 - out_a0;
+    // OutSegs leaves retransmissions out; they are packets on the wire too.
+    let emitted = (out_a1 - out_a0) + (retrans_a1 - retrans_a0);
     let arrived = in_b1 - in_b0;
     let lost = emitted.saturating_sub(arrived);
     let (matched, injected, _) = fault_counters(&reverted);
