@@ -1,0 +1,207 @@
+//! Safety under failure: the in-kernel deadline holds with the agent
+//! stopped; a killed agent leaves nothing attached (tcx) or an inert
+//! leftover that the next start removes (netlink); SIGTERM reverts.
+
+mod common;
+
+use std::time::Duration;
+
+use chaos_tests::{
+    AddrKind, BlastOptions, NetnsPair, Side, attachments_on, monotonic_ns, require_root,
+    tc_filters, tc_qdiscs, udp_blast_with, udp_sink,
+};
+use common::Blast;
+
+const MS: u64 = 1_000_000;
+
+/// Sends a steady stream a->b for `secs` seconds at 2,000 pps while `during`
+/// runs, and returns the receive times (CLOCK_MONOTONIC ns) with the send
+/// times of what arrived.
+fn stream_while(pair: &NetnsPair, secs: f64, during: impl FnOnce()) -> Vec<(u64, u64)> {
+    let to = pair.sockaddr(Side::B, AddrKind::V4, 7000);
+    let bound = Duration::from_secs_f64(secs + 5.0);
+    let sink = pair
+        .run_in_b(|| udp_sink(to, None, bound, bound))
+        .unwrap()
+        .unwrap();
+    let mut o = BlastOptions::new(sink.local_addr(), (2_000.0 * secs) as u32, 2_000);
+    o.from = Some(pair.sockaddr(Side::A, AddrKind::V4, 0));
+    let sender = pair.spawn_in(Side::A, move || udp_blast_with(&o)).unwrap();
+    during();
+    sender.join().unwrap().unwrap();
+    let got = sink.finish_and_wait(Duration::from_millis(300)).unwrap();
+    got.records.iter().map(|r| (r.recv_ns, r.send_ns)).collect()
+}
+
+fn loss_args<'a>(pair: &'a NetnsPair, duration: &'a str, attach: &'a str) -> Vec<&'a str> {
+    vec![
+        "net",
+        "--netns",
+        pair.ns_a(),
+        "--iface",
+        pair.if_a(),
+        "--proto",
+        "udp",
+        "--dport",
+        "7000",
+        "--loss",
+        "100",
+        "--duration",
+        duration,
+        "--attach",
+        attach,
+    ]
+}
+
+#[test]
+fn deadline_holds_with_the_agent_stopped() {
+    require_root!();
+    let pair = NetnsPair::new("deadline").unwrap();
+    let mut agent = Blast::start(&loss_args(&pair, "2s", "auto")).unwrap();
+    agent.signal(libc::SIGSTOP);
+    let deadline = agent.deadline_ns();
+    let records = stream_while(&pair, 3.5, || {});
+    let before: Vec<_> = records.iter().filter(|(rx, _)| *rx < deadline).collect();
+    assert!(
+        before.is_empty(),
+        "{} datagrams arrived before the deadline",
+        before.len()
+    );
+    let first = records
+        .iter()
+        .map(|(rx, _)| *rx)
+        .min()
+        .expect("nothing arrived after the deadline");
+    let late_ms = (first - deadline) as f64 / MS as f64;
+    eprintln!("first datagram {late_ms:.2} ms after the kernel deadline (agent stopped)");
+    assert!(
+        first - deadline < 100 * MS,
+        "traffic recovered {late_ms:.1} ms after the deadline"
+    );
+    // Everything sent after the deadline (plus one send interval) arrived.
+    agent.signal(libc::SIGCONT);
+    let status = agent.wait(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "agent after SIGCONT: {status}");
+    assert!(attachments_on(pair.ns_a(), pair.if_a()).unwrap().is_empty());
+}
+
+#[test]
+fn sigkill_with_tcx_leaves_nothing_attached() {
+    require_root!();
+    if !chaos_agent_has_tcx() {
+        eprintln!("skipped: tcx links need Linux 6.6 (the VM matrix runs the netlink path)");
+        return;
+    }
+    let pair = NetnsPair::new("killtcx").unwrap();
+    let mut agent = Blast::start(&loss_args(&pair, "60s", "tcx")).unwrap();
+    assert_eq!(agent.mode(), "tcx");
+    let mut killed_at = 0;
+    let records = stream_while(&pair, 2.0, || {
+        std::thread::sleep(Duration::from_millis(700));
+        killed_at = monotonic_ns();
+        agent.signal(libc::SIGKILL);
+        let _ = agent.wait(Duration::from_secs(5));
+    });
+    let before = records.iter().filter(|(_, tx)| *tx < killed_at).count();
+    assert_eq!(before, 0, "datagrams sent before the kill arrived");
+    let first = records
+        .iter()
+        .map(|(rx, _)| *rx)
+        .min()
+        .expect("nothing arrived after SIGKILL");
+    let ms = (first - killed_at) as f64 / MS as f64;
+    eprintln!("traffic recovered {ms:.2} ms after SIGKILL (tcx)");
+    assert!(first - killed_at < 100 * MS, "recovery took {ms:.1} ms");
+    let left = attachments_on(pair.ns_a(), pair.if_a()).unwrap();
+    assert!(left.is_empty(), "left attached after SIGKILL: {left:?}");
+}
+
+#[test]
+fn sigkill_with_netlink_leaves_an_inert_filter_that_the_next_start_removes() {
+    require_root!();
+    let pair = NetnsPair::new("killnl").unwrap();
+    let mut agent = Blast::start(&loss_args(&pair, "2s", "netlink")).unwrap();
+    assert_eq!(agent.mode(), "netlink");
+    let deadline = agent.deadline_ns();
+    agent.signal(libc::SIGKILL);
+    let _ = agent.wait(Duration::from_secs(5));
+    let filters = tc_filters(pair.ns_a(), pair.if_a(), "egress").unwrap();
+    assert!(
+        filters.contains("chaos_tc_egress"),
+        "netlink filter should outlive SIGKILL:\n{filters}"
+    );
+    // The leftover acts until the deadline, then lets everything through.
+    let records = stream_while(&pair, 3.0, || {});
+    assert!(
+        records.iter().all(|(rx, _)| *rx >= deadline),
+        "traffic passed before the deadline"
+    );
+    let first = records
+        .iter()
+        .map(|(rx, _)| *rx)
+        .min()
+        .expect("nothing arrived after the deadline");
+    assert!(
+        first - deadline < 100 * MS,
+        "leftover inert only {} ms after the deadline",
+        (first - deadline) / MS
+    );
+    // The next start removes it (and its clsact), then cleans up after itself.
+    let next = Blast::start(&[
+        "net",
+        "--netns",
+        pair.ns_a(),
+        "--iface",
+        pair.if_a(),
+        "--dport",
+        "9",
+        "--loss",
+        "1",
+        "--duration",
+        "1s",
+        "--attach",
+        "netlink",
+    ])
+    .unwrap();
+    let (status, _) = next.finish(Duration::from_secs(10)).unwrap();
+    assert!(status.success());
+    let left = attachments_on(pair.ns_a(), pair.if_a()).unwrap();
+    assert!(left.is_empty(), "left after the next run: {left:?}");
+    let qdiscs = tc_qdiscs(pair.ns_a(), pair.if_a()).unwrap();
+    assert!(
+        !qdiscs.contains("clsact"),
+        "our clsact qdisc was left:\n{qdiscs}"
+    );
+}
+
+#[test]
+fn sigterm_reverts_and_exits_zero() {
+    require_root!();
+    let pair = NetnsPair::new("term").unwrap();
+    for attach in ["auto", "netlink"] {
+        let agent = Blast::start(&loss_args(&pair, "60s", attach)).unwrap();
+        assert!(!attachments_on(pair.ns_a(), pair.if_a()).unwrap().is_empty());
+        let (status, ev) = agent.stop().unwrap();
+        assert_eq!(status.code(), Some(0), "{attach}: exit after SIGTERM");
+        assert_eq!(ev["reason"], "signal");
+        let left = attachments_on(pair.ns_a(), pair.if_a()).unwrap();
+        assert!(
+            left.is_empty(),
+            "{attach}: left attached after SIGTERM: {left:?}"
+        );
+        let qdiscs = tc_qdiscs(pair.ns_a(), pair.if_a()).unwrap();
+        assert!(
+            !qdiscs.contains("clsact"),
+            "{attach}: clsact left:\n{qdiscs}"
+        );
+    }
+}
+
+fn chaos_agent_has_tcx() -> bool {
+    let (_, out, _) = common::agent_output(&["probe", "--json"]).unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["feature"] == "attach-tcx" && r["supported"] == true)
+}
