@@ -96,7 +96,8 @@ struct Instance {
     netns: Option<String>,
     ebpf: Ebpf,
     links: Vec<AttachedLink>,
-    _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// aya-log reader when `--debug-kernel` is on; drained by `flush_logs`.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 struct AttachedLink {
@@ -362,7 +363,7 @@ pub fn apply(policy: &Policy, opts: &Options) -> Result<Applied> {
             netns: ns.clone(),
             ebpf,
             links: Vec::new(),
-            _logger: logger,
+            logger,
         });
         let instance = applied.instances.last_mut().expect("just pushed");
         let mut hooks: Vec<(String, u32)> = planned
@@ -581,6 +582,15 @@ impl Applied {
                     })
             })
             .collect()
+    }
+
+    /// Moves kernel-side log records (aya-log) into the agent's log.
+    pub fn flush_logs(&mut self) {
+        for instance in &mut self.instances {
+            if let Some(logger) = instance.logger.as_mut() {
+                logger.flush();
+            }
+        }
     }
 
     /// Time until the kernel deadline.

@@ -87,7 +87,7 @@ pub fn run(policy: &Policy, opts: &Options, json_out: bool) -> Result<ExitCode> 
             return Ok(ExitCode::SUCCESS);
         }
     }
-    let applied = apply::apply(policy, opts)?;
+    let mut applied = apply::apply(policy, opts)?;
     let total = policy.duration;
     let tty = std::io::stderr().is_terminal() && !json_out;
     if json_out {
@@ -115,6 +115,7 @@ pub fn run(policy: &Policy, opts: &Options, json_out: bool) -> Result<ExitCode> 
             break "deadline";
         }
         std::thread::sleep(TICK);
+        applied.flush_logs();
         if Instant::now() >= next_report {
             next_report += REPORT_EVERY;
             let counters = applied.counters();
