@@ -21,10 +21,10 @@ use aya::{
     util::KernelVersion,
 };
 use chaos_common::{
-    Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, GLOBAL_DEBUG, GUARD_DEFAULT,
-    GUARD_EXTRA, GuardEntry, GuardNet, GuardPort, HookKey, MAP_COUNTERS, MAP_GUARD_NETS,
-    MAP_GUARD_PORTS, MAP_HOOKS, MAP_RULE_INDEX, MAP_RULES, PROG_TC_EGRESS, PROG_TC_INGRESS,
-    RuleKey, RuleRef,
+    Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, GLOBAL_DEBUG, GLOBAL_GUARD_NETS,
+    GUARD_DEFAULT, GUARD_EXTRA, GuardEntry, GuardNet, GuardPort, HookKey, MAP_COUNTERS,
+    MAP_GUARD_NETS, MAP_GUARD_PORTS, MAP_HOOKS, MAP_RULE_INDEX, MAP_RULES, PROG_TC_EGRESS,
+    PROG_TC_INGRESS, RuleKey, RuleRef,
 };
 use tracing::{info, warn};
 
@@ -345,6 +345,7 @@ pub fn apply(policy: &Policy, opts: &Options) -> Result<Applied> {
     for (ns, planned, enc) in encoded {
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_DEBUG, &u8::from(opts.debug_kernel), true)
+            .override_global(GLOBAL_GUARD_NETS, &u8::from(!guard_nets.is_empty()), true)
             .load(OBJECT)
             .map_err(|e| Error::Runtime(format!("loading the eBPF object failed: {e}")))?;
         let logger = if opts.debug_kernel {

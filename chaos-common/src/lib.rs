@@ -5,6 +5,8 @@
 //! compile-time size check, so both sides agree on the layout byte for byte.
 #![no_std]
 
+pub mod packet;
+
 /// Program names as they appear in the ELF object and as the name of a
 /// netlink tc filter (`tc filter show` prints them). Start-up clean-up finds
 /// leftovers of a crashed run by these names, so they must stay unique to us.
@@ -21,6 +23,8 @@ pub const MAP_GUARD_NETS: &str = "CHAOS_GUARD_NETS";
 
 /// Name of the read-only global that switches kernel-side debug logging on.
 pub const GLOBAL_DEBUG: &str = "CHAOS_DEBUG";
+/// Read-only global: 1 when the guard has address entries.
+pub const GLOBAL_GUARD_NETS: &str = "CHAOS_GUARD_NETS_USED";
 
 /// Capacity of the rule table (`CHAOS_RULES`, `CHAOS_COUNTERS`).
 pub const MAX_RULES: u32 = 16_384;

@@ -32,6 +32,11 @@ use parse::{Packet, Parsed};
 #[unsafe(no_mangle)]
 static CHAOS_DEBUG: u8 = 0;
 
+/// Set to 1 by the agent when the guard has addresses (`CHAOS_GUARD_NETS`
+/// is not empty): LPM trie lookups are the dearest part of the guard.
+#[unsafe(no_mangle)]
+static CHAOS_GUARD_NETS_USED: u8 = 0;
+
 #[map(name = "CHAOS_HOOKS")]
 static HOOKS: HashMap<HookKey, HookConf> = HashMap::with_max_entries(MAX_HOOKS, 0);
 
@@ -122,12 +127,13 @@ fn classify(ctx: &TcContext, direction: u32) -> Result<Decision, ()> {
         return Ok(Decision::Pass);
     }
     let pkt = &scratch.pkt;
-    // The guard is evaluated before any rule; a guarded packet that matches a
-    // rule is counted as guard-passed for that rule and left alone.
-    let guard = guard_kinds(pkt);
     let Some((rule_id, rule)) = lookup_rule(&mut scratch.key, skb, &hook, conf, pkt) else {
         return Ok(Decision::Pass);
     };
+    // The guard comes before every rule's action: a guarded packet that
+    // matches a rule is counted as guard-passed for it and left alone. It is
+    // looked up only once a rule matched, so other traffic does not pay.
+    let guard = guard_kinds(pkt);
     let counters = COUNTERS.get_ptr_mut(rule_id).ok_or(())?;
     // SAFETY: a per-CPU slot: no other CPU writes it, and BPF programs do not
     // preempt each other on one CPU for the same map slot in tc context.
@@ -168,6 +174,11 @@ fn guard_kinds(pkt: &Packet) -> u32 {
                 kinds |= e.kinds;
             }
         }
+    }
+    // SAFETY: plain read of a read-only global the agent sets at load time;
+    // with no guard addresses the verifier drops the trie lookups entirely.
+    if unsafe { core::ptr::read_volatile(&CHAOS_GUARD_NETS_USED) } == 0 {
+        return kinds;
     }
     for addr in [pkt.src, pkt.dst] {
         let key = Key::new(
