@@ -605,10 +605,10 @@ impl Applied {
         for instance in std::mem::take(&mut self.instances) {
             failures.extend(revert_instance(instance));
         }
-        if let Some(state) = self.state.take() {
-            if failures.is_empty() {
-                state.remove();
-            }
+        if let Some(state) = self.state.take()
+            && failures.is_empty()
+        {
+            state.remove();
         }
         failures
     }
@@ -640,10 +640,10 @@ fn revert_instance(mut instance: Instance) -> Vec<String> {
         let what = format!("{} {}", l.iface, direction_name(l.direction));
         // Netlink links are detached in the namespace they live in: we are
         // in it now. tcx links just close their fd.
-        if let Err(e) = aya::programs::links::Link::detach(l.link) {
-            if netns::ifindex(&l.iface).is_some() {
-                failures.push(format!("could not detach from {what}: {e}"));
-            }
+        if let Err(e) = aya::programs::links::Link::detach(l.link)
+            && netns::ifindex(&l.iface).is_some()
+        {
+            failures.push(format!("could not detach from {what}: {e}"));
         }
         if l.netlink.is_some_and(|r| r.created_clsact) {
             our_clsacts.push(l.iface);

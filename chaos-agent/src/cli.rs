@@ -45,7 +45,7 @@ pub enum LogFormat {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// One-off fault in the foreground; reverts at the end of --duration, on Ctrl-C or SIGTERM.
-    Blast(BlastArgs),
+    Blast(Box<BlastArgs>),
     /// Check policy files or directories without touching the kernel.
     Validate {
         #[arg(required = true)]
@@ -94,7 +94,7 @@ pub struct RunFlags {
 #[derive(Subcommand, Debug)]
 pub enum BlastKind {
     /// A network fault on one interface.
-    Net(NetArgs),
+    Net(Box<NetArgs>),
     /// A syscall error fault (not implemented yet).
     Syscall(SyscallArgs),
 }

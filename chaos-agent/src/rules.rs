@@ -288,7 +288,10 @@ pub fn encode(specs: &[RuleSpec<'_>]) -> Result<Encoded, EncodeError> {
     Ok(out)
 }
 
-fn key_bytes(k: &RuleKey) -> (u32, u32, u8, u8, u8, u16, u16, u64, [u8; 16], [u8; 16]) {
+/// `RuleKey`'s fields in order, to sort and deduplicate keys.
+type KeyOrder = (u32, u32, u8, u8, u8, u16, u16, u64, [u8; 16], [u8; 16]);
+
+fn key_bytes(k: &RuleKey) -> KeyOrder {
     (
         k.hook.ifindex,
         k.hook.direction,

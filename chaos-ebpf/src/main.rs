@@ -69,12 +69,12 @@ static GUARD_NETS: LpmTrie<GuardNet, GuardEntry> =
     LpmTrie::with_max_entries(MAX_GUARD_NETS, BPF_F_NO_PREALLOC);
 
 #[classifier]
-pub fn chaos_tc_ingress(ctx: TcContext) -> i32 {
+fn chaos_tc_ingress(ctx: TcContext) -> i32 {
     verdict(classify(&ctx, DIR_INGRESS))
 }
 
 #[classifier]
-pub fn chaos_tc_egress(ctx: TcContext) -> i32 {
+fn chaos_tc_egress(ctx: TcContext) -> i32 {
     verdict(classify(&ctx, DIR_EGRESS))
 }
 
@@ -98,7 +98,7 @@ enum Decision {
 #[inline(always)]
 fn verdict(result: Result<Decision, ()>) -> i32 {
     match result {
-        Ok(Decision::Drop) => TC_ACT_SHOT as i32,
+        Ok(Decision::Drop) => TC_ACT_SHOT,
         Ok(Decision::Pass) | Err(()) => TC_ACT_UNSPEC,
     }
 }
@@ -225,10 +225,10 @@ fn lookup_rule(
             continue;
         };
         let id = found.rule_id;
-        if let Some((best_id, _)) = best {
-            if best_id <= id {
-                continue;
-            }
+        if let Some((best_id, _)) = best
+            && best_id <= id
+        {
+            continue;
         }
         let Some(rule) = RULES.get(id) else {
             continue;
