@@ -291,6 +291,62 @@ fn policy_guard_adds_ports_and_can_disable_defaults() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// One policy, several faults: interfaces in two namespaces, both
+/// directions, each fault with its own counters.
+#[test]
+fn many_faults_across_namespaces_and_directions() {
+    require_root!();
+    let pair = NetnsPair::new("many").unwrap();
+    let dir = tempdir();
+    let policy = dir.join("many.yaml");
+    let fault = |name: &str, ns: &str, iface: &str, direction: &str, port: u16| {
+        format!(
+            "    - name: {name}\n      network:\n        interface: {iface}\n        netns: {ns}\n        direction: {direction}\n        match: {{ protocol: udp, dstPorts: [{port}] }}\n        loss: {{ percent: 100 }}\n"
+        )
+    };
+    let body = format!(
+        "apiVersion: chaos-agent/v1\nkind: FaultPolicy\nmetadata:\n  name: many\nspec:\n  duration: 60s\n  faults:\n{}{}{}",
+        fault("a-out", pair.ns_a(), pair.if_a(), "egress", 7401),
+        fault("b-in", pair.ns_b(), pair.if_b(), "ingress", 7402),
+        fault("a-both", pair.ns_a(), pair.if_a(), "both", 7403),
+    );
+    std::fs::write(&policy, body).unwrap();
+    let agent = Blast::start(&["--policy", policy.to_str().unwrap()]).unwrap();
+    for port in [7401, 7402, 7403] {
+        assert_eq!(arrived(&pair, AddrKind::V4, port, 400).unwrap(), 0, "a->b port {port}");
+    }
+    // b->a: only the fault on a's ingress (a-both) applies.
+    let (_, got) = udp_run(&pair, Direction::BtoA, AddrKind::V4, 7403, 400, PPS).unwrap();
+    assert_eq!(got.distinct, 0, "b->a port 7403 (a-both, ingress)");
+    let (_, got) = udp_run(&pair, Direction::BtoA, AddrKind::V4, 7401, 400, PPS).unwrap();
+    assert_eq!(got.distinct, 400, "b->a port 7401: a-out is egress only");
+    assert_eq!(arrived(&pair, AddrKind::V4, 7404, 400).unwrap(), 400, "untargeted port");
+    let (status, ev) = agent.stop().unwrap();
+    assert!(status.success());
+    let faults = ev["faults"].as_array().unwrap();
+    let injected = |name: &str| faults.iter().find(|f| f["fault"] == name).unwrap()["injected"].as_u64().unwrap();
+    assert_eq!(injected("a-out"), 400);
+    assert_eq!(injected("b-in"), 400);
+    assert_eq!(injected("a-both"), 800);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Without `--netns`, the interface is looked up in the agent's own
+/// namespace.
+#[test]
+fn interface_in_the_current_namespace() {
+    require_root!();
+    let pair = NetnsPair::new("curns").unwrap();
+    let agent = Blast::start_in(
+        Some(pair.ns_a()),
+        &["net", "--iface", pair.if_a(), "--proto", "udp", "--dport", "7500", "--loss", "100", "--duration", "60s"],
+    )
+    .unwrap();
+    assert_eq!(arrived(&pair, AddrKind::V6, 7500, 500).unwrap(), 0);
+    assert_eq!(arrived(&pair, AddrKind::V6, 7501, 500).unwrap(), 500);
+    assert!(agent.stop().unwrap().0.success());
+}
+
 fn tempdir() -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("chaos-sel-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();

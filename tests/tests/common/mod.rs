@@ -63,13 +63,27 @@ impl Blast {
     /// Starts `chaos-agent blast ARGS --json` and waits (up to 10 s) for its
     /// `applied` event.
     pub fn start(args: &[&str]) -> Result<Blast> {
+        Blast::start_in(None, args)
+    }
+
+    /// As `start`, with the agent itself running inside network namespace
+    /// `netns` (`ip netns exec`), so "the current namespace" is that one.
+    pub fn start_in(netns: Option<&str>, args: &[&str]) -> Result<Blast> {
         let stderr_path = std::env::temp_dir().join(format!(
             "chaos-blast-{}-{}.log",
             std::process::id(),
             unique()
         ));
         let stderr = std::fs::File::create(&stderr_path)?;
-        let mut child = Command::new(agent_bin())
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(agent_bin());
+                c
+            }
+            None => Command::new(agent_bin()),
+        };
+        let mut child = cmd
             .arg("blast")
             .args(args)
             .arg("--json")
