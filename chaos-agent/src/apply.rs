@@ -22,9 +22,9 @@ use aya::{
 };
 use chaos_common::{
     Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, GLOBAL_DEBUG, GLOBAL_GUARD_NETS,
-    GUARD_DEFAULT, GUARD_EXTRA, GuardEntry, GuardNet, GuardPort, HookKey, MAP_COUNTERS,
-    MAP_GUARD_NETS, MAP_GUARD_PORTS, MAP_HOOKS, MAP_RULE_INDEX, MAP_RULES, PROG_TC_EGRESS,
-    PROG_TC_INGRESS, RuleKey, RuleRef,
+    GUARD_DEFAULT, GUARD_EXTRA, GuardEntry, GuardNet, HookKey, MAP_COUNTERS, MAP_GUARD_NETS,
+    MAP_GUARD_PORTS, MAP_HOOKS, MAP_RULE_INDEX, MAP_RULES, PROG_TC_EGRESS, PROG_TC_INGRESS,
+    RuleKey, RuleRef,
 };
 use tracing::{info, warn};
 
@@ -403,14 +403,14 @@ fn fill_maps(
     guard_nets: &[(Cidr, u32)],
 ) -> Result<()> {
     {
-        let mut ports: HashMap<_, GuardPort, GuardEntry> = HashMap::try_from(
+        let mut ports: Array<_, GuardEntry> = Array::try_from(
             ebpf.map_mut(MAP_GUARD_PORTS)
                 .ok_or_else(|| map_err(MAP_GUARD_PORTS, "missing"))?,
         )
         .map_err(|e| map_err(MAP_GUARD_PORTS, e))?;
         for (&port, &kinds) in guard_ports {
             ports
-                .insert(&GuardPort { port, _pad: 0 }, &GuardEntry { kinds }, 0)
+                .set(u32::from(port), &GuardEntry { kinds }, 0)
                 .map_err(|e| map_err(MAP_GUARD_PORTS, e))?;
         }
     }

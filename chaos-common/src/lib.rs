@@ -36,7 +36,8 @@ pub const MAX_HOOKS: u32 = 1_024;
 /// Distinct match shapes per hook; the per-packet cost is one hash lookup
 /// per shape, whatever the number of rules.
 pub const MAX_SHAPES: usize = 8;
-pub const MAX_GUARD_PORTS: u32 = 256;
+/// `CHAOS_GUARD_PORTS` has one slot per port number.
+pub const GUARD_PORT_SLOTS: u32 = 65_536;
 pub const MAX_GUARD_NETS: u32 = 256;
 
 /// Traffic direction of a hook (`HookKey::direction`).
@@ -173,18 +174,8 @@ pub struct Counters {
 }
 const _: () = assert!(core::mem::size_of::<Counters>() == 24);
 
-/// Key of the guard's port set: a TCP or UDP port that is never faulted, in
-/// either direction.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct GuardPort {
-    /// Port, host byte order.
-    pub port: u16,
-    pub _pad: u16,
-}
-const _: () = assert!(core::mem::size_of::<GuardPort>() == 4);
-
-/// Value of both guard maps: which guard the entry belongs to.
+/// Value of both guard maps (`CHAOS_GUARD_PORTS` is indexed by TCP/UDP
+/// port, host byte order): which guards cover the port or prefix, 0 none.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GuardEntry {
@@ -221,7 +212,6 @@ mod pod {
     unsafe impl aya::Pod for RuleRef {}
     unsafe impl aya::Pod for Rule {}
     unsafe impl aya::Pod for Counters {}
-    unsafe impl aya::Pod for GuardPort {}
     unsafe impl aya::Pod for GuardEntry {}
     unsafe impl aya::Pod for GuardNet {}
 }

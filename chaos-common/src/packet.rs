@@ -106,20 +106,21 @@ impl PacketBytes for [u8] {
 
 /// What the classifier needs to know about a packet. In the kernel it lives
 /// in per-CPU scratch memory (`CHAOS_SCRATCH`), not on the 512-byte stack.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Packet {
-    /// `FAMILY_V4` or `FAMILY_V6`.
-    pub family: u8,
-    /// IP protocol number: for IPv6, the first header after the extension
-    /// headers we walk.
-    pub proto: u8,
-    /// Network byte order, IPv4 in the first four bytes, rest zero.
+    /// Network byte order, IPv4 in the first four bytes, rest zero. First
+    /// and 8-byte aligned, so the classifier can mask them a word at a time.
     pub src: [u8; 16],
     pub dst: [u8; 16],
     /// Host byte order; 0 when the protocol has no ports.
     pub sport: u16,
     pub dport: u16,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    /// IP protocol number: for IPv6, the first header after the extension
+    /// headers we walk.
+    pub proto: u8,
     /// 1 for TCP and UDP (ports are meaningful), 0 otherwise.
     pub has_ports: u8,
     pub _pad: u8,

@@ -21,9 +21,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use chaos_common::{
     ACTION_LOSS, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_ANY, FIELD_CGROUP, FIELD_DPORT,
-    FIELD_PROTO, FIELD_SPORT, GUARD_DEFAULT, GUARD_EXTRA, GuardEntry, GuardNet, GuardPort,
-    HookConf, HookKey, MAX_GUARD_NETS, MAX_GUARD_PORTS, MAX_HOOKS, MAX_RULE_KEYS, MAX_RULES,
-    MAX_SHAPES, Rule, RuleKey, RuleRef, Shape,
+    FIELD_PROTO, FIELD_SPORT, GUARD_DEFAULT, GUARD_EXTRA, GUARD_PORT_SLOTS, GuardEntry, GuardNet,
+    HookConf, HookKey, MAX_GUARD_NETS, MAX_HOOKS, MAX_RULE_KEYS, MAX_RULES, MAX_SHAPES, Rule,
+    RuleKey, RuleRef, Shape,
 };
 use parse::{Packet, Parsed};
 
@@ -61,8 +61,10 @@ struct Scratch {
 #[map(name = "CHAOS_SCRATCH")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// Indexed by port: an array lookup is a bounds check and an add once the
+/// verifier inlines it, where a hash lookup is a helper call and a hash.
 #[map(name = "CHAOS_GUARD_PORTS")]
-static GUARD_PORTS: HashMap<GuardPort, GuardEntry> = HashMap::with_max_entries(MAX_GUARD_PORTS, 0);
+static GUARD_PORTS: Array<GuardEntry> = Array::with_max_entries(GUARD_PORT_SLOTS, 0);
 
 #[map(name = "CHAOS_GUARD_NETS")]
 static GUARD_NETS: LpmTrie<GuardNet, GuardEntry> =
@@ -170,7 +172,7 @@ fn guard_kinds(pkt: &Packet) -> u32 {
     let mut kinds = 0;
     if pkt.has_ports != 0 {
         for port in [pkt.sport, pkt.dport] {
-            if let Some(e) = unsafe { GUARD_PORTS.get(&GuardPort { port, _pad: 0 }) } {
+            if let Some(e) = GUARD_PORTS.get(u32::from(port)) {
                 kinds |= e.kinds;
             }
         }
@@ -211,7 +213,8 @@ fn lookup_rule(
     conf: &HookConf,
     pkt: &Packet,
 ) -> Option<(u32, &'static Rule)> {
-    let now = unsafe { bpf_ktime_get_ns() };
+    // Read the clock only once a key matched: most packets match nothing.
+    let mut now = 0u64;
     let mut best: Option<(u32, &'static Rule)> = None;
     let count = conf.shape_count as usize;
     for i in 0..MAX_SHAPES {
@@ -233,6 +236,10 @@ fn lookup_rule(
         let Some(rule) = RULES.get(id) else {
             continue;
         };
+        if now == 0 {
+            // SAFETY: helper without arguments.
+            now = unsafe { bpf_ktime_get_ns() };
+        }
         // Past its deadline (or an unused slot, deadline 0) a rule is inert.
         if rule.deadline_ns <= now {
             continue;
@@ -302,19 +309,29 @@ fn shape_key(
     true
 }
 
-/// Copies `addr` into `out` with all bits past `prefix` cleared.
+/// Copies `addr` into `out` with all bits past `prefix` cleared, a 64-bit
+/// word at a time (both sides are 8-byte aligned: `Packet` and `RuleKey`
+/// place their addresses so).
 #[inline(always)]
 fn mask_into(out: &mut [u8; 16], addr: &[u8; 16], prefix: u8) {
-    let full = (prefix / 8) as usize;
-    let rest = prefix % 8;
-    for i in 0..16 {
-        out[i] = if i < full {
-            addr[i]
-        } else if i == full && rest != 0 {
-            addr[i] & (0xffu8 << (8 - rest))
-        } else {
-            0
-        };
+    let hi = mask_bits(prefix.min(64));
+    let lo = mask_bits(prefix.saturating_sub(64));
+    let src = addr.as_ptr() as *const u64;
+    let dst = out.as_mut_ptr() as *mut u64;
+    // SAFETY: both arrays are 16 bytes and 8-byte aligned (see above).
+    unsafe {
+        *dst = *src & hi;
+        *dst.add(1) = *src.add(1) & lo;
+    }
+}
+
+/// The first `bits` bits (of 64) set, in network byte order.
+#[inline(always)]
+fn mask_bits(bits: u8) -> u64 {
+    match bits {
+        0 => 0,
+        64.. => u64::MAX,
+        b => (u64::MAX << (64 - u32::from(b))).to_be(),
     }
 }
 
