@@ -394,9 +394,11 @@ pub fn netns_exists(name: &str) -> bool {
     netns_path(name).exists()
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+/// Runs `ip ARGS...` (iproute2), failing with its stderr on a non-zero exit.
+pub fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")
         .args(args)
+        .stdin(std::process::Stdio::null())
         .output()
         .context("running ip (iproute2)")?;
     if !out.status.success() {
@@ -415,20 +417,24 @@ fn netns_add(name: &str) -> Result<()> {
     ip(&["netns", "add", name])
 }
 
-fn netns_del(name: &str) -> Result<()> {
+/// Deletes a named namespace, retrying for up to two seconds (a namespace
+/// still in use by an exiting process, or an `ip` killed by a Ctrl-C).
+/// Succeeds when the namespace is gone.
+pub fn netns_del(name: &str) -> Result<()> {
     let _g = NETNS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut last = None;
-    for _ in 0..10 {
+    for _ in 0..20 {
+        if !netns_exists(name) {
+            return Ok(());
+        }
         match ip(&["netns", "del", name]) {
             Ok(()) => return Ok(()),
-            Err(e) => {
-                if !netns_exists(name) {
-                    return Ok(());
-                }
-                last = Some(e);
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            Err(e) => last = Some(e),
         }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !netns_exists(name) {
+        return Ok(());
     }
     Err(last.unwrap_or_else(|| anyhow!("ip netns del {name} failed")))
 }

@@ -313,18 +313,30 @@ fn many_faults_across_namespaces_and_directions() {
     std::fs::write(&policy, body).unwrap();
     let agent = Blast::start(&["--policy", policy.to_str().unwrap()]).unwrap();
     for port in [7401, 7402, 7403] {
-        assert_eq!(arrived(&pair, AddrKind::V4, port, 400).unwrap(), 0, "a->b port {port}");
+        assert_eq!(
+            arrived(&pair, AddrKind::V4, port, 400).unwrap(),
+            0,
+            "a->b port {port}"
+        );
     }
     // b->a: only the fault on a's ingress (a-both) applies.
     let (_, got) = udp_run(&pair, Direction::BtoA, AddrKind::V4, 7403, 400, PPS).unwrap();
     assert_eq!(got.distinct, 0, "b->a port 7403 (a-both, ingress)");
     let (_, got) = udp_run(&pair, Direction::BtoA, AddrKind::V4, 7401, 400, PPS).unwrap();
     assert_eq!(got.distinct, 400, "b->a port 7401: a-out is egress only");
-    assert_eq!(arrived(&pair, AddrKind::V4, 7404, 400).unwrap(), 400, "untargeted port");
+    assert_eq!(
+        arrived(&pair, AddrKind::V4, 7404, 400).unwrap(),
+        400,
+        "untargeted port"
+    );
     let (status, ev) = agent.stop().unwrap();
     assert!(status.success());
     let faults = ev["faults"].as_array().unwrap();
-    let injected = |name: &str| faults.iter().find(|f| f["fault"] == name).unwrap()["injected"].as_u64().unwrap();
+    let injected = |name: &str| {
+        faults.iter().find(|f| f["fault"] == name).unwrap()["injected"]
+            .as_u64()
+            .unwrap()
+    };
     assert_eq!(injected("a-out"), 400);
     assert_eq!(injected("b-in"), 400);
     assert_eq!(injected("a-both"), 800);
@@ -339,7 +351,19 @@ fn interface_in_the_current_namespace() {
     let pair = NetnsPair::new("curns").unwrap();
     let agent = Blast::start_in(
         Some(pair.ns_a()),
-        &["net", "--iface", pair.if_a(), "--proto", "udp", "--dport", "7500", "--loss", "100", "--duration", "60s"],
+        &[
+            "net",
+            "--iface",
+            pair.if_a(),
+            "--proto",
+            "udp",
+            "--dport",
+            "7500",
+            "--loss",
+            "100",
+            "--duration",
+            "60s",
+        ],
     )
     .unwrap();
     assert_eq!(arrived(&pair, AddrKind::V6, 7500, 500).unwrap(), 0);

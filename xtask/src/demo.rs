@@ -29,7 +29,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use chaos_tests::{UdpSink, UdpStats, netns_exists, payload, run_in_netns, sockutil, udp_sink};
+use chaos_tests::{
+    UdpSink, UdpStats,
+    netns::{ip, netns_del},
+    netns_exists, payload, run_in_netns, sockutil, udp_sink,
+};
 use serde_json::Value;
 
 const NS_A: &str = "chaos-demo-a";
@@ -114,43 +118,6 @@ fn signal_name(sig: i32) -> &'static str {
 
 // ---------------------------------------------------------------------------
 // Namespaces
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("running ip (iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// Deletes a named namespace, retrying briefly (a namespace still in use by
-/// an exiting process, or an `ip` killed by the terminal's Ctrl-C).
-fn netns_del(name: &str) -> Result<()> {
-    let mut last = None;
-    for _ in 0..20 {
-        if !netns_exists(name) {
-            return Ok(());
-        }
-        match ip(&["netns", "del", name]) {
-            Ok(()) => return Ok(()),
-            Err(e) => last = Some(e),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    if !netns_exists(name) {
-        return Ok(());
-    }
-    Err(last.unwrap_or_else(|| anyhow!("ip netns del {name} failed")))
-}
 
 /// Names in `ip netns list` that start with `chaos-demo-`.
 fn leftover_namespaces() -> Result<Vec<String>> {
