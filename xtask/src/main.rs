@@ -125,10 +125,73 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Totals over every `cargo test` run of `./x test`.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+}
+
+impl Tally {
+    /// Runs a `cargo test`, echoing its output, and adds up its results
+    /// (`test result:` lines, and `skipped: ...` lines that tests print
+    /// when the kernel or the user lacks something). Fails when cargo does.
+    fn run(&mut self, cmd: &mut Command) -> Result<()> {
+        use std::io::{BufRead as _, BufReader};
+        cmd.current_dir(root()).stdout(std::process::Stdio::piped());
+        eprintln!("xtask: {}", display(cmd));
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run {}", display(cmd)))?;
+        let stdout = child.stdout.take().expect("piped");
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let count = |word: &str| {
+                    rest.split(';')
+                        .find_map(|part| {
+                            part.trim()
+                                .trim_start_matches("ok. ")
+                                .trim_start_matches("FAILED. ")
+                                .strip_suffix(word)
+                        })
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                self.passed += count(" passed");
+                self.failed += count(" failed");
+            } else if line.trim_start().starts_with("skipped:") {
+                self.skipped += 1;
+            }
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("{} failed: {status}", display(cmd));
+        }
+        Ok(())
+    }
+}
+
 fn test(filter: Option<String>) -> Result<()> {
     setup::setup()?;
     lint()?;
-    run(cargo().args([
+    let mut tally = Tally::default();
+    let result = test_all(filter, &mut tally);
+    // A plain closing line over all runs. Skipped tests pass in cargo's
+    // count; they are subtracted here, because a skip is not a pass.
+    println!(
+        "xtask: {} passed, {} failed, {} skipped",
+        tally.passed - tally.skipped.min(tally.passed),
+        tally.failed,
+        tally.skipped
+    );
+    result
+}
+
+fn test_all(filter: Option<String>, tally: &mut Tally) -> Result<()> {
+    tally.run(cargo().args([
         "test",
         "--locked",
         "-p",
@@ -146,17 +209,18 @@ fn test(filter: Option<String>) -> Result<()> {
     }
     // One at a time: every test builds its own namespaces, but they share
     // the kernel's BPF statistics and the agent's leftover state directory.
+    // --show-output puts each test's measurements (and skips) in the log.
     let mut cmd = cargo();
     cmd.args(["test", "--locked", "--release", "-p", "chaos-tests", "--"])
         .args(filter.iter())
-        .args(["--test-threads=1"])
+        .args(["--test-threads=1", "--show-output"])
         .env("CHAOS_AGENT_BIN", &agent)
         .env(
             "CHAOS_TRAFFIC_BIN",
             root().join("target/release/chaos-traffic"),
         )
         .env("CHAOS_POLICIES_DIR", root().join("policies"));
-    run(&mut cmd)
+    tally.run(&mut cmd)
 }
 
 fn main() -> Result<()> {
