@@ -69,19 +69,37 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// Builds the release agent and the test traffic tool.
+/// The target the agent is built for: musl, so the release binary is one
+/// static executable that runs on any Linux of this architecture.
+pub fn agent_target() -> String {
+    format!("{}-unknown-linux-musl", std::env::consts::ARCH)
+}
+
+/// Builds the release agent (static) and the test traffic tool; returns the
+/// agent's path.
 pub fn build() -> Result<PathBuf> {
+    let target = agent_target();
     run(cargo().args([
         "build",
         "--locked",
         "--release",
         "-p",
         "chaos-agent",
+        "--target",
+        &target,
+    ]))?;
+    run(cargo().args([
+        "build",
+        "--locked",
+        "--release",
         "-p",
         "chaos-tests",
         "--bins",
     ]))?;
-    Ok(root().join("target/release/chaos-agent"))
+    Ok(root()
+        .join("target")
+        .join(target)
+        .join("release/chaos-agent"))
 }
 
 fn lint() -> Result<()> {
