@@ -172,8 +172,8 @@ fn tcp_case(kind: AddrKind, hook: Hook, pct: u32) -> Result<bool> {
     let (_, out_a0, retrans_a0) = snmp_tcp_segments(pair.ns_a())?;
     let (in_b0, _, _) = snmp_tcp_segments(pair.ns_b())?;
     let opts = TcpOptions {
-        bytes: if pct == 0 { 4 << 20 } else { 512 << 10 },
-        max_time: Duration::from_secs(if pct == 30 { 8 } else { 4 }),
+        bytes: if pct == 0 { 4 << 20 } else { 1 << 20 },
+        max_time: Duration::from_secs(if pct == 30 { 12 } else { 4 }),
         connect_timeout: Duration::from_secs(2),
         from: None,
     };
