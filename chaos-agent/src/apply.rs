@@ -601,6 +601,12 @@ impl Applied {
 
     /// Detaches everything. Returns what could not be removed.
     pub fn revert(mut self) -> Vec<String> {
+        self.revert_all()
+    }
+
+    /// Detaches every instance; the netlink state file goes only when
+    /// nothing was left, so the next start still finds what was.
+    fn revert_all(&mut self) -> Vec<String> {
         let mut failures = Vec::new();
         for instance in std::mem::take(&mut self.instances) {
             failures.extend(revert_instance(instance));
@@ -614,12 +620,11 @@ impl Applied {
     }
 }
 
+/// The error path of `apply` (and any early exit) reverts like `revert`.
 impl Drop for Applied {
     fn drop(&mut self) {
-        for instance in std::mem::take(&mut self.instances) {
-            for f in revert_instance(instance) {
-                warn!("{f}");
-            }
+        for f in self.revert_all() {
+            warn!("{f}");
         }
     }
 }
