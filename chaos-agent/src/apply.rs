@@ -347,7 +347,7 @@ pub fn apply(policy: &Policy, opts: &Options) -> Result<Applied> {
             .override_global(GLOBAL_DEBUG, &u8::from(opts.debug_kernel), true)
             .override_global(GLOBAL_GUARD_NETS, &u8::from(!guard_nets.is_empty()), true)
             .load(OBJECT)
-            .map_err(|e| Error::Runtime(format!("loading the eBPF object failed: {e}")))?;
+            .map_err(|e| load_error("creating the maps", &e.to_string()))?;
         let logger = if opts.debug_kernel {
             match aya_log::EbpfLogger::init(&mut ebpf) {
                 Ok(l) => Some(l),
@@ -390,6 +390,24 @@ pub fn apply(policy: &Policy, opts: &Options) -> Result<Applied> {
         "applied"
     );
     Ok(applied)
+}
+
+/// A load failure, told apart: no privilege (exit 1, run as root) or a
+/// kernel that refuses our programs or maps (exit 3, with its reason).
+fn load_error(what: &str, detail: &str) -> Error {
+    let denied = detail.contains("Operation not permitted") || detail.contains("EPERM");
+    // SAFETY: geteuid has no preconditions.
+    if denied && unsafe { libc::geteuid() } != 0 {
+        return Error::Runtime(format!(
+            "{what}: permission denied: chaos-agent needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)"
+        ));
+    }
+    let version = KernelVersion::current()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    Error::Unsupported(format!(
+        "{what} failed on Linux {version}: the kernel refused it ({detail}); `chaos-agent probe` shows what this kernel supports"
+    ))
 }
 
 fn map_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -498,7 +516,7 @@ fn attach_one(
         .map_err(|e| map_err(name, e))?;
     if prog.fd().is_err() {
         prog.load()
-            .map_err(|e| Error::Runtime(format!("the kernel refused program {name}: {e}")))?;
+            .map_err(|e| load_error(&format!("loading program {name}"), &format!("{e:#}")))?;
     }
     let iface_c = std::ffi::CString::new(iface)
         .map_err(|_| Error::Invalid(format!("interface {iface:?}")))?;
