@@ -347,7 +347,7 @@ pub fn apply(policy: &Policy, opts: &Options) -> Result<Applied> {
             .override_global(GLOBAL_DEBUG, &u8::from(opts.debug_kernel), true)
             .override_global(GLOBAL_GUARD_NETS, &u8::from(!guard_nets.is_empty()), true)
             .load(OBJECT)
-            .map_err(|e| load_error("creating the maps", &e.to_string()))?;
+            .map_err(|e| load_error("creating the maps", &chain(&e)))?;
         let logger = if opts.debug_kernel {
             match aya_log::EbpfLogger::init(&mut ebpf) {
                 Ok(l) => Some(l),
@@ -390,6 +390,18 @@ pub fn apply(policy: &Policy, opts: &Options) -> Result<Applied> {
         "applied"
     );
     Ok(applied)
+}
+
+/// An error with all its causes, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// A load failure, told apart: no privilege (exit 1, run as root) or a
@@ -516,7 +528,7 @@ fn attach_one(
         .map_err(|e| map_err(name, e))?;
     if prog.fd().is_err() {
         prog.load()
-            .map_err(|e| load_error(&format!("loading program {name}"), &format!("{e:#}")))?;
+            .map_err(|e| load_error(&format!("loading program {name}"), &chain(&e)))?;
     }
     let iface_c = std::ffi::CString::new(iface)
         .map_err(|_| Error::Invalid(format!("interface {iface:?}")))?;
