@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::{
     apply::{self, Applied, FaultCounters, Options},
     error::{Error, Result},
+    metrics::MetricsServer,
     policy::model::{Direction, Policy},
 };
 
@@ -72,7 +73,14 @@ fn human_line(applied: &Applied, counters: &[FaultCounters]) -> String {
 }
 
 /// Runs the blast; the exit code follows CONTRACT section 2.
-pub fn run(policy: &Policy, opts: &Options, json_out: bool) -> Result<ExitCode> {
+/// With `metrics`, its snapshot is refreshed at every report (once a second)
+/// and at the end.
+pub fn run(
+    policy: &Policy,
+    opts: &Options,
+    json_out: bool,
+    metrics: Option<&MetricsServer>,
+) -> Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
@@ -88,6 +96,9 @@ pub fn run(policy: &Policy, opts: &Options, json_out: bool) -> Result<ExitCode> 
         }
     }
     let mut applied = apply::apply(policy, opts)?;
+    if let Some(m) = metrics {
+        m.set_faults(&applied.faults);
+    }
     let total = policy.duration;
     let tty = std::io::stderr().is_terminal() && !json_out;
     if json_out {
@@ -119,6 +130,9 @@ pub fn run(policy: &Policy, opts: &Options, json_out: bool) -> Result<ExitCode> 
         if Instant::now() >= next_report {
             next_report += REPORT_EVERY;
             let counters = applied.counters();
+            if let Some(m) = metrics {
+                m.update(&applied.faults, &counters);
+            }
             let elapsed = started.elapsed().min(total);
             if json_out {
                 println!(
@@ -153,7 +167,13 @@ pub fn run(policy: &Policy, opts: &Options, json_out: bool) -> Result<ExitCode> 
     if tty {
         eprintln!();
     }
+    if let Some(m) = metrics {
+        m.update(&applied.faults, &counters);
+    }
     let failures = applied.revert();
+    if let Some(m) = metrics {
+        m.clear_active();
+    }
     if json_out {
         println!(
             "{}",

@@ -1,6 +1,6 @@
 //! Command-line interface (CONTRACT section 1) and exit codes (section 2).
 
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -8,6 +8,7 @@ use crate::{
     apply::{AttachMode, Options},
     blast,
     error::{Error, Result},
+    metrics::MetricsServer,
     policy::{
         self,
         model::{
@@ -89,6 +90,10 @@ pub struct RunFlags {
     /// Print events and counters as JSON lines on stdout.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9464)
+    /// while the blast runs; the port is added to the built-in guard.
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -278,12 +283,18 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
                     ));
                 }
             };
+            // Bound before anything is applied, so a busy port fails early.
+            let metrics = b
+                .run
+                .metrics_addr
+                .map(|addr| MetricsServer::start(addr, &policy.name))
+                .transpose()?;
             let opts = Options {
                 attach: b.run.attach,
                 debug_kernel: b.run.debug_kernel,
-                extra_default_ports: Vec::new(),
+                extra_default_ports: metrics.iter().map(|m| m.local_addr().port()).collect(),
             };
-            blast::run(&policy, &opts, b.run.json)
+            blast::run(&policy, &opts, b.run.json, metrics.as_ref())
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod error;
 pub mod leftovers;
+pub mod metrics;
 pub mod netns;
 pub mod policy;
 pub mod probe;
