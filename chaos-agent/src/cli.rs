@@ -107,13 +107,16 @@ pub enum BlastKind {
 #[derive(Args, Debug)]
 #[command(group = clap::ArgGroup::new("action").required(true).multiple(false))]
 pub struct NetArgs {
+    /// Interface to attach to.
     #[arg(long)]
     pub iface: String,
     /// Named network namespace (ip netns) holding the interface.
     #[arg(long)]
     pub netns: Option<String>,
+    /// egress, ingress or both.
     #[arg(long, default_value = "egress", value_parser = parse_with::<Direction>)]
     pub direction: Direction,
+    /// tcp, udp, icmp (ICMP and ICMPv6) or any.
     #[arg(long, default_value = "any", value_parser = parse_with::<Protocol>)]
     pub proto: Protocol,
     /// Destination port or range A-B; repeatable.
@@ -137,16 +140,22 @@ pub struct NetArgs {
     /// Drop this share of matching packets.
     #[arg(long, group = "action", value_parser = parse_with::<Percent>)]
     pub loss: Option<Percent>,
+    /// Delay matching packets (not implemented yet).
     #[arg(long, group = "action")]
     pub delay: Option<String>,
+    /// Jitter around --delay (not implemented yet).
     #[arg(long, requires = "delay")]
     pub jitter: Option<String>,
+    /// Corrupt this share of matching packets (not implemented yet).
     #[arg(long, group = "action")]
     pub corrupt: Option<String>,
+    /// Duplicate this share of matching packets (not implemented yet).
     #[arg(long, group = "action")]
     pub duplicate: Option<String>,
+    /// Limit matching traffic to this rate (not implemented yet).
     #[arg(long, group = "action")]
     pub rate: Option<String>,
+    /// How long the fault lasts; the kernel stops acting at start + duration.
     #[arg(long, value_parser = values::parse_positive_duration)]
     pub duration: Duration,
 }
