@@ -3,6 +3,7 @@
 
 mod demo;
 mod setup;
+mod vm;
 
 use std::{path::PathBuf, process::Command};
 
@@ -34,6 +35,22 @@ enum Cmd {
     },
     /// cargo fmt --check and clippy -D warnings on every crate.
     Lint,
+    /// The privileged integration tests inside qemu (TCG) VMs, once per
+    /// kernel of the matrix; kernels are downloaded and cached on first use.
+    VmTest {
+        /// Only this kernel (repeatable): debian-6.1, debian-6.12. Default: all.
+        #[arg(long = "kernel", value_name = "NAME")]
+        kernels: Vec<String>,
+        /// Only tests whose name contains this (instead of the default set).
+        #[arg(long, conflicts_with = "full")]
+        filter: Option<String>,
+        /// Every test, also those the default set leaves out for time.
+        #[arg(long)]
+        full: bool,
+        /// Hard wall-clock limit per VM, e.g. 20m, 900s.
+        #[arg(long, default_value = vm::DEFAULT_TIMEOUT, value_parser = vm::parse_timeout)]
+        timeout: std::time::Duration,
+    },
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -253,5 +270,16 @@ fn main() -> Result<()> {
         Cmd::Demo => demo::demo(),
         Cmd::Test { filter } => test(filter),
         Cmd::Lint => lint(),
+        Cmd::VmTest {
+            kernels,
+            filter,
+            full,
+            timeout,
+        } => vm::vm_test(vm::Options {
+            kernels,
+            filter,
+            full,
+            timeout,
+        }),
     }
 }

@@ -33,8 +33,10 @@ fn installed(package: &str) -> bool {
         .is_some_and(|s| s.contains("install ok installed"))
 }
 
-fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+/// Installs those of `packages` that are not installed yet; apt-get runs
+/// only when one is missing.
+pub(crate) fn apt_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -143,7 +145,7 @@ fn bpf_linker() -> Result<()> {
 }
 
 pub fn setup() -> Result<()> {
-    apt_packages()?;
+    apt_packages(PACKAGES)?;
     bpf_linker()?;
     Ok(())
 }
