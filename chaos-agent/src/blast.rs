@@ -20,6 +20,25 @@ use crate::{
     policy::model::{Direction, Policy},
 };
 
+/// Writes a line to stdout, ignoring errors: a reader that went away (as
+/// `| head -1` does) must not stop a blast before it reverts. `println!`
+/// would panic there, and release builds abort on panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// As `out!`, on stderr; `err!(raw ...)` writes without a newline.
+macro_rules! err {
+    (raw $($arg:tt)*) => {{
+        let _ = write!(std::io::stderr().lock(), $($arg)*);
+    }};
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 const TICK: Duration = Duration::from_millis(50);
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
@@ -102,13 +121,13 @@ pub fn run(
     let total = policy.duration;
     let tty = std::io::stderr().is_terminal() && !json_out;
     if json_out {
-        println!(
+        out!(
             "{}",
             json!({"event": "applied", "policy": policy.name, "mode": applied.mode,
                    "deadline_ns": applied.deadline_ns, "pid": std::process::id()})
         );
     } else {
-        eprintln!(
+        err!(
             "chaos-agent: {} fault(s) of {} in force via {}; reverting in {} (Ctrl-C to stop now)",
             applied.faults.len(),
             policy.name,
@@ -135,14 +154,14 @@ pub fn run(
             }
             let elapsed = started.elapsed().min(total);
             if json_out {
-                println!(
+                out!(
                     "{}",
                     json!({"event": "counters", "elapsed_ms": elapsed.as_millis() as u64, "faults": counters_json(&applied, &counters)})
                 );
             } else if tty {
                 let width = 20usize;
                 let done = ((elapsed.as_secs_f64() / total.as_secs_f64()) * width as f64) as usize;
-                eprint!(
+                err!(raw
                     "\r\x1b[K[{}{}] {:>5.0}s/{}s  {}",
                     "#".repeat(done.min(width)),
                     "-".repeat(width - done.min(width)),
@@ -151,7 +170,7 @@ pub fn run(
                     human_line(&applied, &counters)
                 );
             } else {
-                eprintln!(
+                err!(
                     "[{:.0}s/{}s] {}",
                     elapsed.as_secs_f64(),
                     total.as_secs(),
@@ -165,7 +184,7 @@ pub fn run(
     let final_json = counters_json(&applied, &counters);
     let final_text = human_line(&applied, &counters);
     if tty {
-        eprintln!();
+        err!();
     }
     if let Some(m) = metrics {
         m.update(&applied.faults, &counters);
@@ -175,13 +194,13 @@ pub fn run(
         m.clear_active();
     }
     if json_out {
-        println!(
+        out!(
             "{}",
             json!({"event": "reverted", "reason": reason, "faults": final_json, "left": failures})
         );
     } else {
-        eprintln!("chaos-agent: reverted ({reason})");
-        println!("{final_text}");
+        err!("chaos-agent: reverted ({reason})");
+        out!("{final_text}");
     }
     if failures.is_empty() {
         Ok(ExitCode::SUCCESS)

@@ -68,6 +68,38 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The running kernel's release (`uname -r`), e.g. `6.1.0-56-amd64`.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// True when the running kernel is at least `major.minor`.
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = kernel_release();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let (ma, mi) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (ma, mi) >= (major, minor)
+}
+
+/// Returns early from the calling test (after printing a `skipped:` line
+/// naming the feature) unless the kernel has tcx links (Linux 6.6+).
+#[macro_export]
+macro_rules! require_tcx {
+    () => {
+        if !$crate::kernel_at_least(6, 6) {
+            println!(
+                "skipped: tcx links need Linux 6.6 (this is {}); the netlink path is tested instead",
+                $crate::kernel_release()
+            );
+            return;
+        }
+    };
+}
+
 /// True when the effective user is root (uid 0).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.

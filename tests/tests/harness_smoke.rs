@@ -291,6 +291,7 @@ fn chaos_traffic_binary_in_namespaces_and_cgroup() {
 #[test]
 fn tcx_attachments_are_seen() {
     require_root!();
+    chaos_tests::require_tcx!();
     let pair = NetnsPair::new("tcx").unwrap();
     assert!(attachments_on(pair.ns_a(), pair.if_a()).unwrap().is_empty());
     assert!(
@@ -366,6 +367,7 @@ fn drop_cgroup_prog(cgid: u64) -> Vec<u8> {
 #[test]
 fn cgroup_id_matches_bpf_skb_cgroup_id() {
     require_root!();
+    chaos_tests::require_tcx!();
     let bin = chaos_traffic_bin!();
     let pair = NetnsPair::new("cgid").unwrap();
     let cg = CgroupGuard::new("cgid").unwrap();

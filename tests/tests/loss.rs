@@ -102,10 +102,12 @@ fn holds_in_one_of_two(mut case: impl FnMut() -> Result<bool>, what: &str) -> Re
     if case()? {
         return Ok(());
     }
-    eprintln!("{what}: outside the 3-sigma band; measuring a second, independent sample");
+    eprintln!(
+        "{what}: inconclusive or outside the 3-sigma band; measuring a second, independent sample"
+    );
     assert!(
         case()?,
-        "{what}: observed loss outside the 3-sigma band twice"
+        "{what}: two samples inconclusive or outside the 3-sigma band"
     );
     Ok(())
 }
@@ -174,7 +176,9 @@ fn tcp_case(kind: AddrKind, hook: Hook, pct: u32) -> Result<bool> {
     let opts = TcpOptions {
         bytes: if pct == 0 { 4 << 20 } else { 1 << 20 },
         max_time: Duration::from_secs(if pct == 30 { 12 } else { 4 }),
-        connect_timeout: Duration::from_secs(2),
+        // At 30 % loss a SYN and its first retry are both lost 9 % of the
+        // time: leave room for the next retry (3 s after the first).
+        connect_timeout: Duration::from_secs(if pct == 30 { 6 } else { 2 }),
         from: None,
     };
     let t = tcp_transfer(&pair, Direction::AtoB, kind, TARGET, &opts)?;
@@ -222,7 +226,12 @@ fn tcp_case(kind: AddrKind, hook: Hook, pct: u32) -> Result<bool> {
             Ok(true)
         }
         _ => {
-            assert!(emitted >= 150, "too few segments to judge ({emitted})");
+            if emitted < 150 {
+                // A lost SYN and its retries end the connect early now and
+                // then: too little to judge, so take another sample.
+                eprintln!("too few segments to judge ({emitted}): {:?}", t.send);
+                return Ok(false);
+            }
             assert_eq!(
                 injected, lost,
                 "injected counter vs segments that did not arrive"

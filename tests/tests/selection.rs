@@ -251,7 +251,12 @@ fn guard_passes_ssh_port_under_full_loss() {
     let (status, ev) = agent.stop().unwrap();
     assert!(status.success());
     let (matched, injected, guard) = fault_counters(&ev);
-    assert_eq!(injected, 1_000);
+    // The rule takes every protocol, so a fresh link's own IPv6 chatter
+    // (MLD reports, neighbour solicitations) may be dropped too.
+    assert!(
+        injected >= 1_000,
+        "injected {injected} < the 1000 datagrams to port 7000"
+    );
     assert!(
         guard >= 1_000,
         "guard-passed counter {guard} < the 1000 datagrams to port 22"
