@@ -1118,7 +1118,16 @@ fn report(run: &KernelRun) {
 
 // ---------------------------------------------------------------- entry
 
-pub fn vm_test(opts: Options) -> Result<()> {
+/// Test counts over every kernel of a run.
+#[derive(Default)]
+pub struct Totals {
+    pub passed: u64,
+    pub failed: u64,
+    pub skipped: u64,
+}
+
+/// Runs the matrix; the error names the kernels that failed or timed out.
+pub fn vm_test(opts: Options) -> Result<Totals> {
     let specs: Vec<&KernelSpec> = if opts.kernels.is_empty() {
         KERNELS.iter().collect()
     } else {
@@ -1201,7 +1210,11 @@ pub fn vm_test(opts: Options) -> Result<()> {
     if !bad.is_empty() {
         bail!("vm-test failed on {}", bad.join(", "));
     }
-    Ok(())
+    Ok(runs.iter().fold(Totals::default(), |t, r| Totals {
+        passed: t.passed + r.console.count(Outcome::Passed),
+        failed: t.failed + r.failed(),
+        skipped: t.skipped + r.console.count(Outcome::Skipped),
+    }))
 }
 
 /// Parses `--timeout` (`20m`, `90s`, `1h`).
