@@ -108,6 +108,15 @@ pub fn force_sndbuf(fd: RawFd, bytes: i32) -> io::Result<()> {
 }
 
 /// Errno name for the common network errors (for JSON output), else the number.
+/// A read or write that timed out or was interrupted: try again (the
+/// callers loop until their own deadline).
+pub fn is_transient(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
 pub fn errno_name(err: &io::Error) -> String {
     let Some(code) = err.raw_os_error() else {
         return format!("{:?}", err.kind());

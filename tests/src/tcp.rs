@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::monotonic_ns;
 use crate::netns::{AddrKind, Direction, NetnsPair};
-use crate::sockutil::{ConnectError, errno_name, tcp_connect};
+use crate::sockutil::{ConnectError, errno_name, is_transient, tcp_connect};
 
 /// Byte `i` of every transfer; the receiver checks it.
 fn pattern(i: u64) -> u8 {
@@ -125,13 +125,7 @@ pub fn tcp_send(to: SocketAddr, o: &TcpOptions) -> TcpSendStats {
                 break;
             }
             Ok(w) => st.bytes_sent += w as u64,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if is_transient(&e) => {}
             Err(e) => {
                 st.send_error = Some(format!("{} ({e})", errno_name(&e)));
                 break;
@@ -152,13 +146,7 @@ pub fn tcp_send(to: SocketAddr, o: &TcpOptions) -> TcpSendStats {
                     break;
                 }
                 Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock
-                            | std::io::ErrorKind::TimedOut
-                            | std::io::ErrorKind::Interrupted
-                    ) => {}
+                Err(e) if is_transient(&e) => {}
                 Err(e) => {
                     st.send_error = Some(format!("{} ({e})", errno_name(&e)));
                     break;
@@ -313,13 +301,7 @@ fn recv_loop(
                 }
                 st.bytes += n as u64;
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if is_transient(&e) => {}
             Err(e) => {
                 st.read_error = Some(format!("{} ({e})", errno_name(&e)));
                 st.stop_reason = "error".into();

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::monotonic_ns;
 use crate::netns::{AddrKind, Direction, NetnsPair};
 use crate::payload::{self, DEFAULT_LEN, HEADER_LEN, MAX_LEN};
-use crate::sockutil::{errno_name, force_rcvbuf, force_sndbuf};
+use crate::sockutil::{errno_name, force_rcvbuf, force_sndbuf, is_transient};
 
 /// Receive buffer the sink asks for (SO_RCVBUFFORCE), so the receiver
 /// itself does not drop.
@@ -463,13 +463,7 @@ fn sink_loop(
                     }
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if is_transient(&e) => {}
             Err(_) => {
                 stats.recv_errors += 1;
                 std::thread::sleep(Duration::from_millis(1));

@@ -29,13 +29,9 @@ fn malformed_input_exits_2_and_applies_nothing() {
     require_root!();
     let pair = NetnsPair::new("bad").unwrap();
     let (ns, iface) = (pair.ns_a(), pair.if_a());
+    let argv = |args: &[&str]| -> Vec<String> { args.iter().map(|s| s.to_string()).collect() };
     let net = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = ["blast", "net", "--netns", ns, "--iface", iface]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
+        argv(&[&["blast", "net", "--netns", ns, "--iface", iface], extra].concat())
     };
     // (arguments, a fragment the message must contain)
     let mut cases: Vec<(Vec<String>, &str)> = vec![
@@ -135,7 +131,7 @@ fn malformed_input_exits_2_and_applies_nothing() {
             "no such cgroup",
         ),
         (
-            vec![
+            argv(&[
                 "blast",
                 "net",
                 "--netns",
@@ -146,14 +142,11 @@ fn malformed_input_exits_2_and_applies_nothing() {
                 "30",
                 "--duration",
                 "5s",
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
+            ]),
             "nosuchif0",
         ),
         (
-            vec![
+            argv(&[
                 "blast",
                 "net",
                 "--netns",
@@ -164,10 +157,7 @@ fn malformed_input_exits_2_and_applies_nothing() {
                 "30",
                 "--duration",
                 "5s",
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
+            ]),
             "no-such-netns",
         ),
         (
