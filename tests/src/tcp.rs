@@ -2,7 +2,8 @@
 //! (and checks) the bytes, and a sender with a connect timeout.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -59,8 +60,9 @@ pub struct TcpSendStats {
     pub bytes_sent: u64,
     /// A write error, if one ended the transfer.
     pub send_error: Option<String>,
-    /// True when all bytes were written and the peer closed in return
-    /// (it had read everything).
+    /// True when all bytes were written and the peer ended the connection
+    /// in return (it does so only after reading everything, see
+    /// [`tcp_receiver`]).
     pub completed: bool,
     /// True when the time bound ended the transfer.
     pub timed_out: bool,
@@ -78,8 +80,10 @@ impl TcpSendStats {
 
 /// Connects to `to` from the calling thread's network namespace and writes
 /// `o.bytes` bytes of a fixed pattern, then half-closes and waits (within
-/// the time bound) for the peer to close. Never fails: connect errors and
-/// timeouts are reported in the result.
+/// the time bound) for the peer to end the connection. An unfinished
+/// transfer is aborted (RST), so no orphaned socket goes on retransmitting
+/// after this returns. Never fails: connect errors and timeouts are reported
+/// in the result.
 pub fn tcp_send(to: SocketAddr, o: &TcpOptions) -> TcpSendStats {
     let start = Instant::now();
     let deadline = start + o.max_time;
@@ -146,6 +150,11 @@ pub fn tcp_send(to: SocketAddr, o: &TcpOptions) -> TcpSendStats {
                     break;
                 }
                 Ok(_) => {}
+                // The receiver resets once it has read our FIN.
+                Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
+                    st.completed = true;
+                    break;
+                }
                 Err(e) if is_transient(&e) => {}
                 Err(e) => {
                     st.send_error = Some(format!("{} ({e})", errno_name(&e)));
@@ -154,8 +163,31 @@ pub fn tcp_send(to: SocketAddr, o: &TcpOptions) -> TcpSendStats {
             }
         }
     }
+    if !st.completed {
+        abort_on_close(&stream);
+    }
     st.end_ns = monotonic_ns();
     st
+}
+
+/// Makes closing `stream` send a reset and free the socket at once
+/// (`SO_LINGER` with a zero timeout): nothing of it is sent afterwards,
+/// neither retransmissions of unacknowledged data nor the closing handshake.
+fn abort_on_close(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
 
 /// What the receiver saw.
@@ -210,7 +242,8 @@ impl TcpReceiver {
 
 /// Listens on `bind` in the calling thread's network namespace (listening
 /// when this returns), then in a thread accepts one connection and reads it
-/// until EOF, [`TcpReceiver::stop`], or `max_total` from now.
+/// until EOF, [`TcpReceiver::stop`], or `max_total` from now. It then resets
+/// the connection rather than closing it with a FIN.
 pub fn tcp_receiver(bind: SocketAddr, max_total: Duration) -> Result<TcpReceiver> {
     let listener =
         TcpListener::bind(bind).with_context(|| format!("binding TCP listener to {bind}"))?;
@@ -309,7 +342,10 @@ fn recv_loop(
             }
         }
     }
-    // Closing tells the sender everything was read.
+    // A reset tells the sender everything was read (or that we gave up).
+    // Unlike a FIN it needs no answer, so the sender emits nothing after
+    // this: a packet-loss test can count every segment it sent.
+    abort_on_close(&stream);
     drop(stream);
     st.end_ns = monotonic_ns();
     st
