@@ -17,6 +17,7 @@ const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ENABLE_STATS: libc::c_long = 32;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
@@ -118,6 +119,40 @@ pub fn loaded_progs() -> Result<Vec<BpfProgInfo>> {
         });
     }
     Ok(out)
+}
+
+/// Keeps the kernel's per-program run-time statistics on while it lives
+/// (`BPF_ENABLE_STATS`; they cost two clock reads per run, so they are
+/// off by default).
+pub fn enable_run_time_stats() -> Result<OwnedFd> {
+    let mut a = Attr::new();
+    a.put_u32(0, 0); // BPF_STATS_RUN_TIME
+    let fd = sys_bpf(BPF_ENABLE_STATS, &mut a).context("BPF_ENABLE_STATS")?;
+    // SAFETY: the kernel returned a new descriptor that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Total run time (ns) and run count of program `id` since it was loaded,
+/// counted while [`enable_run_time_stats`] was in force.
+pub fn prog_run_stats(id: u32) -> Result<(u64, u64)> {
+    let mut a = Attr::new();
+    a.put_u32(0, id);
+    let fd = sys_bpf(BPF_PROG_GET_FD_BY_ID, &mut a)
+        .with_context(|| format!("BPF_PROG_GET_FD_BY_ID {id}"))?;
+    // SAFETY: the kernel returned a new descriptor that we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    #[repr(C, align(8))]
+    struct Info([u8; 512]);
+    let mut info = Info([0; 512]);
+    let mut a = Attr::new();
+    a.put_u32(0, fd.as_raw_fd() as u32);
+    a.put_u32(4, info.0.len() as u32);
+    a.put_u64(8, info.0.as_mut_ptr() as u64);
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)
+        .with_context(|| format!("BPF_OBJ_GET_INFO_BY_FD for prog {id}"))?;
+    // struct bpf_prog_info: run_time_ns and run_cnt follow prog_tags.
+    let at = |o: usize| u64::from_ne_bytes(info.0[o..o + 8].try_into().expect("8 bytes"));
+    Ok((at(192), at(200)))
 }
 
 /// Names of every loaded BPF program (see [`loaded_progs`]).

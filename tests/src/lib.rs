@@ -31,8 +31,9 @@ pub mod tcp;
 pub mod udp;
 
 pub use bpf::{
-    BpfProgInfo, TCX_DROP, TCX_NEXT, TCX_PASS, TcxDirection, TcxQuery, load_pass_tc_prog,
-    load_tc_prog, load_tc_prog_raw, loaded_prog_names, loaded_progs, tcx_attach, tcx_query,
+    BpfProgInfo, TCX_DROP, TCX_NEXT, TCX_PASS, TcxDirection, TcxQuery, enable_run_time_stats,
+    load_pass_tc_prog, load_tc_prog, load_tc_prog_raw, loaded_prog_names, loaded_progs,
+    prog_run_stats, tcx_attach, tcx_query,
 };
 pub use cgroup::{CgroupGuard, cgroup2_mount, stale_cgroup_cleanup};
 pub use inspect::{

@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's front door (run through `./x`, which first
 //! installs the pinned toolchain). Setup, build, demo, test, lint.
 
+mod bench;
 mod demo;
+mod fikernel;
 mod setup;
 mod vm;
 
@@ -39,10 +41,21 @@ enum Cmd {
     },
     /// cargo fmt --check and clippy -D warnings on every crate.
     Lint,
+    /// Side-by-side benchmarks (as root); writes docs/benchmarks.md.
+    Bench {
+        /// Fewer repetitions and shorter runs (a few minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Only this section (repeatable): cost, throughput, accuracy,
+        /// latency, footprint.
+        #[arg(long, value_name = "SECTION")]
+        only: Vec<String>,
+    },
     /// The privileged integration tests inside qemu (TCG) VMs, once per
     /// kernel of the matrix; kernels are downloaded and cached on first use.
     VmTest {
-        /// Only this kernel (repeatable): debian-6.1, debian-6.12. Default: all.
+        /// Only this kernel (repeatable): debian-6.1, debian-6.12, fi-6.12
+        /// (built on first use). Default: all.
         #[arg(long = "kernel", value_name = "NAME")]
         kernels: Vec<String>,
         /// Only tests whose name contains this (instead of the default set).
@@ -65,9 +78,12 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Runs a command in the workspace root, failing on a non-zero exit.
+/// Runs a command (in the workspace root unless it names another
+/// directory), failing on a non-zero exit.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    cmd.current_dir(root());
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(root());
+    }
     eprintln!("xtask: {}", display(cmd));
     let status = cmd
         .status()
@@ -78,7 +94,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn display(cmd: &Command) -> String {
+pub(crate) fn display(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(|s| s.to_string_lossy().into_owned())
@@ -86,7 +102,7 @@ fn display(cmd: &Command) -> String {
         .join(" ")
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
@@ -159,7 +175,7 @@ fn lint() -> Result<()> {
     Ok(())
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
@@ -292,6 +308,7 @@ fn main() -> Result<()> {
         Cmd::Demo => demo::demo(),
         Cmd::Test { filter, host_only } => test(filter, host_only),
         Cmd::Lint => lint(),
+        Cmd::Bench { quick, only } => bench::bench(quick, &only),
         Cmd::VmTest {
             kernels,
             filter,

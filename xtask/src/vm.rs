@@ -29,7 +29,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::{display, root, run};
+use crate::{display, is_root, root, run};
 
 /// Host packages the runner uses: qemu, the guest's busybox, cpio for the
 /// initramfs, depmod/modprobe (kmod) to resolve module dependencies, xz and
@@ -73,38 +73,56 @@ const DEFAULT_SKIP: &[&str] = &["tcp_ipv4_", "tcp_ipv6_"];
 /// Default hard wall-clock limit for one VM run.
 pub const DEFAULT_TIMEOUT: &str = "20m";
 
-/// One kernel of the matrix: a Debian package named
-/// `<prefix><number><suffix>`; the highest number is used.
+/// One kernel of the matrix.
 struct KernelSpec {
     name: &'static str,
-    prefix: &'static str,
-    suffix: &'static str,
-    /// For `apt-cache search --names-only` (a regular expression).
-    search: &'static str,
+    source: Source,
+}
+
+enum Source {
+    /// A Debian package named `<prefix><number><suffix>`; the highest
+    /// number is used.
+    Debian {
+        prefix: &'static str,
+        suffix: &'static str,
+        /// For `apt-cache search --names-only` (a regular expression).
+        search: &'static str,
+    },
+    /// Built from Debian's kernel source with kprobe override.
+    FaultInjection,
 }
 
 const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "debian-6.1",
-        prefix: "linux-image-6.1.0-",
-        suffix: "-amd64-unsigned",
-        search: "^linux-image-6\\.1\\.0-[0-9]+-amd64-unsigned$",
+        source: Source::Debian {
+            prefix: "linux-image-6.1.0-",
+            suffix: "-amd64-unsigned",
+            search: "^linux-image-6\\.1\\.0-[0-9]+-amd64-unsigned$",
+        },
     },
     KernelSpec {
         name: "debian-6.12",
-        prefix: "linux-image-6.12.",
-        suffix: "+deb12-amd64-unsigned",
-        search: "^linux-image-6\\.12\\.[0-9]+\\+deb12-amd64-unsigned$",
+        source: Source::Debian {
+            prefix: "linux-image-6.12.",
+            suffix: "+deb12-amd64-unsigned",
+            search: "^linux-image-6\\.12\\.[0-9]+\\+deb12-amd64-unsigned$",
+        },
+    },
+    KernelSpec {
+        name: "fi-6.12",
+        source: Source::FaultInjection,
     },
 ];
 
-impl KernelSpec {
+impl Source {
     /// The package's sort key when `name` is one of ours (`-cloud` and
     /// `-rt` flavours are not: their middle part is not a number).
     fn version_of(&self, package: &str) -> Option<u32> {
-        let mid = package
-            .strip_prefix(self.prefix)?
-            .strip_suffix(self.suffix)?;
+        let Source::Debian { prefix, suffix, .. } = self else {
+            return None;
+        };
+        let mid = package.strip_prefix(prefix)?.strip_suffix(suffix)?;
         if mid.is_empty() || !mid.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
@@ -135,7 +153,7 @@ pub fn kernel_names() -> Vec<&'static str> {
 }
 
 /// `$XDG_CACHE_HOME/chaos-agent/vm` or `~/.cache/chaos-agent/vm`.
-fn cache_dir() -> Result<PathBuf> {
+pub(crate) fn cache_dir() -> Result<PathBuf> {
     let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         Some(x) => PathBuf::from(x),
         None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache"),
@@ -143,7 +161,7 @@ fn cache_dir() -> Result<PathBuf> {
     Ok(base.join("chaos-agent").join("vm"))
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .stderr(Stdio::inherit())
         .output()
@@ -168,44 +186,42 @@ fn tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn apt_update() -> Result<()> {
+pub(crate) fn apt_update() -> Result<()> {
     if !is_root() {
         bail!("the apt package lists need `apt-get update`, which needs root");
     }
     run(Command::new("apt-get").args(["update", "-q"]))
 }
 
-/// An extracted kernel package in the cache.
-struct KernelTree {
-    package: String,
-    dir: PathBuf,
-    release: String,
+/// A kernel ready to boot.
+pub(crate) struct KernelTree {
+    /// What it was made from, for the report.
+    pub package: String,
+    pub vmlinuz: PathBuf,
+    pub release: String,
+    /// The root of an extracted package (`lib/modules/RELEASE` inside),
+    /// or `None` for a kernel with everything built in.
+    pub modules: Option<PathBuf>,
+    pub config: Option<PathBuf>,
 }
 
 impl KernelTree {
-    fn vmlinuz(&self) -> PathBuf {
-        self.dir
-            .join("boot")
-            .join(format!("vmlinuz-{}", self.release))
-    }
-
+    /// An extracted Debian package.
     fn open(package: &str, dir: PathBuf) -> Result<KernelTree> {
         let release = only_entry(&dir.join("lib/modules"))?;
+        let boot = dir.join("boot");
         let tree = KernelTree {
             package: package.to_owned(),
-            dir,
+            vmlinuz: boot.join(format!("vmlinuz-{release}")),
+            config: Some(boot.join(format!("config-{release}"))),
             release,
+            modules: Some(dir),
         };
         ensure!(
-            tree.vmlinuz().is_file(),
+            tree.vmlinuz.is_file(),
             "{} has no {}",
             package,
-            tree.vmlinuz().display()
+            tree.vmlinuz.display()
         );
         Ok(tree)
     }
@@ -223,9 +239,16 @@ fn only_entry(dir: &Path) -> Result<String> {
     }
 }
 
+fn kernel(spec: &KernelSpec) -> Result<KernelTree> {
+    match spec.source {
+        Source::Debian { search, .. } => debian_kernel(spec.name, &spec.source, search),
+        Source::FaultInjection => crate::fikernel::kernel(),
+    }
+}
+
 /// Finds the newest package for `spec`, and downloads and extracts it
 /// unless the cache has it already. Older cached versions are removed.
-fn kernel(spec: &KernelSpec) -> Result<KernelTree> {
+fn debian_kernel(name: &str, spec: &Source, pattern: &str) -> Result<KernelTree> {
     let kernels = cache_dir()?.join("kernels");
     fs::create_dir_all(&kernels)?;
     let cached: Vec<(u32, String)> = fs::read_dir(&kernels)?
@@ -236,15 +259,12 @@ fn kernel(spec: &KernelSpec) -> Result<KernelTree> {
         .collect();
     let newest_cached = cached.iter().max().map(|(_, n)| n.clone());
     let search = || {
-        output(Command::new("apt-cache").args(["search", "--names-only", spec.search]))
+        output(Command::new("apt-cache").args(["search", "--names-only", pattern]))
             .map(|out| spec.newest_in(&out))
     };
     let mut newest = search()?;
     if newest.is_none() {
-        eprintln!(
-            "xtask: no package matches {} in the apt lists; updating them",
-            spec.search
-        );
+        eprintln!("xtask: no package matches {pattern} in the apt lists; updating them");
         apt_update()?;
         newest = search()?;
     }
@@ -253,14 +273,12 @@ fn kernel(spec: &KernelSpec) -> Result<KernelTree> {
         (None, Some(c)) => {
             eprintln!(
                 "xtask: {}: apt knows no package; using the cached {c}",
-                spec.name
+                name
             );
             return KernelTree::open(&c, kernels.join(&c));
         }
         (None, None) => bail!(
-            "{}: no package matches {} (is a Debian bookworm(-security) source configured?)",
-            spec.name,
-            spec.search
+            "{name}: no package matches {pattern} (is a Debian bookworm(-security) source configured?)"
         ),
     };
     let dir = kernels.join(&package);
@@ -273,7 +291,7 @@ fn kernel(spec: &KernelSpec) -> Result<KernelTree> {
             Some((_, c)) => {
                 eprintln!(
                     "xtask: {}: cannot download {package} ({e:#}); using the cached {c}",
-                    spec.name
+                    name
                 );
                 return KernelTree::open(c, kernels.join(c));
             }
@@ -599,68 +617,13 @@ fn initramfs(kernel: &KernelTree, payload: &Payload, work: &Path) -> Result<Path
     // Modules, dependencies first, decompressed (busybox insmod reads
     // plain .ko files).
     let mut list = String::new();
-    let out = output(
-        Command::new(tool("modprobe"))
-            .arg("-d")
-            .arg(&kernel.dir)
-            .args(["-S", &kernel.release, "--show-depends", "-a"])
-            .args(MODULES),
-    )?;
-    let mut seen = Vec::new();
-    for line in out.lines() {
-        let mut words = line.split_whitespace();
-        if words.next() != Some("insmod") {
-            continue; // "builtin NAME"
-        }
-        let Some(path) = words.next() else { continue };
-        if seen.iter().any(|s| s == path) {
-            continue;
-        }
-        seen.push(path.to_owned());
-        let args: Vec<&str> = words.collect();
-        let file = Path::new(path)
-            .file_name()
-            .context("module without a file name")?
-            .to_string_lossy()
-            .into_owned();
-        let (name, decompress) = if let Some(n) = file.strip_suffix(".xz") {
-            (n, Some(["xz", "-dc"]))
-        } else if let Some(n) = file.strip_suffix(".zst") {
-            (n, Some(["zstd", "-qdc"]))
-        } else if let Some(n) = file.strip_suffix(".gz") {
-            (n, Some(["gzip", "-dc"]))
-        } else {
-            (file.as_str(), None)
-        };
-        let dst = st.path(&modules_dir).join(name);
-        match decompress {
-            Some([prog, flags]) => {
-                let out = Command::new(prog)
-                    .args([flags, path])
-                    .stdout(fs::File::create(&dst)?)
-                    .status()
-                    .with_context(|| format!("cannot run {prog}"))?;
-                ensure!(out.success(), "{prog} {flags} {path} failed: {out}");
-            }
-            None => {
-                fs::copy(path, &dst)?;
-            }
-        }
-        list.push_str(name);
-        for a in args {
-            list.push(' ');
-            list.push_str(a);
-        }
-        list.push('\n');
+    if let Some(tree) = &kernel.modules {
+        add_modules(&st, tree, &kernel.release, &modules_dir, &mut list)?;
     }
     st.write("/etc/modules.list", &list, 0o644)?;
-    let config = kernel
-        .dir
-        .join("boot")
-        .join(format!("config-{}", kernel.release));
-    if config.is_file() {
+    if let Some(config) = kernel.config.as_ref().filter(|c| c.is_file()) {
         // bpftool's feature probe reads it.
-        st.copy(&config, format!("/boot/config-{}", kernel.release))?;
+        st.copy(config, format!("/boot/config-{}", kernel.release))?;
     }
 
     // What the tests run and read.
@@ -717,6 +680,72 @@ fn initramfs(kernel: &KernelTree, payload: &Payload, work: &Path) -> Result<Path
         kernel.release
     );
     Ok(image)
+}
+
+/// Copies `MODULES` with their dependencies, in load order, decompressed
+/// (busybox insmod reads plain .ko files), and lists them in `list`.
+fn add_modules(
+    st: &Staging,
+    tree: &Path,
+    release: &str,
+    modules_dir: &str,
+    list: &mut String,
+) -> Result<()> {
+    let out = output(
+        Command::new(tool("modprobe"))
+            .arg("-d")
+            .arg(tree)
+            .args(["-S", release, "--show-depends", "-a"])
+            .args(MODULES),
+    )?;
+    let mut seen = Vec::new();
+    for line in out.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("insmod") {
+            continue; // "builtin NAME"
+        }
+        let Some(path) = words.next() else { continue };
+        if seen.iter().any(|s| s == path) {
+            continue;
+        }
+        seen.push(path.to_owned());
+        let args: Vec<&str> = words.collect();
+        let file = Path::new(path)
+            .file_name()
+            .context("module without a file name")?
+            .to_string_lossy()
+            .into_owned();
+        let (name, decompress) = if let Some(n) = file.strip_suffix(".xz") {
+            (n, Some(["xz", "-dc"]))
+        } else if let Some(n) = file.strip_suffix(".zst") {
+            (n, Some(["zstd", "-qdc"]))
+        } else if let Some(n) = file.strip_suffix(".gz") {
+            (n, Some(["gzip", "-dc"]))
+        } else {
+            (file.as_str(), None)
+        };
+        let dst = st.path(modules_dir).join(name);
+        match decompress {
+            Some([prog, flags]) => {
+                let out = Command::new(prog)
+                    .args([flags, path])
+                    .stdout(fs::File::create(&dst)?)
+                    .status()
+                    .with_context(|| format!("cannot run {prog}"))?;
+                ensure!(out.success(), "{prog} {flags} {path} failed: {out}");
+            }
+            None => {
+                fs::copy(path, &dst)?;
+            }
+        }
+        list.push_str(name);
+        for a in args {
+            list.push(' ');
+            list.push_str(a);
+        }
+        list.push('\n');
+    }
+    Ok(())
 }
 
 /// Every path under `dir`, relative (`./bin/...`), parents first.
@@ -974,7 +1003,7 @@ fn boot(
         cmd.arg("-bios").arg(qboot);
     }
     cmd.arg("-kernel")
-        .arg(kernel.vmlinuz())
+        .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(image)
         .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=4"])
@@ -1234,17 +1263,17 @@ mod tests {
                    linux-image-6.1.0-56-rt-amd64-unsigned - rt\n\
                    linux-image-6.1.0-56-amd64-unsigned - Linux 6.1\n";
         assert_eq!(
-            KERNELS[0].newest_in(out).as_deref(),
+            KERNELS[0].source.newest_in(out).as_deref(),
             Some("linux-image-6.1.0-56-amd64-unsigned")
         );
         let out = "linux-image-6.12.117+deb12-cloud-amd64-unsigned - cloud\n\
                    linux-image-6.12.99+deb12-amd64-unsigned - x\n\
                    linux-image-6.12.113+deb12-amd64-unsigned - x\n";
         assert_eq!(
-            KERNELS[1].newest_in(out).as_deref(),
+            KERNELS[1].source.newest_in(out).as_deref(),
             Some("linux-image-6.12.113+deb12-amd64-unsigned")
         );
-        assert_eq!(KERNELS[1].newest_in("nothing here"), None);
+        assert_eq!(KERNELS[1].source.newest_in("nothing here"), None);
     }
 
     #[test]
