@@ -376,6 +376,7 @@ fn accuracy(mode: &Mode) -> Result<Vec<Row>> {
     for pct in [1u32, 30, 100] {
         let mut xs = Vec::new();
         let mut exact = true;
+        let mut inside = true;
         for _ in 0..if mode.quick { 1 } else { mode.reps } {
             let pair = NetnsPair::new("bacc")?;
             let blast = Blast::start(&[
@@ -400,11 +401,13 @@ fn accuracy(mode: &Mode) -> Result<Vec<Row>> {
             let lost = sent.sent - got.distinct;
             let (_, injected, _) = fault_counters(&reverted);
             exact &= injected == lost;
+            let (lo, hi) = three_sigma_band(sent.sent, f64::from(pct) / 100.0);
+            inside &= (lo..=hi).contains(&(lost as f64));
             xs.push(lost as f64 / sent.sent as f64 * 100.0);
         }
         let s = spread(&xs);
         let (lo, hi) = three_sigma_band(u64::from(count), f64::from(pct) / 100.0);
-        let inside = xs.iter().all(|x| *x >= lo * 100.0 && *x <= hi * 100.0);
+        let pct_of = |x: f64| x / f64::from(count) * 100.0;
         rows.push(row_target(
             format!("loss {pct} % over {count} UDP packets"),
             format!(
@@ -412,7 +415,7 @@ fn accuracy(mode: &Mode) -> Result<Vec<Row>> {
                 s.show(3, "%"),
                 if exact { "=" } else { "≠" }
             ),
-            &format!("3σ band {:.3}–{:.3} %", lo * 100.0, hi * 100.0),
+            &format!("3σ band {:.3}–{:.3} %", pct_of(lo), pct_of(hi)),
             inside && exact,
         ));
     }
