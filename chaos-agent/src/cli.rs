@@ -57,12 +57,36 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Daemon mode (not implemented yet).
+    /// Daemon: applies every policy in DIR, reloads on change and SIGHUP,
+    /// serves metrics, reverts everything on SIGTERM/SIGINT.
     Run {
+        /// Directory of *.yaml / *.yml policy files.
+        #[arg(long, value_name = "DIR", default_value = "/etc/chaos-agent/policies")]
+        policies: PathBuf,
+        /// Serve Prometheus metrics on http://ADDR/metrics; the port is added
+        /// to the built-in guard.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+        metrics_addr: SocketAddr,
+        /// Attach mechanism: tcx where the kernel has it, or netlink clsact.
+        #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+        attach: AttachMode,
+    },
+    /// Show the running daemon's policies, faults, counters and time left.
+    Status {
         #[arg(long)]
-        policies: Option<PathBuf>,
+        json: bool,
+    },
+    /// Revert policies in the running daemon; --all is the kill switch.
+    Stop {
+        #[arg(
+            required_unless_present = "all",
+            conflicts_with = "all",
+            value_name = "POLICY"
+        )]
+        policies: Vec<String>,
+        /// Revert every fault of every policy.
         #[arg(long)]
-        metrics_addr: Option<String>,
+        all: bool,
     },
 }
 
@@ -272,9 +296,17 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Validate { paths } => Ok(validate(paths)),
         Command::Probe { json } => probe::print(*json),
-        Command::Run { .. } => Err(Error::Invalid(
-            "`run` (the daemon) is not implemented yet; use `blast`".into(),
-        )),
+        Command::Run {
+            policies,
+            metrics_addr,
+            attach,
+        } => crate::daemon::run(crate::daemon::DaemonArgs {
+            policies: policies.clone(),
+            metrics_addr: *metrics_addr,
+            attach: *attach,
+        }),
+        Command::Status { json } => crate::control::status(*json),
+        Command::Stop { policies, all } => crate::control::stop(policies, *all),
         Command::Blast(b) => {
             let policy = match (&b.policy, &b.kind) {
                 (Some(path), None) => {

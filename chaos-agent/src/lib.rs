@@ -5,6 +5,8 @@ pub mod apply;
 pub mod blast;
 pub mod cgroup;
 pub mod cli;
+pub mod control;
+pub mod daemon;
 pub mod error;
 pub mod leftovers;
 pub mod metrics;
