@@ -158,11 +158,12 @@ fn http_status(url: &str, timeout: Duration) -> Result<u16, String> {
         .max(Duration::from_millis(10));
     s.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(left)).map_err(|e| e.to_string())?;
-    write!(
-        s,
+    // One write: a server may answer (and close) after the first segment.
+    let request = format!(
         "GET {path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: chaos-agent\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("{url}: {e}"))?;
+    );
+    s.write_all(request.as_bytes())
+        .map_err(|e| format!("{url}: {e}"))?;
     let mut head = [0u8; 64];
     let mut got = 0;
     while got < 12 {
@@ -193,8 +194,15 @@ mod tests {
         let t = std::thread::spawn(move || {
             for code in [200, 503] {
                 let (mut c, _) = l.accept().unwrap();
+                let mut req = Vec::new();
                 let mut buf = [0u8; 512];
-                let _ = c.read(&mut buf);
+                while !req.ends_with(b"\r\n\r\n") {
+                    let n = c.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                }
                 write!(c, "HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").unwrap();
             }
         });
