@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's front door (run through `./x`, which first
 //! installs the pinned toolchain). Setup, build, demo, test, lint.
 
+mod deb;
 mod demo;
 mod setup;
 mod vm;
@@ -39,6 +40,9 @@ enum Cmd {
     },
     /// cargo fmt --check and clippy -D warnings on every crate.
     Lint,
+    /// Build the release agent and a .deb (binary, systemd unit, empty
+    /// policies directory, example policies) into target/debian/.
+    Deb,
     /// The privileged integration tests inside qemu (TCG) VMs, once per
     /// kernel of the matrix; kernels are downloaded and cached on first use.
     VmTest {
@@ -290,6 +294,15 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Demo => demo::demo(),
+        Cmd::Deb => {
+            setup::setup()?;
+            let agent = build()?;
+            let out = root().join("target/debian");
+            let deb = deb::package(&agent, &out.join("stage"), &out)?;
+            run(Command::new("dpkg-deb").arg("--contents").arg(&deb))?;
+            eprintln!("xtask: built {}", deb.display());
+            Ok(())
+        }
         Cmd::Test { filter, host_only } => test(filter, host_only),
         Cmd::Lint => lint(),
         Cmd::VmTest {
