@@ -12,8 +12,8 @@ use crate::{
     policy::{
         self,
         model::{
-            CgroupSelector, Cidr, Direction, Fault, FaultKind, Guard, Match, NetworkAction,
-            NetworkFault, Percent, Policy, PortRange, Protocol,
+            AbortWhen, CgroupSelector, Cidr, Direction, Fault, FaultKind, Guard, Match,
+            NetworkAction, NetworkFault, Percent, Policy, PortRange, Probe, Protocol,
         },
         values,
     },
@@ -182,6 +182,56 @@ pub struct NetArgs {
     /// How long the fault lasts; the kernel stops acting at start + duration.
     #[arg(long, value_parser = values::parse_positive_duration)]
     pub duration: Duration,
+    /// Steady-state guard: revert early when GET URL (http://...) stops
+    /// answering --abort-expect-status.
+    #[arg(long, value_name = "URL", conflicts_with = "abort_tcp")]
+    pub abort_http: Option<String>,
+    /// Status the --abort-http probe expects.
+    #[arg(long, default_value_t = 200, value_name = "CODE")]
+    pub abort_expect_status: u16,
+    /// Steady-state guard: revert early when HOST:PORT stops accepting TCP.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub abort_tcp: Option<String>,
+    /// How often the steady-state probe runs.
+    #[arg(long, default_value = "1s", value_parser = values::parse_positive_duration)]
+    pub abort_interval: Duration,
+    /// Consecutive probe failures that revert the fault.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub abort_failures: u32,
+}
+
+/// The steady-state guard the `--abort-*` flags describe, if any.
+fn abort_when(a: &NetArgs) -> Result<Option<AbortWhen>> {
+    let probe = match (&a.abort_http, &a.abort_tcp) {
+        (Some(url), _) => {
+            if !url.starts_with("http://") || url.len() <= "http://".len() {
+                return Err(Error::Invalid(format!(
+                    "--abort-http: expected an http:// URL such as http://127.0.0.1:8080/health, found {url:?}"
+                )));
+            }
+            Probe::Http {
+                url: url.clone(),
+                expect_status: a.abort_expect_status,
+            }
+        }
+        (None, Some(addr)) => {
+            if !addr
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+            {
+                return Err(Error::Invalid(format!(
+                    "--abort-tcp: expected HOST:PORT such as 127.0.0.1:5432, found {addr:?}"
+                )));
+            }
+            Probe::Tcp { addr: addr.clone() }
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(AbortWhen {
+        probe,
+        interval: a.abort_interval,
+        failures: a.abort_failures,
+    }))
 }
 
 #[derive(Args, Debug)]
@@ -237,7 +287,7 @@ pub fn net_policy(a: &NetArgs) -> Result<Policy> {
         origin: "<flags>".into(),
         duration: a.duration,
         start_after: Duration::ZERO,
-        abort_when: None,
+        abort_when: abort_when(a)?,
         guard: Guard::default(),
         faults: vec![Fault {
             name: "net".into(),

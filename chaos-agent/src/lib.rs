@@ -14,3 +14,4 @@ pub mod netns;
 pub mod policy;
 pub mod probe;
 pub mod rules;
+pub mod steady;

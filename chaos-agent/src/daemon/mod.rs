@@ -25,7 +25,6 @@
 
 mod lock;
 mod notify;
-pub mod steady;
 mod watch;
 
 use std::{
@@ -53,6 +52,7 @@ use crate::{
         self,
         model::{Direction, Fault, FaultKind, NetworkAction, Policy},
     },
+    steady,
 };
 
 /// What the main loop is asked to do.
@@ -591,11 +591,18 @@ impl Daemon {
         };
         run.state = RunState::Active;
         if let Some(guard) = &run.policy.abort_when {
+            let events = self.events.clone();
+            let (policy, generation) = (name.to_owned(), run.generation);
             run.probe = Some(steady::Prober::spawn(
                 name.to_owned(),
-                run.generation,
                 guard.clone(),
-                self.events.clone(),
+                move |reason| {
+                    let _ = events.send(Event::Abort {
+                        policy,
+                        generation,
+                        reason,
+                    });
+                },
             ));
         }
         self.apply_pending_faults(name, false);

@@ -1,8 +1,9 @@
-//! The steady-state guard (`spec.abortWhen`): a thread per active policy
-//! probes an HTTP URL (expecting a status) or a TCP address every
-//! `interval`; after `failures` consecutive failures it asks for the
-//! policy to be reverted (the main loop does it) and ends. Dropping the
-//! [`Prober`] stops the thread at its next wake-up.
+//! The steady-state guard (`spec.abortWhen`, or a blast's `--abort-*`
+//! flags): a thread per active policy probes an HTTP URL (expecting a
+//! status) or a TCP address every `interval`; after `failures` consecutive
+//! failures it calls its `on_abort` with the reason (the daemon and the
+//! blast loop then revert the policy) and ends. Dropping the [`Prober`]
+//! stops the thread at its next wake-up.
 
 use std::{
     io::{Read, Write},
@@ -10,14 +11,12 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
-        mpsc::Sender,
     },
     time::{Duration, Instant},
 };
 
 use tracing::{debug, warn};
 
-use super::Event;
 use crate::policy::model::{AbortWhen, Probe};
 
 /// Longest a single probe may take, whatever the interval.
@@ -38,9 +37,8 @@ impl Drop for Prober {
 impl Prober {
     pub fn spawn(
         policy: String,
-        generation: u64,
         guard: AbortWhen,
-        events: Sender<Event>,
+        on_abort: impl FnOnce(String) + Send + 'static,
     ) -> Prober {
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
@@ -73,11 +71,7 @@ impl Prober {
                             describe(&guard.probe),
                             failed
                         );
-                        let _ = events.send(Event::Abort {
-                            policy,
-                            generation,
-                            reason,
-                        });
+                        on_abort(reason);
                         return;
                     }
                     while Instant::now() < next {
