@@ -180,11 +180,18 @@ pub fn call(request: &Request) -> Result<Value> {
         .set_read_timeout(Some(ANSWER_TIMEOUT + IO_TIMEOUT))
         .map_err(|e| Error::Runtime(e.to_string()))?;
     let text = serde_json::to_string(request).map_err(|e| Error::Runtime(e.to_string()))?;
-    writeln!(stream, "{text}").map_err(|e| Error::Runtime(format!("{}: {e}", path.display())))?;
+    // A refused caller is answered without its request being read, so a
+    // failed write still leaves an answer to read.
+    let sent = writeln!(stream, "{text}");
     let mut line = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut line)
-        .map_err(|e| Error::Runtime(format!("{}: {e}", path.display())))?;
+    let read = BufReader::new(&stream).read_line(&mut line);
+    if line.is_empty() {
+        let e = match (sent, read) {
+            (Err(e), _) | (_, Err(e)) => e.to_string(),
+            _ => "no answer".to_owned(),
+        };
+        return Err(Error::Runtime(format!("{}: {e}", path.display())));
+    }
     let v: Value = serde_json::from_str(&line)
         .map_err(|e| Error::Runtime(format!("bad answer from the daemon: {e}: {line:?}")))?;
     if let Some(e) = v.get("error").and_then(Value::as_str) {

@@ -181,6 +181,24 @@ fn direction_name(d: Direction) -> &'static str {
     }
 }
 
+/// Whether `new` differs from the applied `old` only in its network
+/// action, and both actions are ones the kernel side can take: then the
+/// rule is rewritten in place (same keys, hooks and deadline).
+fn only_action_changed(old: &FaultRun, new: &Fault) -> bool {
+    let (FaultKind::Network(a), FaultKind::Network(b)) = (&old.fault.kind, &new.kind) else {
+        return false;
+    };
+    let loss = |x: &NetworkAction| matches!(x, NetworkAction::Loss { .. });
+    old.applied.is_some()
+        && old.fault.name == new.name
+        && loss(&a.action)
+        && loss(&b.action)
+        && a.interface == b.interface
+        && a.netns == b.netns
+        && a.direction == b.direction
+        && a.matcher == b.matcher
+}
+
 fn add(a: &mut FaultCounters, b: &FaultCounters) {
     a.matched += b.matched;
     a.injected += b.injected;
@@ -544,6 +562,30 @@ impl Daemon {
         for f in &policy.faults {
             match old.remove(&f.name) {
                 Some(existing) if existing.fault == *f => faults.push(existing),
+                Some(mut existing) if only_action_changed(&existing, f) => {
+                    let applied = existing.applied.as_mut().expect("checked");
+                    let FaultKind::Network(n) = &f.kind else {
+                        unreachable!("checked")
+                    };
+                    match applied.set_action(&n.action, !policy.guard.disable_defaults) {
+                        Ok(()) => {
+                            info!(policy = %name, fault = %f.name, "fault action changed in place");
+                            existing.fault = f.clone();
+                            faults.push(existing);
+                        }
+                        Err(e) => {
+                            warn!(policy = %name, fault = %f.name, "in-place change failed ({e}); replacing it");
+                            self.retire(existing);
+                            faults.push(FaultRun {
+                                fault: f.clone(),
+                                applied: None,
+                                problem: None,
+                                retry: true,
+                                last: FaultCounters::default(),
+                            });
+                        }
+                    }
+                }
                 other => {
                     if let Some(prev) = other {
                         info!(policy = %name, fault = %f.name, "fault changed: replacing it");
