@@ -733,3 +733,141 @@ fn steady_state_guard_reverts_the_policy() {
     );
     assert!(d.log().contains("steady-state guard failed"), "{}", d.log());
 }
+
+#[test]
+fn unsupported_faults_are_reported_and_expiry_and_start_after_are_honoured() {
+    require_root!();
+    let pair = NetnsPair::new("dlife").unwrap();
+    // One loss fault the kernel side does, one syscall fault it does not yet.
+    let mixed = loss_policy("mixed", &pair, 100, "").replace("duration: 5m", "duration: 1500ms")
+        + "    - name: refuse\n      syscall:\n        names: [connect]\n        errno: ECONNREFUSED\n        target: { comm: nothing-here }\n";
+    let later = loss_policy("later", &pair, 100, "  startAfter: 1s\n")
+        .replace("udp-loss", "later-loss")
+        .replace(&format!("[{PORT}]"), "[7001]");
+    let d = Daemon::start("life", &[("mixed.yaml", &mixed), ("later.yaml", &later)]).unwrap();
+    let st = d.status();
+    let policy = |st: &Value, name: &str| {
+        st["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let m = policy(&st, "mixed");
+    assert_eq!(m["state"], "active", "{m}");
+    assert_eq!(m["faults"][0]["state"], "active", "{m}");
+    assert_eq!(m["faults"][1]["state"], "unsupported", "{m}");
+    assert!(
+        m["faults"][1]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("syscall"),
+        "{m}"
+    );
+    assert_eq!(policy(&st, "later")["state"], "pending", "{st}");
+    let (_, got) = udp_run(&pair, Direction::AtoB, AddrKind::V4, PORT, 200, 2_000).unwrap();
+    assert_eq!(
+        got.distinct, 0,
+        "the supported fault of a mixed policy is not in force"
+    );
+    let (sent, got) = udp_run(&pair, Direction::AtoB, AddrKind::V4, 7001, 200, 2_000).unwrap();
+    assert_eq!(
+        got.distinct, sent.sent,
+        "a policy waiting for startAfter is in force"
+    );
+
+    // After startAfter: in force. After duration: expired, reverted.
+    std::thread::sleep(Duration::from_millis(1600));
+    let st = d.status();
+    assert_eq!(policy(&st, "later")["state"], "active", "{st}");
+    assert_eq!(policy(&st, "mixed")["state"], "expired", "{st}");
+    let (_, got) = udp_run(&pair, Direction::AtoB, AddrKind::V4, 7001, 200, 2_000).unwrap();
+    assert_eq!(
+        got.distinct, 0,
+        "startAfter passed but the policy is not in force"
+    );
+    let (sent, got) = udp_run(&pair, Direction::AtoB, AddrKind::V4, PORT, 200, 2_000).unwrap();
+    assert_eq!(got.distinct, sent.sent, "an expired policy still acts");
+    let log = d.log();
+    assert!(log.contains("expired"), "{log}");
+    assert!(log.contains("unsupported"), "{log}");
+    let left = attachments_on(pair.ns_a(), pair.if_a()).unwrap();
+    assert_eq!(left.len(), 1, "only `later` stays attached: {left:?}");
+}
+
+#[test]
+fn a_changed_match_replaces_the_fault() {
+    require_root!();
+    let pair = NetnsPair::new("dmatch").unwrap();
+    let d = Daemon::start(
+        "match",
+        &[("p.yaml", &loss_policy("moving", &pair, 100, ""))],
+    )
+    .unwrap();
+    let t_edit = std::sync::atomic::AtomicU64::new(0);
+    let (records, _) = stream_while(&pair, 2.0, || {
+        std::thread::sleep(Duration::from_millis(500));
+        t_edit.store(monotonic_ns(), Ordering::SeqCst);
+        // Same fault name, other port: the old rule goes, a new one comes.
+        d.write_policy(
+            "p.yaml",
+            &loss_policy("moving", &pair, 100, "").replace(&format!("[{PORT}]"), "[7001]"),
+        );
+        std::thread::sleep(Duration::from_millis(1200));
+    });
+    let t_edit = t_edit.load(Ordering::SeqCst);
+    let first = records
+        .iter()
+        .map(|(_, r)| *r)
+        .min()
+        .expect("port 7000 never opened");
+    let ms = first.saturating_sub(t_edit) as f64 / MS as f64;
+    eprintln!("replaced fault: port {PORT} open {ms:.1} ms after the edit");
+    assert!(first >= t_edit, "traffic passed before the edit");
+    assert!(ms < 100.0, "old fault reverted {ms:.1} ms after the edit");
+    let st = d.status();
+    assert_eq!(st["policies"][0]["state"], "active", "{st}");
+    let (_, got) = udp_run(&pair, Direction::AtoB, AddrKind::V4, 7001, 200, 2_000).unwrap();
+    assert_eq!(got.distinct, 0, "the new match is not in force");
+}
+
+#[test]
+fn blast_abort_flags_revert_early() {
+    require_root!();
+    let pair = NetnsPair::new("dblastab").unwrap();
+    let healthy = Arc::new(AtomicBool::new(true));
+    let port = health_server(Arc::clone(&healthy));
+    let url = format!("http://127.0.0.1:{port}/");
+    let agent = common::Blast::start(&[
+        "net",
+        "--netns",
+        pair.ns_a(),
+        "--iface",
+        pair.if_a(),
+        "--proto",
+        "udp",
+        "--dport",
+        &PORT.to_string(),
+        "--loss",
+        "100",
+        "--duration",
+        "60s",
+        "--abort-http",
+        &url,
+        "--abort-interval",
+        "100ms",
+        "--abort-failures",
+        "2",
+    ])
+    .unwrap();
+    let (_, got) = udp_run(&pair, Direction::AtoB, AddrKind::V4, PORT, 200, 2_000).unwrap();
+    assert_eq!(got.distinct, 0);
+    healthy.store(false, Ordering::SeqCst);
+    let (status, ev) = agent.finish(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(ev["reason"], "steady-state guard", "{ev}");
+    let (sent, got) = udp_run(&pair, Direction::AtoB, AddrKind::V4, PORT, 200, 2_000).unwrap();
+    assert_eq!(got.distinct, sent.sent, "traffic did not recover");
+}
