@@ -24,7 +24,11 @@ fn scratch(tag: &str) -> PathBuf {
 
 #[test]
 fn systemd_unit_verifies() {
-    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("skipped: systemd-analyze not installed (./x setup installs systemd)");
         return;
     }
@@ -44,7 +48,10 @@ fn systemd_unit_verifies() {
     let path = dir.join("chaos-agent.service");
     std::fs::write(
         &path,
-        unit.replace("/usr/bin/chaos-agent", &agent_bin().canonicalize().unwrap().display().to_string()),
+        unit.replace(
+            "/usr/bin/chaos-agent",
+            &agent_bin().canonicalize().unwrap().display().to_string(),
+        ),
     )
     .unwrap();
     let out = Command::new("systemd-analyze")
@@ -56,7 +63,10 @@ fn systemd_unit_verifies() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(out.status.success(), "systemd-analyze verify: {err}");
     // Warnings about our unit (not about unrelated units on the host) fail too.
-    let ours: Vec<&str> = err.lines().filter(|l| l.contains("chaos-agent.service")).collect();
+    let ours: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("chaos-agent.service"))
+        .collect();
     assert!(ours.is_empty(), "{ours:?}");
 }
 
@@ -66,14 +76,23 @@ fn kubernetes_manifests_parse_and_their_policies_validate() {
     let docs: Vec<Value> = serde_norway::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).unwrap())
         .collect();
-    let kind = |k: &str| docs.iter().find(|d| d["kind"] == k).unwrap_or_else(|| panic!("no {k}"));
+    let kind = |k: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k}"))
+    };
     let cm = kind("ConfigMap");
     let ds = kind("DaemonSet");
     assert_eq!(ds["apiVersion"], "apps/v1");
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["hostNetwork"], true);
     let c = &pod["containers"][0];
-    let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
     let dir = args
         .iter()
         .find_map(|a| a.strip_prefix("--policies="))
@@ -102,11 +121,18 @@ fn kubernetes_manifests_parse_and_their_policies_validate() {
     let data = cm["data"].as_object().unwrap();
     assert!(!data.is_empty());
     for (name, body) in data {
-        assert!(name.ends_with(".yaml"), "{name}: the agent reads *.yaml / *.yml only");
+        assert!(
+            name.ends_with(".yaml"),
+            "{name}: the agent reads *.yaml / *.yml only"
+        );
         std::fs::write(files.join(name), body.as_str().unwrap()).unwrap();
     }
     let (code, out, err) = agent_output(&["validate", files.to_str().unwrap()]).unwrap();
     std::fs::remove_dir_all(&files).unwrap();
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(out.lines().filter(|l| l.ends_with("fault)")).count(), data.len(), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with("fault)")).count(),
+        data.len(),
+        "{out}"
+    );
 }
