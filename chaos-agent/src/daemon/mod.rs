@@ -114,6 +114,8 @@ struct FaultRun {
     retry: bool,
     /// Counters when it was last read or reverted.
     last: FaultCounters,
+    /// Order of application, for reverting last-applied first.
+    seq: u64,
 }
 
 struct PolicyRun {
@@ -379,7 +381,7 @@ impl Daemon {
     /// Reads the directory and brings what is in force in line with it.
     pub fn reload(&mut self, cause: &str) {
         let started = Instant::now();
-        self.kill.store(false, Ordering::SeqCst);
+        // The kill flag is cleared only once `stop --all` has been handled.
         self.read_files();
         let desired = self.desired();
         let current: Vec<String> = self.runs.keys().cloned().collect();
@@ -505,6 +507,7 @@ impl Daemon {
                     problem: None,
                     retry: true,
                     last: FaultCounters::default(),
+                    seq: 0,
                 })
                 .collect(),
             deadline: start_at + policy.duration,
@@ -582,6 +585,7 @@ impl Daemon {
                                 problem: None,
                                 retry: true,
                                 last: FaultCounters::default(),
+                                seq: 0,
                             });
                         }
                     }
@@ -599,6 +603,7 @@ impl Daemon {
                         problem: None,
                         retry: true,
                         last: FaultCounters::default(),
+                        seq: 0,
                     });
                 }
             }
@@ -693,6 +698,8 @@ impl Daemon {
                         "fault in force"
                     );
                     f.applied = Some(applied);
+                    self.next_generation += 1;
+                    f.seq = self.next_generation;
                     f.problem = None;
                 }
                 Err(e) => {
@@ -745,9 +752,35 @@ impl Daemon {
         left
     }
 
+    /// Reverts every fault, the last applied first: with netlink
+    /// attachment the first fault on an interface may have added the clsact
+    /// qdisc, which goes only once no filter is left on it.
     fn revert_everything(&mut self, state: RunState) -> Vec<String> {
-        let names: Vec<String> = self.runs.keys().cloned().collect();
+        let mut order: Vec<(u64, String, usize)> = Vec::new();
+        for (name, r) in &self.runs {
+            for (i, f) in r.faults.iter().enumerate() {
+                if f.applied.is_some() {
+                    order.push((f.seq, name.clone(), i));
+                }
+            }
+        }
+        order.sort_by_key(|o| std::cmp::Reverse(o.0));
         let mut left = Vec::new();
+        for (_, name, i) in order {
+            let Some(f) = self.runs.get_mut(&name).and_then(|r| r.faults.get_mut(i)) else {
+                continue;
+            };
+            let Some(applied) = f.applied.take() else {
+                continue;
+            };
+            let counters = applied.counters();
+            for (h, c) in applied.faults.iter().zip(&counters) {
+                add(self.retired.entry(labels_of(h)).or_default(), c);
+            }
+            f.last = sum(&counters);
+            left.extend(applied.revert());
+        }
+        let names: Vec<String> = self.runs.keys().cloned().collect();
         for name in names {
             let was = self.runs.get(&name).map(|r| r.state.clone());
             if matches!(was, Some(RunState::Active) | Some(RunState::Pending)) {
