@@ -81,6 +81,11 @@ impl Daemon {
     /// Writes `files` (name, text) into a fresh policies directory, starts
     /// the daemon and waits (10 s at most) for READY=1.
     fn start(tag: &str, files: &[(&str, &str)]) -> Result<Daemon> {
+        Daemon::start_with(tag, files, &[])
+    }
+
+    /// As `start`, with more `run` arguments.
+    fn start_with(tag: &str, files: &[(&str, &str)], extra: &[&str]) -> Result<Daemon> {
         let policies = TempDir::new(&format!("{tag}-pol"));
         let run = TempDir::new(&format!("{tag}-run"));
         for (name, text) in files {
@@ -95,6 +100,7 @@ impl Daemon {
             .args(["-v", "run", "--policies"])
             .arg(&policies.0)
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(extra)
             .env("CHAOS_AGENT_RUN_DIR", run.0.join("rt"))
             .env("NOTIFY_SOCKET", &notify_path)
             .stdin(Stdio::null())
@@ -514,24 +520,35 @@ fn sigterm_reverts_everything_and_notifies_stopping() {
     require_root!();
     let pair = NetnsPair::new("dterm").unwrap();
     let two = loss_policy("two", &pair, 100, "").replace("egress", "ingress");
-    let mut d = Daemon::start(
-        "term",
-        &[
-            ("one.yaml", &loss_policy("one", &pair, 100, "")),
-            ("two.yaml", &two),
-        ],
-    )
-    .unwrap();
-    let before = attachments_on(pair.ns_a(), pair.if_a()).unwrap();
-    assert!(before.len() >= 2, "{before:?}");
-    d.signal(libc::SIGTERM);
-    let seen = d.wait_notify("STOPPING=1", Duration::from_secs(5)).unwrap();
-    let status = d.wait(Duration::from_secs(10)).unwrap();
-    assert_eq!(status.code(), Some(0), "{}", d.log());
-    let left = attachments_on(pair.ns_a(), pair.if_a()).unwrap();
-    assert!(left.is_empty(), "left attached after SIGTERM: {left:?}");
-    assert!(!d.run_dir().join("control.sock").exists(), "socket left");
-    eprintln!("notifications: {seen:?}");
+    for attach in ["auto", "netlink"] {
+        let mut d = Daemon::start_with(
+            "term",
+            &[
+                ("one.yaml", &loss_policy("one", &pair, 100, "")),
+                ("two.yaml", &two),
+            ],
+            &["--attach", attach],
+        )
+        .unwrap();
+        let before = attachments_on(pair.ns_a(), pair.if_a()).unwrap();
+        assert!(before.len() >= 2, "{attach}: {before:?}");
+        d.signal(libc::SIGTERM);
+        let seen = d.wait_notify("STOPPING=1", Duration::from_secs(5)).unwrap();
+        let status = d.wait(Duration::from_secs(10)).unwrap();
+        assert_eq!(status.code(), Some(0), "{}", d.log());
+        let left = attachments_on(pair.ns_a(), pair.if_a()).unwrap();
+        assert!(
+            left.is_empty(),
+            "{attach}: left attached after SIGTERM: {left:?}"
+        );
+        let qdiscs = chaos_tests::tc_qdiscs(pair.ns_a(), pair.if_a()).unwrap();
+        assert!(
+            !qdiscs.contains("clsact"),
+            "{attach}: clsact left:\n{qdiscs}"
+        );
+        assert!(!d.run_dir().join("control.sock").exists(), "socket left");
+        eprintln!("{attach}: notifications: {seen:?}");
+    }
 }
 
 #[test]
