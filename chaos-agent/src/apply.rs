@@ -615,6 +615,39 @@ impl Applied {
             .collect()
     }
 
+    /// Replaces the action of every fault of this `Applied` in place (same
+    /// match, same hooks, same deadline): one map write per rule, nothing
+    /// reloaded or re-attached, counters kept. The daemon uses it when an
+    /// edit changes only a fault's action, so the change is in force in
+    /// microseconds rather than the tens of milliseconds a reload takes.
+    pub fn set_action(&mut self, action: &NetworkAction, default_guard: bool) -> Result<()> {
+        let rule =
+            rules::kernel_rule(action, self.deadline_ns, default_guard).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "the {} action is not implemented yet",
+                    action_name(action)
+                ))
+            })?;
+        for f in &mut self.faults {
+            let instance = self
+                .instances
+                .get_mut(f.instance)
+                .ok_or_else(|| map_err(MAP_RULES, "instance gone"))?;
+            let mut rules_map: Array<_, chaos_common::Rule> = Array::try_from(
+                instance
+                    .ebpf
+                    .map_mut(MAP_RULES)
+                    .ok_or_else(|| map_err(MAP_RULES, "missing"))?,
+            )
+            .map_err(|e| map_err(MAP_RULES, e))?;
+            rules_map
+                .set(f.rule_id, &rule, 0)
+                .map_err(|e| map_err(MAP_RULES, e))?;
+            f.action = action_name(action);
+        }
+        Ok(())
+    }
+
     /// Moves kernel-side log records (aya-log) into the agent's log.
     pub fn flush_logs(&mut self) {
         for instance in &mut self.instances {

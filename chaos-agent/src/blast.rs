@@ -5,7 +5,7 @@ use std::{
     io::{IsTerminal, Write},
     process::ExitCode,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -18,6 +18,7 @@ use crate::{
     error::{Error, Result},
     metrics::MetricsServer,
     policy::model::{Direction, Policy},
+    steady,
 };
 
 /// Writes a line to stdout, ignoring errors: a reader that went away (as
@@ -115,6 +116,16 @@ pub fn run(
         }
     }
     let mut applied = apply::apply(policy, opts)?;
+    // The steady-state guard, when the policy or the --abort-* flags have one.
+    let aborted: Arc<Mutex<Option<String>>> = Arc::default();
+    let _prober = policy.abort_when.clone().map(|guard| {
+        let aborted = Arc::clone(&aborted);
+        steady::Prober::spawn(policy.name.clone(), guard, move |reason| {
+            if let Ok(mut a) = aborted.lock() {
+                *a = Some(reason);
+            }
+        })
+    });
     if let Some(m) = metrics {
         m.set_faults(&applied.faults);
     }
@@ -140,6 +151,10 @@ pub fn run(
     let reason = loop {
         if stop.load(Ordering::Relaxed) {
             break "signal";
+        }
+        if let Some(why) = aborted.lock().ok().and_then(|a| a.clone()) {
+            err!("chaos-agent: steady-state guard failed: {why}; reverting");
+            break "steady-state guard";
         }
         if applied.remaining().is_zero() {
             break "deadline";

@@ -12,8 +12,8 @@ use crate::{
     policy::{
         self,
         model::{
-            CgroupSelector, Cidr, Direction, Fault, FaultKind, Guard, Match, NetworkAction,
-            NetworkFault, Percent, Policy, PortRange, Protocol,
+            AbortWhen, CgroupSelector, Cidr, Direction, Fault, FaultKind, Guard, Match,
+            NetworkAction, NetworkFault, Percent, Policy, PortRange, Probe, Protocol,
         },
         values,
     },
@@ -57,12 +57,36 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Daemon mode (not implemented yet).
+    /// Daemon: applies every policy in DIR, reloads on change and SIGHUP,
+    /// serves metrics, reverts everything on SIGTERM/SIGINT.
     Run {
+        /// Directory of *.yaml / *.yml policy files.
+        #[arg(long, value_name = "DIR", default_value = "/etc/chaos-agent/policies")]
+        policies: PathBuf,
+        /// Serve Prometheus metrics on http://ADDR/metrics; the port is added
+        /// to the built-in guard.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+        metrics_addr: SocketAddr,
+        /// Attach mechanism: tcx where the kernel has it, or netlink clsact.
+        #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+        attach: AttachMode,
+    },
+    /// Show the running daemon's policies, faults, counters and time left.
+    Status {
         #[arg(long)]
-        policies: Option<PathBuf>,
+        json: bool,
+    },
+    /// Revert policies in the running daemon; --all is the kill switch.
+    Stop {
+        #[arg(
+            required_unless_present = "all",
+            conflicts_with = "all",
+            value_name = "POLICY"
+        )]
+        policies: Vec<String>,
+        /// Revert every fault of every policy.
         #[arg(long)]
-        metrics_addr: Option<String>,
+        all: bool,
     },
 }
 
@@ -158,6 +182,56 @@ pub struct NetArgs {
     /// How long the fault lasts; the kernel stops acting at start + duration.
     #[arg(long, value_parser = values::parse_positive_duration)]
     pub duration: Duration,
+    /// Steady-state guard: revert early when GET URL (http://...) stops
+    /// answering --abort-expect-status.
+    #[arg(long, value_name = "URL", conflicts_with = "abort_tcp")]
+    pub abort_http: Option<String>,
+    /// Status the --abort-http probe expects.
+    #[arg(long, default_value_t = 200, value_name = "CODE")]
+    pub abort_expect_status: u16,
+    /// Steady-state guard: revert early when HOST:PORT stops accepting TCP.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub abort_tcp: Option<String>,
+    /// How often the steady-state probe runs.
+    #[arg(long, default_value = "1s", value_parser = values::parse_positive_duration)]
+    pub abort_interval: Duration,
+    /// Consecutive probe failures that revert the fault.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub abort_failures: u32,
+}
+
+/// The steady-state guard the `--abort-*` flags describe, if any.
+fn abort_when(a: &NetArgs) -> Result<Option<AbortWhen>> {
+    let probe = match (&a.abort_http, &a.abort_tcp) {
+        (Some(url), _) => {
+            if !url.starts_with("http://") || url.len() <= "http://".len() {
+                return Err(Error::Invalid(format!(
+                    "--abort-http: expected an http:// URL such as http://127.0.0.1:8080/health, found {url:?}"
+                )));
+            }
+            Probe::Http {
+                url: url.clone(),
+                expect_status: a.abort_expect_status,
+            }
+        }
+        (None, Some(addr)) => {
+            if !addr
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+            {
+                return Err(Error::Invalid(format!(
+                    "--abort-tcp: expected HOST:PORT such as 127.0.0.1:5432, found {addr:?}"
+                )));
+            }
+            Probe::Tcp { addr: addr.clone() }
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(AbortWhen {
+        probe,
+        interval: a.abort_interval,
+        failures: a.abort_failures,
+    }))
 }
 
 #[derive(Args, Debug)]
@@ -213,7 +287,7 @@ pub fn net_policy(a: &NetArgs) -> Result<Policy> {
         origin: "<flags>".into(),
         duration: a.duration,
         start_after: Duration::ZERO,
-        abort_when: None,
+        abort_when: abort_when(a)?,
         guard: Guard::default(),
         faults: vec![Fault {
             name: "net".into(),
@@ -272,9 +346,17 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Validate { paths } => Ok(validate(paths)),
         Command::Probe { json } => probe::print(*json),
-        Command::Run { .. } => Err(Error::Invalid(
-            "`run` (the daemon) is not implemented yet; use `blast`".into(),
-        )),
+        Command::Run {
+            policies,
+            metrics_addr,
+            attach,
+        } => crate::daemon::run(crate::daemon::DaemonArgs {
+            policies: policies.clone(),
+            metrics_addr: *metrics_addr,
+            attach: *attach,
+        }),
+        Command::Status { json } => crate::control::status(*json),
+        Command::Stop { policies, all } => crate::control::stop(policies, *all),
         Command::Blast(b) => {
             let policy = match (&b.policy, &b.kind) {
                 (Some(path), None) => {

@@ -59,7 +59,11 @@ impl StateFile {
     pub fn create() -> Result<StateFile> {
         fs::create_dir_all(STATE_DIR)
             .map_err(|e| Error::Runtime(format!("cannot create {STATE_DIR}: {e}")))?;
-        let path = Path::new(STATE_DIR).join(format!("{}.json", std::process::id()));
+        // One file per `Applied`: the daemon holds many at once, and a
+        // second flock on the same file from this process would fail.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = Path::new(STATE_DIR).join(format!("{}-{n}.json", std::process::id()));
         let file = OpenOptions::new()
             .create(true)
             .truncate(true)

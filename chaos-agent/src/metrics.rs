@@ -45,14 +45,17 @@ pub const PACKETS_MATCHED: &str = "chaos_agent_packets_matched";
 pub const PACKETS_INJECTED: &str = "chaos_agent_packets_injected";
 pub const GUARD_PASSED: &str = "chaos_agent_guard_passed";
 pub const ACTIVE_FAULTS: &str = "chaos_agent_active_faults";
+pub const POLICY_ERRORS: &str = "chaos_agent_policy_errors";
+pub const POLICY_ABORTS: &str = "chaos_agent_policy_aborts";
 
 /// Largest request head accepted (request line plus headers).
 const MAX_REQUEST: usize = 8 * 1024;
 /// How long a client may take to send its request or read the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The label values of one fault, in a fixed order.
-type Labels = [String; 5];
+/// The label values of one fault, in a fixed order: policy, fault, action,
+/// interface, direction.
+pub type Labels = [String; 5];
 const LABEL_KEYS: [&str; 5] = ["policy", "fault", "action", "interface", "direction"];
 
 fn direction_label(d: Direction) -> &'static str {
@@ -63,7 +66,7 @@ fn direction_label(d: Direction) -> &'static str {
     }
 }
 
-fn labels_of(f: &FaultHandle) -> Labels {
+pub fn labels_of(f: &FaultHandle) -> Labels {
     [
         f.policy.clone(),
         f.fault.clone(),
@@ -81,6 +84,10 @@ struct Snapshot {
     /// Counters per label set (faults with the same labels, e.g. the same
     /// interface name in two namespaces, are summed).
     counters: BTreeMap<Labels, FaultCounters>,
+    /// Policy file -> times it was rejected (daemon).
+    policy_errors: BTreeMap<String, u64>,
+    /// Policy -> times its steady-state guard reverted it.
+    policy_aborts: BTreeMap<String, u64>,
 }
 
 type Shared = Arc<Mutex<Snapshot>>;
@@ -123,6 +130,19 @@ impl MetricsServer {
     /// [`set_faults`](Self::set_faults)). A bind failure is a usage error
     /// (exit 2) naming the address.
     pub fn start(addr: SocketAddr, policy: &str) -> Result<MetricsServer> {
+        let server = MetricsServer::bind(addr)?;
+        server
+            .shared
+            .lock()
+            .map_err(|_| Error::Runtime("metrics snapshot poisoned".into()))?
+            .active
+            .insert(policy.to_owned(), 0);
+        Ok(server)
+    }
+
+    /// Binds `addr` and starts serving `GET /metrics`, with no policy known
+    /// yet (the daemon reports them through [`replace`](Self::replace)).
+    pub fn bind(addr: SocketAddr) -> Result<MetricsServer> {
         let listener = TcpListener::bind(addr)
             .map_err(|e| Error::Invalid(format!("--metrics-addr {addr}: cannot listen: {e}")))?;
         let addr = listener
@@ -141,11 +161,6 @@ impl MetricsServer {
         let meter = provider.meter("chaos-agent");
 
         let shared: Shared = Arc::default();
-        shared
-            .lock()
-            .map_err(|_| Error::Runtime("metrics snapshot poisoned".into()))?
-            .active
-            .insert(policy.to_owned(), 0);
 
         // The observable instruments stay registered with the provider; their
         // handles need not be kept.
@@ -179,6 +194,36 @@ impl MetricsServer {
                     return;
                 };
                 for (policy, n) in &snap.active {
+                    observer.observe(*n, &[KeyValue::new("policy", policy.clone())]);
+                }
+            })
+            .build();
+        let errors_shared = Arc::clone(&shared);
+        meter
+            .u64_observable_counter(POLICY_ERRORS)
+            .with_description(
+                "Policy files rejected by the daemon (the last good version stays in force)",
+            )
+            .with_unit("{file}")
+            .with_callback(move |observer| {
+                let Ok(snap) = errors_shared.lock() else {
+                    return;
+                };
+                for (file, n) in &snap.policy_errors {
+                    observer.observe(*n, &[KeyValue::new("file", file.clone())]);
+                }
+            })
+            .build();
+        let aborts_shared = Arc::clone(&shared);
+        meter
+            .u64_observable_counter(POLICY_ABORTS)
+            .with_description("Policies reverted by their steady-state guard (spec.abortWhen)")
+            .with_unit("{policy}")
+            .with_callback(move |observer| {
+                let Ok(snap) = aborts_shared.lock() else {
+                    return;
+                };
+                for (policy, n) in &snap.policy_aborts {
                     observer.observe(*n, &[KeyValue::new("policy", policy.clone())]);
                 }
             })
@@ -231,6 +276,33 @@ impl MetricsServer {
             sum.matched += c.matched;
             sum.injected += c.injected;
             sum.guard_passed += c.guard_passed;
+        }
+    }
+
+    /// Replaces the whole snapshot (daemon): faults in force per policy and
+    /// cumulative counters per label set.
+    pub fn replace(
+        &self,
+        active: BTreeMap<String, u64>,
+        counters: BTreeMap<Labels, FaultCounters>,
+    ) {
+        if let Ok(mut snap) = self.shared.lock() {
+            snap.active = active;
+            snap.counters = counters;
+        }
+    }
+
+    /// Counts one rejection of policy file `file`.
+    pub fn policy_error(&self, file: &str) {
+        if let Ok(mut snap) = self.shared.lock() {
+            *snap.policy_errors.entry(file.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// Counts one steady-state abort of `policy`.
+    pub fn policy_aborted(&self, policy: &str) {
+        if let Ok(mut snap) = self.shared.lock() {
+            *snap.policy_aborts.entry(policy.to_owned()).or_default() += 1;
         }
     }
 

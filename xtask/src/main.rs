@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's front door (run through `./x`, which first
-//! installs the pinned toolchain). Setup, build, demo, test, lint.
+//! installs the pinned toolchain). Setup, build, demo, test, lint, deb,
+//! vm-test, bench.
 
 mod bench;
+mod deb;
 mod demo;
 mod fikernel;
 mod setup;
@@ -51,6 +53,9 @@ enum Cmd {
         #[arg(long, value_name = "SECTION")]
         only: Vec<String>,
     },
+    /// Build the release agent and a .deb (binary, systemd unit, empty
+    /// policies directory, example policies) into target/debian/.
+    Deb,
     /// The privileged integration tests inside qemu (TCG) VMs, once per
     /// kernel of the matrix; kernels are downloaded and cached on first use.
     VmTest {
@@ -306,6 +311,15 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Demo => demo::demo(),
+        Cmd::Deb => {
+            setup::setup()?;
+            let agent = build()?;
+            let out = root().join("target/debian");
+            let deb = deb::package(&agent, &out.join("stage"), &out)?;
+            run(Command::new("dpkg-deb").arg("--contents").arg(&deb))?;
+            eprintln!("xtask: built {}", deb.display());
+            Ok(())
+        }
         Cmd::Test { filter, host_only } => test(filter, host_only),
         Cmd::Lint => lint(),
         Cmd::Bench { quick, only } => bench::bench(quick, &only),

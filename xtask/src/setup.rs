@@ -16,8 +16,10 @@ use anyhow::{Context as _, Result, bail};
 use crate::run;
 
 /// Debian packages: `ip`/`tc` for namespaces and qdiscs, bpftool for the
-/// kernel's run-time statistics and attachment checks in tests.
-const PACKAGES: &[&str] = &["iproute2", "bpftool"];
+/// kernel's run-time statistics and attachment checks in tests, systemd for
+/// `systemd-analyze verify` of the unit, dpkg-deb for the package, setpriv
+/// (util-linux) for the control socket's non-root test.
+const PACKAGES: &[&str] = &["iproute2", "bpftool", "systemd", "dpkg", "util-linux"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
