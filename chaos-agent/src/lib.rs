@@ -12,3 +12,4 @@ pub mod netns;
 pub mod policy;
 pub mod probe;
 pub mod rules;
+pub mod syscall;
