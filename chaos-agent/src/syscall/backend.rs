@@ -128,20 +128,32 @@ fn bpf_lsm() -> Result<(), String> {
     Err("the BPF LSM backend is not implemented in this build".into())
 }
 
+/// Why a backend cannot serve a syscall, whatever the kernel.
+enum NotServed {
+    /// It has no hook for this syscall.
+    NoHook(String),
+    /// It has one, but cannot select this kind of target.
+    Target(String),
+}
+
 /// Whether `backend` has a hook for `name` with this kind of target.
-fn serves(backend: Backend, name: &str, target: &SyscallTarget) -> Result<(), String> {
+fn serves(backend: Backend, name: &str, target: &SyscallTarget) -> Result<(), NotServed> {
     match backend {
         Backend::Kprobe => Ok(()),
-        Backend::Lsm => Err(format!("the BPF LSM backend has no hook for {name}")),
+        Backend::Lsm => Err(NotServed::NoHook(format!(
+            "the BPF LSM backend has no hook for {name}"
+        ))),
         Backend::Cgroup => {
             if super::table::cgroup_hooks(name).is_none() {
-                return Err(format!("the cgroup socket hooks have no hook for {name}"));
+                return Err(NotServed::NoHook(format!(
+                    "the cgroup socket hooks have none for {name}"
+                )));
             }
             match target {
                 SyscallTarget::Cgroup(_) | SyscallTarget::Unit(_) => Ok(()),
-                SyscallTarget::Pid(_) | SyscallTarget::Comm(_) => {
-                    Err("the cgroup socket hooks serve cgroup and unit targets only".into())
-                }
+                SyscallTarget::Pid(_) | SyscallTarget::Comm(_) => Err(NotServed::Target(
+                    "the cgroup socket hooks serve cgroup and unit targets only".into(),
+                )),
             }
         }
     }
@@ -167,14 +179,14 @@ pub fn choose(
     let mut why = Vec::new();
     for &b in candidates {
         match serves(b, name, target) {
-            Err(e) => {
-                // A backend without a hook for this call is no option at all;
-                // say so only when it was asked for. A hook that exists but
-                // cannot select this target is worth telling.
-                if forced.is_some() || !e.contains("has no hook") {
+            // A backend without a hook for this call is no option at all:
+            // say so only when it was asked for.
+            Err(NotServed::NoHook(e)) => {
+                if forced.is_some() {
                     why.push(e);
                 }
             }
+            Err(NotServed::Target(e)) => why.push(e),
             Ok(()) => match avail.of(b) {
                 Ok(()) => return Ok(b),
                 Err(e) => why.push(format!("{}: {e}", b.need())),
