@@ -36,6 +36,43 @@ pub const PROG_CG_SOCK_CREATE: &str = "chaos_cg_sock_create";
 pub const PROG_CG_GETSOCKOPT: &str = "chaos_cg_getsockopt";
 pub const PROG_CG_SETSOCKOPT: &str = "chaos_cg_setsockopt";
 
+/// BPF LSM hooks (`lsm/<hook>` sections), slots 16..32: (program, hook).
+pub const SLOT_LSM_FILE_OPEN: u32 = 16;
+pub const SLOT_LSM_READ: u32 = 17;
+pub const SLOT_LSM_WRITE: u32 = 18;
+pub const SLOT_LSM_CONNECT: u32 = 19;
+pub const SLOT_LSM_BIND: u32 = 20;
+pub const SLOT_LSM_SOCKET: u32 = 21;
+pub const SLOT_LSM_SENDMSG: u32 = 22;
+pub const SLOT_LSM_RECVMSG: u32 = 23;
+pub const SLOT_LSM_UNLINK: u32 = 24;
+pub const SLOT_LSM_RMDIR: u32 = 25;
+pub const SLOT_LSM_MKDIR: u32 = 26;
+pub const SLOT_LSM_RENAME: u32 = 27;
+pub const SLOT_LSM_MMAP: u32 = 28;
+pub const SLOT_LSM_TASK_ALLOC: u32 = 29;
+pub const SLOT_LSM_EXEC: u32 = 30;
+
+pub const PROG_LSM_FILE_OPEN: &str = "chaos_lsm_file_open";
+pub const PROG_LSM_FILE_PERMISSION: &str = "chaos_lsm_file_permission";
+pub const PROG_LSM_SOCKET_CONNECT: &str = "chaos_lsm_socket_connect";
+pub const PROG_LSM_SOCKET_BIND: &str = "chaos_lsm_socket_bind";
+pub const PROG_LSM_SOCKET_CREATE: &str = "chaos_lsm_socket_create";
+pub const PROG_LSM_SOCKET_SENDMSG: &str = "chaos_lsm_socket_sendmsg";
+pub const PROG_LSM_SOCKET_RECVMSG: &str = "chaos_lsm_socket_recvmsg";
+pub const PROG_LSM_INODE_UNLINK: &str = "chaos_lsm_inode_unlink";
+pub const PROG_LSM_INODE_RMDIR: &str = "chaos_lsm_inode_rmdir";
+pub const PROG_LSM_INODE_MKDIR: &str = "chaos_lsm_inode_mkdir";
+pub const PROG_LSM_INODE_RENAME: &str = "chaos_lsm_inode_rename";
+pub const PROG_LSM_MMAP_FILE: &str = "chaos_lsm_mmap_file";
+pub const PROG_LSM_TASK_ALLOC: &str = "chaos_lsm_task_alloc";
+pub const PROG_LSM_BPRM_CHECK: &str = "chaos_lsm_bprm_check_security";
+
+/// `SysRule::perm_mask` bits: which accesses `file_permission` fails (the
+/// kernel's MAY_WRITE and MAY_READ).
+pub const PERM_WRITE: u32 = 2;
+pub const PERM_READ: u32 = 4;
+
 /// How a program decides that the calling task is the fault's target
 /// (`SysRule::target_kind`).
 /// The attachment itself selects (cgroup hooks attached to the target's
@@ -75,7 +112,9 @@ pub struct SysRule {
     pub pid: u32,
     /// With `TARGET_CGROUP`: level of `cgroup_id` below the root.
     pub cgroup_level: u32,
-    pub _pad: u32,
+    /// `PERM_READ` and/or `PERM_WRITE`: the accesses the LSM
+    /// `file_permission` program fails (read and write share that hook).
+    pub perm_mask: u32,
     /// With `TARGET_COMM`: the command name, NUL-padded (as
     /// `bpf_get_current_comm` fills it, at most 15 bytes and a NUL).
     pub comm: [u8; 16],

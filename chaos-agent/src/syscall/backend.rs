@@ -106,26 +106,38 @@ fn kprobe_override() -> Result<(), String> {
     Err("the kprobe override backend is not implemented in this build".into())
 }
 
-fn bpf_lsm() -> Result<(), String> {
-    let lsms = match fs::read_to_string("/sys/kernel/security/lsm") {
-        Ok(s) => s,
-        Err(e) => {
-            return Err(format!(
-                "cannot read /sys/kernel/security/lsm ({e}); is securityfs mounted?"
-            ));
-        }
-    };
-    if !lsms.trim().split(',').any(|l| l == "bpf") {
-        return Err(format!(
-            "the bpf LSM is not active (active: {}); boot with lsm={},bpf and CONFIG_BPF_LSM",
-            lsms.trim(),
-            lsms.trim()
-        ));
+/// The active LSMs: from securityfs, else the kernel command line, else the
+/// kernel's build default. `None` when none of them can be read.
+fn active_lsms() -> Option<(String, &'static str)> {
+    if let Ok(s) = fs::read_to_string("/sys/kernel/security/lsm") {
+        return Some((s.trim().to_owned(), "/sys/kernel/security/lsm"));
     }
+    if let Ok(cmdline) = fs::read_to_string("/proc/cmdline")
+        && let Some(v) = cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("lsm="))
+    {
+        return Some((v.to_owned(), "lsm= on the kernel command line"));
+    }
+    let config = kernel_config()?;
+    let v = config.lines().find_map(|l| l.strip_prefix("CONFIG_LSM="))?;
+    Some((v.trim_matches('"').to_owned(), "CONFIG_LSM"))
+}
+
+fn bpf_lsm() -> Result<(), String> {
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Err("BPF LSM programs need /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF)".into());
     }
-    Err("the BPF LSM backend is not implemented in this build".into())
+    if let Some((lsms, source)) = active_lsms()
+        && !lsms.split(',').any(|l| l == "bpf")
+    {
+        return Err(format!(
+            "the bpf LSM is not active ({source}: {lsms}); it needs CONFIG_BPF_LSM and lsm=...,bpf on the kernel command line"
+        ));
+    }
+    // The real test: a trampoline program loads (some platforms refuse
+    // every trampoline with EPERM).
+    super::trial_load_lsm()
 }
 
 /// Why a backend cannot serve a syscall, whatever the kernel.
@@ -140,9 +152,12 @@ enum NotServed {
 fn serves(backend: Backend, name: &str, target: &SyscallTarget) -> Result<(), NotServed> {
     match backend {
         Backend::Kprobe => Ok(()),
-        Backend::Lsm => Err(NotServed::NoHook(format!(
-            "the BPF LSM backend has no hook for {name}"
-        ))),
+        Backend::Lsm => match super::table::lsm_hooks(name) {
+            Some(_) => Ok(()),
+            None => Err(NotServed::NoHook(format!(
+                "the BPF LSM has no hook for {name}"
+            ))),
+        },
         Backend::Cgroup => {
             if super::table::cgroup_hooks(name).is_none() {
                 return Err(NotServed::NoHook(format!(

@@ -16,13 +16,13 @@ pub mod table;
 use std::{collections::BTreeMap, fs::File, path::PathBuf};
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{Array, PerCpuArray},
-    programs::{CgroupAttachMode, Program},
+    programs::{CgroupAttachMode, Lsm, Program},
 };
 use chaos_common::syscall::{
-    MAP_SYS_COUNTERS, MAP_SYS_RULE, NO_BUDGET, SysCounters, SysRule, TARGET_CGROUP, TARGET_COMM,
-    TARGET_PID,
+    MAP_SYS_COUNTERS, MAP_SYS_RULE, NO_BUDGET, PROG_LSM_FILE_OPEN, SysCounters, SysRule,
+    TARGET_CGROUP, TARGET_COMM, TARGET_PID,
 };
 use tracing::info;
 
@@ -149,7 +149,8 @@ fn resolve_target(t: &SyscallTarget, rule: &mut SysRule) -> Result<Option<PathBu
 fn hooks_of(name: &str, backend: Backend) -> Vec<(&'static str, u32)> {
     match backend {
         Backend::Cgroup => table::cgroup_hooks(name).map(<[_]>::to_vec),
-        Backend::Lsm | Backend::Kprobe => None,
+        Backend::Lsm => table::lsm_hooks(name).map(<[_]>::to_vec),
+        Backend::Kprobe => None,
     }
     .unwrap_or_default()
 }
@@ -196,6 +197,9 @@ fn plan<'a>(
     for n in &f.names {
         let b = backend::choose(n, &f.target, avail, opts.backend)
             .map_err(|e| Error::Unsupported(at(e)))?;
+        if b == Backend::Lsm {
+            rule.perm_mask |= table::perm_bits(n);
+        }
         hooks
             .entry(b)
             .or_default()
@@ -283,6 +287,45 @@ fn attach_cgroup(ebpf: &mut Ebpf, prog_name: &str, cgroup: &File) -> Result<()> 
     Ok(())
 }
 
+/// Loads one BPF LSM program (once) and attaches it (a bpf_link owned by
+/// the object's file descriptors).
+fn attach_lsm(ebpf: &mut Ebpf, prog_name: &str, btf: &Btf) -> Result<()> {
+    let prog: &mut Lsm = ebpf
+        .program_mut(prog_name)
+        .ok_or_else(|| map_err(prog_name, "program missing from the object"))?
+        .try_into()
+        .map_err(|e| map_err(prog_name, e))?;
+    if prog.fd().is_ok() {
+        return Ok(());
+    }
+    let what = format!("loading {prog_name}");
+    prog.load(table::lsm_hook_of(prog_name), btf)
+        .map_err(|e| refused(&what, &e))?;
+    prog.attach()
+        .map_err(|e| Error::Runtime(format!("attaching {prog_name} failed: {}", chain(&e))))?;
+    Ok(())
+}
+
+/// Whether BPF LSM programs load here: loads `file_open` without
+/// attaching it. `Err` says why not.
+pub(crate) fn trial_load_lsm() -> std::result::Result<(), String> {
+    let btf = Btf::from_sys_fs().map_err(|e| format!("reading the kernel BTF: {e}"))?;
+    let mut ebpf = EbpfLoader::new()
+        .load(OBJECT)
+        .map_err(|e| format!("loading the syscall object: {e}"))?;
+    let prog: &mut Lsm = ebpf
+        .program_mut(PROG_LSM_FILE_OPEN)
+        .ok_or("file_open program missing")?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    prog.load("file_open", &btf).map_err(|e| {
+        format!(
+            "the kernel refused a BPF LSM program ({}); trampoline programs do not load here",
+            chain(&e)
+        )
+    })
+}
+
 /// Applies every syscall fault of `policy` (network faults are left to
 /// `apply::apply`).
 pub fn apply(policy: &Policy, opts: &SyscallOptions) -> Result<SyscallApplied> {
@@ -303,7 +346,7 @@ pub fn apply(policy: &Policy, opts: &SyscallOptions) -> Result<SyscallApplied> {
     }
     for p in &planned {
         for b in p.hooks.keys() {
-            if *b != Backend::Cgroup {
+            if *b == Backend::Kprobe {
                 return Err(Error::Unsupported(format!(
                     "{}: fault {}: the {} backend is not implemented in this build",
                     policy.origin,
@@ -351,6 +394,15 @@ pub fn apply(policy: &Policy, opts: &SyscallOptions) -> Result<SyscallApplied> {
                     instance,
                     slots,
                 });
+            }
+            if *backend == Backend::Lsm {
+                let btf = Btf::from_sys_fs()
+                    .map_err(|e| Error::Unsupported(format!("reading the kernel BTF: {e}")))?;
+                for (_, hooks) in calls {
+                    for (prog, _) in hooks {
+                        attach_lsm(&mut ebpf, prog, &btf)?;
+                    }
+                }
             }
             if *backend == Backend::Cgroup {
                 let dir = p

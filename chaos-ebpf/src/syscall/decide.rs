@@ -81,6 +81,12 @@ pub fn decide(slot: u32, filter: Filter) -> Option<u32> {
     Some(rule.errno)
 }
 
+/// The rule's `perm_mask` (0 when there is no rule).
+#[inline(always)]
+pub fn perm_mask() -> u32 {
+    RULE.get(0).map_or(0, |r| r.perm_mask)
+}
+
 /// Atomically adds one to `*p` (the result is not used: that is the
 /// plain BPF atomic add the generic CPU has). Rust's BPF target has no
 /// atomic types, so the intrinsic is called directly.

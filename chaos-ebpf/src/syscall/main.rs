@@ -16,6 +16,7 @@
 
 mod cgroup;
 mod decide;
+mod lsm;
 
 #[cfg(not(test))]
 #[panic_handler]
