@@ -83,6 +83,34 @@ pub fn run_calls(
     count: u32,
     limit: Duration,
 ) -> Result<Outcome> {
+    spawn_calls(place, call, count, limit)?.go()
+}
+
+/// A child set up in its place and waiting for [`go`](Self::go) before its
+/// calls, so a test can target its pid first.
+pub struct Pending {
+    pub pid: i32,
+    gate: i32,
+    rd: i32,
+    limit: Duration,
+}
+
+impl Pending {
+    /// Lets the child make its calls and collects the outcome.
+    pub fn go(self) -> Result<Outcome> {
+        // SAFETY: our descriptor; closing the gate wakes the child.
+        unsafe { libc::close(self.gate) };
+        collect(self.pid, self.rd, self.limit)
+    }
+}
+
+/// As [`run_calls`], but the child waits for [`Pending::go`].
+pub fn spawn_calls(
+    place: &Placement<'_>,
+    call: &Call,
+    count: u32,
+    limit: Duration,
+) -> Result<Pending> {
     ensure!(count <= 1_000_000, "count too large");
     let procs = place
         .cgroup
@@ -105,6 +133,12 @@ pub fn run_calls(
         "pipe2"
     );
     let (rd, wr) = (fds[0], fds[1]);
+    let mut gate = [0i32; 2];
+    // SAFETY: valid array of two ints.
+    ensure!(
+        unsafe { libc::pipe2(gate.as_mut_ptr(), libc::O_CLOEXEC) } == 0,
+        "pipe2"
+    );
     let secs = limit.as_secs().clamp(1, 600) as u32;
     // SAFETY: the child below only makes raw system calls on memory
     // allocated before the fork, then `_exit`s.
@@ -116,8 +150,12 @@ pub fn run_calls(
         // Child.
         unsafe {
             libc::close(rd);
+            libc::close(gate[1]);
             libc::alarm(secs);
             let setup = child_setup(procs.as_ref(), netns.as_ref(), comm.as_ref());
+            // Wait for the parent to close its end of the gate.
+            let mut byte = 0u8;
+            while libc::read(gate[0], &mut byte as *mut u8 as *mut libc::c_void, 1) < 0 {}
             if setup != 0 {
                 report[1] = setup as u32;
             } else {
@@ -137,8 +175,20 @@ pub fn run_calls(
         }
     }
     // Parent.
-    // SAFETY: our copy of the write end.
-    unsafe { libc::close(wr) };
+    // SAFETY: our copies of the child's ends.
+    unsafe {
+        libc::close(wr);
+        libc::close(gate[0]);
+    }
+    Ok(Pending {
+        pid,
+        gate: gate[1],
+        rd,
+        limit,
+    })
+}
+
+fn collect(pid: i32, rd: i32, limit: Duration) -> Result<Outcome> {
     let mut buf = vec![0u8; SLOTS * 4];
     let mut off = 0;
     let until = Instant::now() + limit + Duration::from_secs(2);

@@ -35,8 +35,8 @@ pub fn chaos_lsm_file_open(_ctx: LsmContext) -> i32 {
 /// the access mask tells them apart.
 #[lsm(hook = "file_permission")]
 pub fn chaos_lsm_file_permission(ctx: LsmContext) -> i32 {
-    // SAFETY: file_permission(struct file *file, int mask): argument 1.
-    let mask: i32 = unsafe { ctx.arg(1) };
+    // file_permission(struct file *file, int mask): argument 1.
+    let mask: i32 = ctx.arg(1);
     let mask = mask as u32;
     let wanted = perm_mask();
     if mask & PERM_WRITE != 0 && wanted & PERM_WRITE != 0 {
@@ -60,9 +60,9 @@ pub fn chaos_lsm_socket_bind(_ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "socket_create")]
 pub fn chaos_lsm_socket_create(ctx: LsmContext) -> i32 {
-    // SAFETY: socket_create(int family, int type, int protocol, int kern):
+    // socket_create(int family, int type, int protocol, int kern):
     // argument 3. Sockets the kernel makes for itself are left alone.
-    let kern: i32 = unsafe { ctx.arg(3) };
+    let kern: i32 = ctx.arg(3);
     if kern != 0 {
         return 0;
     }
