@@ -118,8 +118,12 @@ pub struct SysRule {
     /// With `TARGET_COMM`: the command name, NUL-padded (as
     /// `bpf_get_current_comm` fills it, at most 15 bytes and a NUL).
     pub comm: [u8; 16],
+    /// `-errno`, for the LSM verdict: the verifier wants a return value it
+    /// can prove to be in [-4095, 0], and it tracks a loaded value through
+    /// signed compares but not through a negation (before Linux 6.13).
+    pub neg_errno: i64,
 }
-const _: () = assert!(core::mem::size_of::<SysRule>() == 72);
+const _: () = assert!(core::mem::size_of::<SysRule>() == 80);
 
 /// Per-slot, per-CPU counters (`CHAOS_SYS_COUNTERS`).
 #[repr(C)]

@@ -68,8 +68,9 @@ impl Outcome {
     }
 }
 
-/// Slots of the report: [ok, setup errno, errno 0..=4095 counts].
-const SLOTS: usize = 2 + 4096;
+/// Slots of the report: [ok, setup errno, errno 0..=4095 counts, done].
+const SLOTS: usize = 2 + 4096 + 1;
+const DONE: usize = SLOTS - 1;
 
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
@@ -91,7 +92,7 @@ pub fn run_calls(
 pub struct Pending {
     pub pid: i32,
     gate: i32,
-    rd: i32,
+    shared: *mut u32,
     limit: Duration,
 }
 
@@ -100,7 +101,7 @@ impl Pending {
     pub fn go(self) -> Result<Outcome> {
         // SAFETY: our descriptor; closing the gate wakes the child.
         unsafe { libc::close(self.gate) };
-        collect(self.pid, self.rd, self.limit)
+        collect(self.pid, self.shared, self.limit)
     }
 }
 
@@ -125,14 +126,25 @@ pub fn spawn_calls(
         Call::OpenRead(p) | Call::Write(p) => Some(CString::new(p.as_os_str().as_bytes())?),
         _ => None,
     };
-    let mut report = vec![0u32; SLOTS];
-    let mut fds = [0i32; 2];
-    // SAFETY: valid array of two ints.
+    // The report lives in memory shared with the child, so reporting needs
+    // no system call (the child's own writes may be the ones failing).
+    // SAFETY: a fresh anonymous shared mapping of SLOTS u32s.
+    let shared = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            SLOTS * 4,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
     ensure!(
-        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == 0,
-        "pipe2"
+        shared != libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
     );
-    let (rd, wr) = (fds[0], fds[1]);
+    let shared = shared as *mut u32;
     let mut gate = [0i32; 2];
     // SAFETY: valid array of two ints.
     ensure!(
@@ -149,7 +161,7 @@ pub fn spawn_calls(
     if pid == 0 {
         // Child.
         unsafe {
-            libc::close(rd);
+            let report = std::slice::from_raw_parts_mut(shared, SLOTS);
             libc::close(gate[1]);
             libc::alarm(secs);
             let setup = child_setup(procs.as_ref(), netns.as_ref(), comm.as_ref());
@@ -159,62 +171,48 @@ pub fn spawn_calls(
             if setup != 0 {
                 report[1] = setup as u32;
             } else {
-                child_calls(call, path.as_ref(), count, &mut report);
+                child_calls(call, path.as_ref(), count, report);
             }
-            let bytes = report.len() * 4;
-            let mut off = 0;
-            let base = report.as_ptr() as *const u8;
-            while off < bytes {
-                let n = libc::write(wr, base.add(off) as *const libc::c_void, bytes - off);
-                if n <= 0 {
-                    break;
-                }
-                off += n as usize;
-            }
+            report[DONE] = 1;
             libc::_exit(0);
         }
     }
     // Parent.
-    // SAFETY: our copies of the child's ends.
-    unsafe {
-        libc::close(wr);
-        libc::close(gate[0]);
-    }
+    // SAFETY: our copy of the child's end.
+    unsafe { libc::close(gate[0]) };
     Ok(Pending {
         pid,
         gate: gate[1],
-        rd,
+        shared,
         limit,
     })
 }
 
-fn collect(pid: i32, rd: i32, limit: Duration) -> Result<Outcome> {
-    let mut buf = vec![0u8; SLOTS * 4];
-    let mut off = 0;
+fn collect(pid: i32, shared: *mut u32, limit: Duration) -> Result<Outcome> {
     let until = Instant::now() + limit + Duration::from_secs(2);
-    while off < buf.len() && Instant::now() < until {
-        // SAFETY: reading into our buffer.
-        let n = unsafe {
-            libc::read(
-                rd,
-                buf[off..].as_mut_ptr() as *mut libc::c_void,
-                buf.len() - off,
-            )
-        };
-        if n <= 0 {
+    let mut status = 0;
+    loop {
+        // SAFETY: our child.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r != 0 {
             break;
         }
-        off += n as usize;
+        if Instant::now() >= until {
+            // SAFETY: our child, not yet reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
-    // SAFETY: our descriptor; the child is ours to reap.
-    unsafe {
-        libc::close(rd);
-        libc::kill(pid, libc::SIGKILL);
-        let mut status = 0;
-        libc::waitpid(pid, &mut status, 0);
-    }
-    ensure!(off == buf.len(), "the calling child died before reporting");
-    let slot = |i: usize| u32::from_ne_bytes(buf[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+    // SAFETY: the mapping made in spawn_calls; the child is gone.
+    let buf: Vec<u32> = unsafe { std::slice::from_raw_parts(shared, SLOTS).to_vec() };
+    // SAFETY: unmapping our own mapping once.
+    unsafe { libc::munmap(shared as *mut libc::c_void, SLOTS * 4) };
+    ensure!(buf[DONE] == 1, "the calling child died before reporting");
+    let slot = |i: usize| buf[i];
     let mut out = Outcome {
         ok: u64::from(slot(0)),
         setup_errno: match slot(1) {

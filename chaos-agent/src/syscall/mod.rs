@@ -186,6 +186,7 @@ fn plan<'a>(
         threshold: rules::threshold(f.percent),
         max_injections: f.max_injections.unwrap_or(NO_BUDGET),
         errno: f.errno as u32,
+        neg_errno: -i64::from(f.errno),
         agent_tgid: std::process::id(),
         ..SysRule::default()
     };

@@ -26,9 +26,9 @@ use crate::decide::{Filter, decide};
 #[inline(always)]
 fn verdict(slot: u32) -> i32 {
     match decide(slot, Filter::Attached) {
-        Some(errno) => {
+        Some(rule) => {
             // SAFETY: helper taking the return value the call will see.
-            unsafe { bpf_set_retval(-(errno as i32)) };
+            unsafe { bpf_set_retval(-(rule.errno as i32)) };
             0
         }
         None => 1,

@@ -36,10 +36,10 @@ pub enum Filter {
     Task,
 }
 
-/// The errno the call must fail with (positive), or `None` to let it run.
-/// Counts the call in `slot` when the caller is a target.
+/// The rule when the call must fail (its `errno`, `neg_errno`), or `None`
+/// to let it run. Counts the call in `slot` when the caller is a target.
 #[inline(always)]
-pub fn decide(slot: u32, filter: Filter) -> Option<u32> {
+pub fn decide(slot: u32, filter: Filter) -> Option<&'static SysRule> {
     let rule = RULE.get(0)?;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // CONTRACT section 4: never PID 1, never the agent itself.
@@ -78,7 +78,7 @@ pub fn decide(slot: u32, filter: Filter) -> Option<u32> {
     }
     // SAFETY: as above.
     unsafe { add(&raw mut (*counters).injected) };
-    Some(rule.errno)
+    Some(rule)
 }
 
 /// The rule's `perm_mask` (0 when there is no rule).

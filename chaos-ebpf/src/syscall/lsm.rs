@@ -17,12 +17,14 @@ use chaos_common::syscall::{
 
 use crate::decide::{Filter, decide, perm_mask};
 
-/// The one place a decision becomes an LSM verdict.
+/// The one place a decision becomes an LSM verdict. The range check is
+/// for the verifier (Linux 6.8+ wants a provable [-4095, 0]); the agent
+/// only writes errnos from 1 to 4095.
 #[inline(always)]
 fn verdict(slot: u32) -> i32 {
     match decide(slot, Filter::Task) {
-        Some(errno) => -(errno as i32),
-        None => 0,
+        Some(rule) if (-4095..=-1).contains(&rule.neg_errno) => rule.neg_errno as i32,
+        _ => 0,
     }
 }
 
