@@ -53,7 +53,8 @@ fn find_unit(root: &Path, unit: &str) -> Option<PathBuf> {
     None
 }
 
-pub fn resolve(selector: &CgroupSelector) -> Result<ResolvedCgroup> {
+/// The cgroup2 directory a selector names, and the cgroup2 mount.
+pub fn directory(selector: &CgroupSelector) -> Result<(PathBuf, PathBuf)> {
     let root = cgroup2_mount().ok_or_else(|| {
         Error::Unsupported("cgroup selection needs the cgroup v2 hierarchy, and no cgroup2 mount was found in /proc/self/mountinfo".into())
     })?;
@@ -79,6 +80,11 @@ pub fn resolve(selector: &CgroupSelector) -> Result<ResolvedCgroup> {
             ))
         })?,
     };
+    Ok((dir, root))
+}
+
+pub fn resolve(selector: &CgroupSelector) -> Result<ResolvedCgroup> {
+    let (dir, root) = directory(selector)?;
     let meta = fs::metadata(&dir).map_err(|e| Error::Runtime(format!("{}: {e}", dir.display())))?;
     let level = dir
         .strip_prefix(&root)

@@ -13,11 +13,13 @@ use crate::{
         self,
         model::{
             AbortWhen, CgroupSelector, Cidr, Direction, Fault, FaultKind, Guard, Match,
-            NetworkAction, NetworkFault, Percent, Policy, PortRange, Probe, Protocol,
+            NetworkAction, NetworkFault, Percent, Policy, PortRange, Probe, Protocol, SyscallFault,
+            SyscallTarget,
         },
         values,
     },
     probe,
+    syscall::{self, SyscallOptions, backend::Backend},
 };
 
 #[derive(Parser, Debug)]
@@ -124,7 +126,7 @@ pub struct RunFlags {
 pub enum BlastKind {
     /// A network fault on one interface.
     Net(Box<NetArgs>),
-    /// A syscall error fault (not implemented yet).
+    /// Make chosen syscalls of chosen processes fail with an errno.
     Syscall(SyscallArgs),
 }
 
@@ -235,9 +237,78 @@ fn abort_when(a: &NetArgs) -> Result<Option<AbortWhen>> {
 }
 
 #[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("target").required(true).multiple(false))]
 pub struct SyscallArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub rest: Vec<String>,
+    /// Syscall names as in man 2 (connect, openat, ...); comma-separated or repeated.
+    #[arg(long = "syscall", required = true, value_delimiter = ',', value_parser = values::parse_syscall_name)]
+    pub syscalls: Vec<String>,
+    /// Errno to fail with: a name (ECONNREFUSED) or a number 1..4095.
+    #[arg(long, value_parser = values::parse_errno)]
+    pub errno: i32,
+    /// Share of the target's calls that fail (default 100).
+    #[arg(long, default_value = "100", value_parser = parse_with::<Percent>)]
+    pub percent: Percent,
+    /// Target: a process (the whole thread group).
+    #[arg(long, group = "target", value_parser = values::parse_pid)]
+    pub pid: Option<u32>,
+    /// Target: processes with this command name (comm).
+    #[arg(long, group = "target", value_parser = values::parse_comm)]
+    pub comm: Option<String>,
+    /// Target: processes in this cgroup (path under the cgroup2 mount) and its children.
+    #[arg(long, group = "target", value_parser = values::parse_cgroup_path)]
+    pub cgroup: Option<String>,
+    /// Target: the processes of this systemd unit.
+    #[arg(long, group = "target", value_parser = values::parse_unit)]
+    pub unit: Option<String>,
+    /// Fail at most this many calls in total (enforced in the kernel).
+    #[arg(long)]
+    pub max_injections: Option<u64>,
+    /// Use this backend for every syscall instead of the most precise available one.
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
+    /// How long the fault lasts; the kernel stops acting at start + duration.
+    #[arg(long, value_parser = values::parse_positive_duration)]
+    pub duration: Duration,
+}
+
+/// Builds the policy a `blast syscall` stands for.
+pub fn syscall_policy(a: &SyscallArgs) -> Result<Policy> {
+    let target = match (&a.pid, &a.comm, &a.cgroup, &a.unit) {
+        (Some(p), ..) => SyscallTarget::Pid(*p),
+        (_, Some(c), ..) => SyscallTarget::Comm(c.clone()),
+        (_, _, Some(c), _) => SyscallTarget::Cgroup(c.clone()),
+        (.., Some(u)) => SyscallTarget::Unit(u.clone()),
+        _ => {
+            return Err(Error::Invalid(
+                "a target is required: one of --pid, --comm, --cgroup, --unit".into(),
+            ));
+        }
+    };
+    let mut names: Vec<String> = Vec::new();
+    for n in &a.syscalls {
+        if names.contains(n) {
+            return Err(Error::Invalid(format!("--syscall: {n} is given twice")));
+        }
+        names.push(n.clone());
+    }
+    Ok(Policy {
+        name: "blast".into(),
+        origin: "<flags>".into(),
+        duration: a.duration,
+        start_after: Duration::ZERO,
+        abort_when: None,
+        guard: Guard::default(),
+        faults: vec![Fault {
+            name: "syscall".into(),
+            kind: FaultKind::Syscall(SyscallFault {
+                names,
+                errno: a.errno,
+                percent: a.percent,
+                target,
+                max_injections: a.max_injections,
+            }),
+        }],
+    })
 }
 
 fn parse_with<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, String> {
@@ -358,15 +429,15 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
         Command::Status { json } => crate::control::status(*json),
         Command::Stop { policies, all } => crate::control::stop(policies, *all),
         Command::Blast(b) => {
+            let mut syscall_opts = SyscallOptions::default();
             let policy = match (&b.policy, &b.kind) {
                 (Some(path), None) => {
                     policy::load_file(path).map_err(|e| Error::Invalid(e.to_string()))?
                 }
                 (None, Some(BlastKind::Net(net))) => net_policy(net)?,
-                (None, Some(BlastKind::Syscall(_))) => {
-                    return Err(Error::Invalid(
-                        "`blast syscall` is not implemented yet".into(),
-                    ));
+                (None, Some(BlastKind::Syscall(s))) => {
+                    syscall_opts.backend = s.backend;
+                    syscall_policy(s)?
                 }
                 _ => {
                     return Err(Error::Invalid(
@@ -374,6 +445,17 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
                     ));
                 }
             };
+            let syscalls = policy
+                .faults
+                .iter()
+                .filter(|f| matches!(f.kind, FaultKind::Syscall(_)))
+                .count();
+            if syscalls > 0 && syscalls < policy.faults.len() {
+                return Err(Error::Invalid(format!(
+                    "{}: a blast runs either network or syscall faults, not both yet; split the policy",
+                    policy.origin
+                )));
+            }
             // Bound before anything is applied, so a busy port fails early.
             let metrics = b
                 .run
@@ -385,6 +467,9 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
                 debug_kernel: b.run.debug_kernel,
                 extra_default_ports: metrics.iter().map(|m| m.local_addr().port()).collect(),
             };
+            if syscalls > 0 {
+                return syscall::run::run(&policy, &syscall_opts, b.run.json, metrics.as_ref());
+            }
             blast::run(&policy, &opts, b.run.json, metrics.as_ref())
         }
     }

@@ -38,6 +38,7 @@ use crate::{
     apply::{FaultCounters, FaultHandle},
     error::{Error, Result},
     policy::model::Direction,
+    syscall::{Row, RowCounters},
 };
 
 /// Exposition names, before the exporter's `_total` suffix on counters.
@@ -47,6 +48,13 @@ pub const GUARD_PASSED: &str = "chaos_agent_guard_passed";
 pub const ACTIVE_FAULTS: &str = "chaos_agent_active_faults";
 pub const POLICY_ERRORS: &str = "chaos_agent_policy_errors";
 pub const POLICY_ABORTS: &str = "chaos_agent_policy_aborts";
+pub const SYSCALLS_MATCHED: &str = "chaos_agent_syscalls_matched";
+pub const SYSCALLS_INJECTED: &str = "chaos_agent_syscalls_injected";
+
+/// Labels of a syscall fault's counters: `policy`, `fault`, `action`
+/// (errno), `syscall` (the names sharing one hook) and `backend`.
+type SyscallLabels = [String; 5];
+const SYSCALL_LABEL_KEYS: [&str; 5] = ["policy", "fault", "action", "syscall", "backend"];
 
 /// Largest request head accepted (request line plus headers).
 const MAX_REQUEST: usize = 8 * 1024;
@@ -88,6 +96,8 @@ struct Snapshot {
     policy_errors: BTreeMap<String, u64>,
     /// Policy -> times its steady-state guard reverted it.
     policy_aborts: BTreeMap<String, u64>,
+    /// Syscall fault counters per label set.
+    syscalls: BTreeMap<SyscallLabels, RowCounters>,
 }
 
 type Shared = Arc<Mutex<Snapshot>>;
@@ -184,6 +194,36 @@ impl MetricsServer {
             .with_unit("{packet}")
             .with_callback(observe_counter(&shared, |c| c.guard_passed))
             .build();
+        for (name, description, pick) in [
+            (
+                SYSCALLS_MATCHED,
+                "Calls that matched a syscall fault's target",
+                (|c: &RowCounters| c.matched) as fn(&RowCounters) -> u64,
+            ),
+            (
+                SYSCALLS_INJECTED,
+                "Calls a syscall fault made to fail",
+                |c: &RowCounters| c.injected,
+            ),
+        ] {
+            let shared = Arc::clone(&shared);
+            meter
+                .u64_observable_counter(name)
+                .with_description(description)
+                .with_unit("{call}")
+                .with_callback(move |observer| {
+                    let Ok(snap) = shared.lock() else { return };
+                    for (labels, c) in &snap.syscalls {
+                        let attrs: Vec<KeyValue> = SYSCALL_LABEL_KEYS
+                            .iter()
+                            .zip(labels)
+                            .map(|(k, v)| KeyValue::new(*k, v.clone()))
+                            .collect();
+                        observer.observe(pick(c), &attrs);
+                    }
+                })
+                .build();
+        }
         let gauge_shared = Arc::clone(&shared);
         meter
             .u64_observable_gauge(ACTIVE_FAULTS)
@@ -303,6 +343,40 @@ impl MetricsServer {
     pub fn policy_aborted(&self, policy: &str) {
         if let Ok(mut snap) = self.shared.lock() {
             *snap.policy_aborts.entry(policy.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// Records the syscall fault rows now in force, with zero counters.
+    pub fn set_syscall_faults(&self, rows: &[Row]) {
+        let counters = vec![RowCounters::default(); rows.len()];
+        self.update_syscalls(rows, &counters);
+    }
+
+    /// Replaces the syscall part of the snapshot with `counters` (in `rows`
+    /// order); a fault counts once in `active_faults` however many rows it has.
+    pub fn update_syscalls(&self, rows: &[Row], counters: &[RowCounters]) {
+        let Ok(mut snap) = self.shared.lock() else {
+            return;
+        };
+        for n in snap.active.values_mut() {
+            *n = 0;
+        }
+        snap.syscalls.clear();
+        let mut faults = std::collections::BTreeSet::new();
+        for (r, c) in rows.iter().zip(counters) {
+            if faults.insert((r.policy.clone(), r.fault.clone())) {
+                *snap.active.entry(r.policy.clone()).or_default() += 1;
+            }
+            let labels = [
+                r.policy.clone(),
+                r.fault.clone(),
+                "errno".to_owned(),
+                r.syscall.clone(),
+                r.backend.name().to_owned(),
+            ];
+            let sum = snap.syscalls.entry(labels).or_default();
+            sum.matched += c.matched;
+            sum.injected += c.injected;
         }
     }
 

@@ -101,6 +101,29 @@ pub fn rows() -> Vec<Row> {
             format!("bpf_skb_ancestor_cgroup_id needs Linux 4.19; this is {vtext}"),
         ),
     });
+    let avail = crate::syscall::backend::Availability::detect();
+    for (feature, backend, yes) in [
+        (
+            "syscall-kprobe",
+            crate::syscall::backend::Backend::Kprobe,
+            "bpf_override_return at the syscall entry: any syscall, any target",
+        ),
+        (
+            "syscall-lsm",
+            crate::syscall::backend::Backend::Lsm,
+            "BPF LSM programs load: file, socket, inode, mmap, task and exec hooks; pid, comm and cgroup targets",
+        ),
+        (
+            "syscall-cgroup",
+            crate::syscall::backend::Backend::Cgroup,
+            "cgroup socket hooks with bpf_set_retval: connect, bind, UDP sendmsg, socket, get/setsockopt; cgroup and unit targets",
+        ),
+    ] {
+        out.push(match avail.of(backend) {
+            Ok(()) => row(feature, true, yes),
+            Err(e) => row(feature, false, e.clone()),
+        });
+    }
     out.push(if Path::new("/sys/kernel/btf/vmlinux").exists() {
         row("btf", true, "/sys/kernel/btf/vmlinux present")
     } else {

@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod packet;
+pub mod syscall;
 
 /// Program names as they appear in the ELF object and as the name of a
 /// netlink tc filter (`tc filter show` prints them). Start-up clean-up finds

@@ -27,6 +27,7 @@ pub mod payload;
 pub mod snmp;
 pub mod sockutil;
 pub mod stats;
+pub mod syscaller;
 pub mod tcp;
 pub mod udp;
 

@@ -511,6 +511,7 @@ mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 KVER=$(uname -r)
 while read -r m args; do
   [ -n "$m" ] && { insmod "/lib/modules/$KVER/$m" $args || echo "init: insmod $m failed"; }

@@ -1,0 +1,321 @@
+//! Syscall error faults as the target process experiences them: a real TCP
+//! client in a test cgroup gets the configured errno from connect() to a
+//! real listener in a test namespace, while the same client outside the
+//! cgroup connects; percent, budget, SIGKILL and the in-kernel deadline.
+//! Hostile input exits 2 and a request no backend here can serve exits 3,
+//! with nothing applied.
+
+mod common;
+
+use std::{
+    net::{SocketAddrV4, TcpListener},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use chaos_tests::{
+    CgroupGuard, NetnsPair, Side, loaded_prog_names, monotonic_ns, require_root,
+    syscaller::{Call, Outcome, Placement, run_calls},
+    within_3_sigma,
+};
+use common::{Blast, agent_output};
+
+/// A TCP listener in namespace b that accepts (and drops) connections on
+/// a thread until dropped, bounded to two minutes.
+struct Listener {
+    addr: SocketAddrV4,
+    stop: Arc<AtomicBool>,
+}
+
+impl Listener {
+    fn start(pair: &NetnsPair, port: u16) -> Listener {
+        let addr = SocketAddrV4::new(pair.v4_b(), port);
+        let sock = pair
+            .run_in(Side::B, move || TcpListener::bind(addr))
+            .unwrap()
+            .unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(120);
+            while !flag.load(Ordering::Relaxed) && Instant::now() < until {
+                match sock.accept() {
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        });
+        Listener { addr, stop }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `count` TCP connects from namespace a to the listener, from inside
+/// `cgroup` or from outside it.
+fn connects(
+    pair: &NetnsPair,
+    cgroup: Option<&CgroupGuard>,
+    to: SocketAddrV4,
+    count: u32,
+) -> Outcome {
+    let ns = pair.netns_path(Side::A);
+    let place = Placement {
+        cgroup: cgroup.map(|c| c.path()),
+        netns: Some(&ns),
+        comm: None,
+    };
+    run_calls(
+        &place,
+        &Call::TcpConnect(to),
+        count,
+        Duration::from_secs(60),
+    )
+    .unwrap()
+}
+
+fn connect_blast(cg: &CgroupGuard, extra: &[&str]) -> Blast {
+    let rel = cg.rel_path();
+    let args = [
+        &["syscall", "--syscall", "connect", "--cgroup", &rel][..],
+        extra,
+    ]
+    .concat();
+    Blast::start(&args).unwrap()
+}
+
+fn row(event: &serde_json::Value) -> (u64, u64, String) {
+    let f = &event["faults"][0];
+    (
+        f["matched"].as_u64().unwrap_or(0),
+        f["injected"].as_u64().unwrap_or(0),
+        f["backend"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+fn none_of_ours_loaded() -> bool {
+    !loaded_prog_names()
+        .unwrap()
+        .iter()
+        .any(|n| n.starts_with("chaos_cg_"))
+}
+
+#[test]
+fn syscall_connect_gets_the_errno_in_the_cgroup_only() {
+    require_root!();
+    let pair = NetnsPair::new("sysc").unwrap();
+    let cg = CgroupGuard::new("sysc").unwrap();
+    let l = Listener::start(&pair, 47101);
+    // The listener works before the fault.
+    assert_eq!(connects(&pair, Some(&cg), l.addr, 20).ok, 20);
+    // A name, another name, and a number without a name.
+    for (errno_arg, errno) in [
+        ("ECONNREFUSED", libc::ECONNREFUSED),
+        ("ETIMEDOUT", libc::ETIMEDOUT),
+        ("200", 200),
+    ] {
+        let blast = connect_blast(&cg, &["--errno", errno_arg, "--duration", "30s"]);
+        assert_eq!(blast.mode(), "cgroup");
+        let inside = connects(&pair, Some(&cg), l.addr, 50);
+        let outside = connects(&pair, None, l.addr, 50);
+        let (status, reverted) = blast.stop().unwrap();
+        assert!(status.success(), "{status}");
+        assert_eq!(inside.failed_with(errno), 50, "{errno_arg}: {inside:?}");
+        assert_eq!(
+            outside.ok, 50,
+            "{errno_arg}: outside the cgroup: {outside:?}"
+        );
+        let (matched, injected, backend) = row(&reverted);
+        assert_eq!((matched, injected), (50, 50), "{reverted}");
+        assert_eq!(backend, "cgroup");
+        assert_eq!(reverted["faults"][0]["errno"], errno);
+    }
+    // Reverted: the client in the cgroup connects again.
+    assert_eq!(connects(&pair, Some(&cg), l.addr, 20).ok, 20);
+    assert!(none_of_ours_loaded());
+}
+
+#[test]
+fn syscall_percent_50_is_within_3_sigma() {
+    require_root!();
+    let pair = NetnsPair::new("sysp").unwrap();
+    let cg = CgroupGuard::new("sysp").unwrap();
+    let l = Listener::start(&pair, 47102);
+    let blast = connect_blast(
+        &cg,
+        &[
+            "--errno",
+            "ECONNREFUSED",
+            "--percent",
+            "50",
+            "--duration",
+            "120s",
+        ],
+    );
+    let n = 10_000;
+    let out = connects(&pair, Some(&cg), l.addr, n);
+    let (_, reverted) = blast.stop().unwrap();
+    let failed = out.failed_with(libc::ECONNREFUSED);
+    assert_eq!(out.total(), u64::from(n));
+    assert_eq!(out.failed(), failed, "only the injected errno: {out:?}");
+    println!(
+        "percent 50 over {n} connects: {failed} failed ({:.2} %)",
+        100.0 * failed as f64 / f64::from(n)
+    );
+    assert!(within_3_sigma(u64::from(n), 0.5, failed), "{failed} of {n}");
+    // The kernel's counters are exactly what the client saw.
+    let (matched, injected, _) = row(&reverted);
+    assert_eq!((matched, injected), (u64::from(n), failed));
+}
+
+#[test]
+fn syscall_max_injections_stops_at_the_budget() {
+    require_root!();
+    let pair = NetnsPair::new("sysb").unwrap();
+    let cg = CgroupGuard::new("sysb").unwrap();
+    let l = Listener::start(&pair, 47103);
+    let blast = connect_blast(
+        &cg,
+        &[
+            "--errno",
+            "ECONNREFUSED",
+            "--max-injections",
+            "100",
+            "--duration",
+            "60s",
+        ],
+    );
+    let out = connects(&pair, Some(&cg), l.addr, 1_000);
+    let (_, reverted) = blast.stop().unwrap();
+    // One client: calls are sequential, so the budget is exact.
+    assert_eq!(out.failed_with(libc::ECONNREFUSED), 100, "{out:?}");
+    assert_eq!(out.ok, 900);
+    let (matched, injected, _) = row(&reverted);
+    assert_eq!((matched, injected), (1_000, 100));
+}
+
+#[test]
+fn syscall_sigkill_of_the_agent_removes_the_fault_at_once() {
+    require_root!();
+    let pair = NetnsPair::new("sysk").unwrap();
+    let cg = CgroupGuard::new("sysk").unwrap();
+    let l = Listener::start(&pair, 47104);
+    let mut blast = connect_blast(&cg, &["--errno", "ECONNREFUSED", "--duration", "120s"]);
+    assert_eq!(connects(&pair, Some(&cg), l.addr, 10).failed(), 10);
+    blast.signal(libc::SIGKILL);
+    let _ = blast.wait(Duration::from_secs(5));
+    // The links went with the agent's file descriptors.
+    assert_eq!(connects(&pair, Some(&cg), l.addr, 10).ok, 10);
+    assert!(none_of_ours_loaded());
+}
+
+#[test]
+fn syscall_deadline_holds_with_the_agent_stopped() {
+    require_root!();
+    let pair = NetnsPair::new("sysd").unwrap();
+    let cg = CgroupGuard::new("sysd").unwrap();
+    let l = Listener::start(&pair, 47105);
+    let mut blast = connect_blast(&cg, &["--errno", "ECONNREFUSED", "--duration", "3s"]);
+    let deadline = blast.deadline_ns();
+    blast.signal(libc::SIGSTOP);
+    assert_eq!(connects(&pair, Some(&cg), l.addr, 10).failed(), 10);
+    while monotonic_ns() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Past the deadline, the agent still stopped: nothing fails.
+    let after = connects(&pair, Some(&cg), l.addr, 10);
+    blast.signal(libc::SIGCONT);
+    assert_eq!(after.ok, 10, "{after:?}");
+    let status = blast.wait(Duration::from_secs(10)).unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn syscall_hostile_input_exits_2_and_unservable_exits_3() {
+    require_root!();
+    let cg = CgroupGuard::new("sysh").unwrap();
+    let rel = cg.rel_path();
+    let base = |syscall: &str, errno: &str, target: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["blast", "syscall", "--syscall", syscall, "--errno", errno]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(target.iter().map(|s| s.to_string()));
+        v.extend(["--duration".to_string(), "5s".to_string()]);
+        v
+    };
+    let cases: Vec<(Vec<String>, i32, &str)> = vec![
+        (
+            base("conect", "ECONNREFUSED", &["--cgroup", &rel]),
+            2,
+            "did you mean connect",
+        ),
+        (
+            base("connect", "5000", &["--cgroup", &rel]),
+            2,
+            "out of range",
+        ),
+        (base("connect", "0", &["--cgroup", &rel]), 2, "out of range"),
+        (
+            base("connect", "ENOPE", &["--cgroup", &rel]),
+            2,
+            "unknown errno",
+        ),
+        (base("connect", "ECONNREFUSED", &[]), 2, "--pid"),
+        (
+            base(
+                "connect",
+                "ECONNREFUSED",
+                &["--cgroup", "/chaos-test-no-such-cgroup"],
+            ),
+            2,
+            "no such cgroup",
+        ),
+        (
+            base(
+                "connect",
+                "ECONNREFUSED",
+                &["--unit", "chaos-no-such.service"],
+            ),
+            2,
+            "chaos-no-such.service",
+        ),
+        (
+            base("connect", "ECONNREFUSED", &["--pid", "4194303"]),
+            2,
+            "no such process",
+        ),
+        (base("connect", "ECONNREFUSED", &["--pid", "1"]), 2, "PID 1"),
+    ];
+    for (args, code, fragment) in cases {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (got, _, stderr) = agent_output(&refs).unwrap();
+        assert_eq!(got, code, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(fragment),
+            "{args:?}: {stderr:?} lacks {fragment:?}"
+        );
+    }
+    // getpid has no LSM or cgroup hook: only kprobe override can fail it.
+    let args = base("getpid", "EPERM", &["--cgroup", &rel]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (got, _, stderr) = agent_output(&refs).unwrap();
+    if got == 3 {
+        assert!(
+            stderr.contains("getpid needs kprobe override")
+                && stderr.contains("CONFIG_BPF_KPROBE_OVERRIDE"),
+            "{stderr}"
+        );
+    } else {
+        println!("kprobe override available here (exit {got}): {stderr}");
+    }
+    assert!(none_of_ours_loaded());
+}
