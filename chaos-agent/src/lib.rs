@@ -11,4 +11,5 @@ pub mod metrics;
 pub mod netns;
 pub mod policy;
 pub mod probe;
+pub mod qdisc;
 pub mod rules;
