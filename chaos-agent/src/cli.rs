@@ -173,6 +173,11 @@ fn parse_with<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, String> 
 
 /// Builds the policy a `blast net` stands for.
 pub fn net_policy(a: &NetArgs) -> Result<Policy> {
+    // clap's `requires` does not hold once the action group is satisfied
+    // by another flag, so this is checked here.
+    if a.jitter.is_some() && a.delay.is_none() {
+        return Err(Error::Invalid("--jitter needs --delay".into()));
+    }
     let action = if let Some(percent) = a.loss {
         NetworkAction::Loss { percent }
     } else if let Some(latency) = a.delay {
