@@ -160,12 +160,21 @@ pub fn check_supported(policy: &Policy) -> Result<()> {
     for f in &policy.faults {
         match &f.kind {
             FaultKind::Network(n) => {
-                if !matches!(n.action, NetworkAction::Loss { .. }) {
+                if let NetworkAction::Delay { .. } | NetworkAction::Bandwidth { .. } = n.action {
+                    let action = action_name(&n.action);
+                    // The kernel's answer first: without fq there is nothing
+                    // to build on (exit 3), whatever this build can do.
+                    if let Err(why) = crate::qdisc::qdisc_available("fq") {
+                        return Err(Error::Unsupported(format!(
+                            "{}: fault {}: {}",
+                            policy.origin,
+                            f.name,
+                            crate::qdisc::missing(action, "fq", &why)
+                        )));
+                    }
                     return Err(Error::Invalid(format!(
-                        "{}: fault {}: the {} action is not implemented yet (only loss is)",
-                        policy.origin,
-                        f.name,
-                        action_name(&n.action)
+                        "{}: fault {}: the {action} action is not implemented yet in this build (loss, corrupt and duplicate are)",
+                        policy.origin, f.name
                     )));
                 }
             }

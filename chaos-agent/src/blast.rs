@@ -78,8 +78,13 @@ fn human_line(applied: &Applied, counters: &[FaultCounters]) -> String {
             } else {
                 0.0
             };
+            let verb = match f.action {
+                "corrupt" => "corrupted",
+                "duplicate" => "duplicated",
+                _ => "dropped",
+            };
             format!(
-                "{} {} {}: matched {} dropped {} ({share:.1}%) guard-passed {}",
+                "{} {} {}: matched {} {verb} {} ({share:.1}%) guard-passed {}",
                 f.interface,
                 direction_label(f.direction),
                 f.fault,

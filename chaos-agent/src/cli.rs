@@ -166,21 +166,22 @@ pub struct NetArgs {
     /// Drop this share of matching packets.
     #[arg(long, group = "action", value_parser = parse_with::<Percent>)]
     pub loss: Option<Percent>,
-    /// Delay matching packets (not implemented yet).
-    #[arg(long, group = "action")]
-    pub delay: Option<String>,
-    /// Jitter around --delay (not implemented yet).
-    #[arg(long, requires = "delay")]
-    pub jitter: Option<String>,
-    /// Corrupt this share of matching packets (not implemented yet).
-    #[arg(long, group = "action")]
-    pub corrupt: Option<String>,
-    /// Duplicate this share of matching packets (not implemented yet).
-    #[arg(long, group = "action")]
-    pub duplicate: Option<String>,
-    /// Limit matching traffic to this rate (not implemented yet).
-    #[arg(long, group = "action")]
-    pub rate: Option<String>,
+    /// Delay matching packets (egress; needs the fq qdisc).
+    #[arg(long, group = "action", value_parser = values::parse_duration)]
+    pub delay: Option<Duration>,
+    /// Jitter around --delay.
+    #[arg(long, requires = "delay", value_parser = values::parse_duration)]
+    pub jitter: Option<Duration>,
+    /// Flip one bit in the payload of this share of matching packets (the
+    /// L4 checksum is fixed, so applications receive the corrupted data).
+    #[arg(long, group = "action", value_parser = parse_with::<Percent>)]
+    pub corrupt: Option<Percent>,
+    /// Send this share of matching packets twice.
+    #[arg(long, group = "action", value_parser = parse_with::<Percent>)]
+    pub duplicate: Option<Percent>,
+    /// Limit matching traffic to this rate (needs the fq qdisc).
+    #[arg(long, group = "action", value_parser = values::parse_rate)]
+    pub rate: Option<u64>,
     /// How long the fault lasts; the kernel stops acting at start + duration.
     #[arg(long, value_parser = values::parse_positive_duration)]
     pub duration: Duration,
@@ -317,21 +318,28 @@ fn parse_with<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, String> 
 
 /// Builds the policy a `blast net` stands for.
 pub fn net_policy(a: &NetArgs) -> Result<Policy> {
-    let not_yet = |flag: &str| {
-        Err(Error::Invalid(format!(
-            "--{flag} is not implemented yet: this build injects loss only (--loss PCT)"
-        )))
-    };
+    // clap's `requires` does not hold once the action group is satisfied
+    // by another flag, so this is checked here.
+    if a.jitter.is_some() && a.delay.is_none() {
+        return Err(Error::Invalid("--jitter needs --delay".into()));
+    }
     let action = if let Some(percent) = a.loss {
         NetworkAction::Loss { percent }
-    } else if a.delay.is_some() {
-        return not_yet("delay");
-    } else if a.corrupt.is_some() {
-        return not_yet("corrupt");
-    } else if a.duplicate.is_some() {
-        return not_yet("duplicate");
+    } else if let Some(latency) = a.delay {
+        crate::qdisc::check_horizon(latency, a.jitter.unwrap_or_default())
+            .map_err(|e| Error::Invalid(format!("--delay/--jitter: {e}")))?;
+        NetworkAction::Delay {
+            latency,
+            jitter: a.jitter.unwrap_or_default(),
+        }
+    } else if let Some(percent) = a.corrupt {
+        NetworkAction::Corrupt { percent }
+    } else if let Some(percent) = a.duplicate {
+        NetworkAction::Duplicate { percent }
+    } else if let Some(rate_bps) = a.rate {
+        NetworkAction::Bandwidth { rate_bps }
     } else {
-        return not_yet("rate");
+        return Err(Error::Invalid("no action given".into()));
     };
     let cgroup = match (&a.unit, &a.cgroup) {
         (Some(u), _) => Some(CgroupSelector::Unit(u.clone())),

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod netns;
 pub mod policy;
 pub mod probe;
+pub mod qdisc;
 pub mod rules;
 pub mod steady;
 pub mod syscall;

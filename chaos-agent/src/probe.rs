@@ -5,7 +5,7 @@ use std::{path::Path, process::ExitCode};
 use aya::{programs::SchedClassifier, util::KernelVersion};
 use serde::Serialize;
 
-use crate::{cgroup, error::Result};
+use crate::{cgroup, error::Result, qdisc};
 
 #[derive(Serialize)]
 pub struct Row {
@@ -124,6 +124,35 @@ pub fn rows() -> Vec<Row> {
             Err(e) => row(feature, false, e.clone()),
         });
     }
+    for (feature, kind, what) in [
+        (
+            "qdisc-fq",
+            "fq",
+            "releases delayed and paced packets at skb->tstamp",
+        ),
+        (
+            "qdisc-netem",
+            "netem",
+            "not used by the agent; tests compare with it",
+        ),
+    ] {
+        out.push(match qdisc::qdisc_available(kind) {
+            Ok(()) => row(feature, true, format!("{kind} qdisc available ({what})")),
+            Err(e) => row(
+                feature,
+                false,
+                format!("{} is missing: {e}", qdisc::config_option(kind)),
+            ),
+        });
+    }
+    out.push(match qdisc::ifb_available() {
+        Ok(()) => row("ifb", true, "ifb devices can be made (ingress delay)"),
+        Err(e) => row("ifb", false, format!("CONFIG_IFB is missing: {e}")),
+    });
+    out.push(match qdisc::tstamp_writable() {
+        Ok(()) => row("skb-tstamp", true, "tc programs can set departure times"),
+        Err(e) => row("skb-tstamp", false, e),
+    });
     out.push(if Path::new("/sys/kernel/btf/vmlinux").exists() {
         row("btf", true, "/sys/kernel/btf/vmlinux present")
     } else {

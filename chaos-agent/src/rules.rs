@@ -12,9 +12,9 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use chaos_common::{
-    ACTION_LOSS, FAMILY_ANY, FAMILY_V4, FAMILY_V6, FIELD_CGROUP, FIELD_DPORT, FIELD_PROTO,
-    FIELD_SPORT, HookConf, HookKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-    MAX_RULE_KEYS, MAX_SHAPES, Rule, RuleKey, RuleRef, Shape,
+    ACTION_CORRUPT, ACTION_DUPLICATE, ACTION_LOSS, FAMILY_ANY, FAMILY_V4, FAMILY_V6, FIELD_CGROUP,
+    FIELD_DPORT, FIELD_PROTO, FIELD_SPORT, HookConf, HookKey, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP, IPPROTO_UDP, MAX_RULE_KEYS, MAX_SHAPES, Rule, RuleKey, RuleRef, Shape,
 };
 
 use crate::policy::model::{Cidr, Match, NetworkAction, Percent, PortRange, Protocol};
@@ -90,8 +90,10 @@ pub enum EncodeError {
 pub fn kernel_rule(action: &NetworkAction, deadline_ns: u64, default_guard: bool) -> Option<Rule> {
     let (action, percent) = match action {
         NetworkAction::Loss { percent } => (ACTION_LOSS, *percent),
-        // Other actions arrive with the delay/corrupt/duplicate issue.
-        _ => return None,
+        NetworkAction::Corrupt { percent } => (ACTION_CORRUPT, *percent),
+        NetworkAction::Duplicate { percent } => (ACTION_DUPLICATE, *percent),
+        // Delay and bandwidth are refused before this (apply::check_supported).
+        NetworkAction::Delay { .. } | NetworkAction::Bandwidth { .. } => return None,
     };
     Some(Rule {
         deadline_ns,

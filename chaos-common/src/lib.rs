@@ -58,6 +58,10 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Actions a rule can take (`Rule::action`).
 pub const ACTION_LOSS: u32 = 1;
+/// Flip one bit of the L4 payload and fix the L4 checksum.
+pub const ACTION_CORRUPT: u32 = 2;
+/// Send a copy of the packet too (`bpf_clone_redirect`).
+pub const ACTION_DUPLICATE: u32 = 3;
 
 /// Bits of `Shape::fields`: which packet fields take part in the key.
 pub const FIELD_PROTO: u8 = 1 << 0;
@@ -168,7 +172,7 @@ const _: () = assert!(core::mem::size_of::<Rule>() == 24);
 pub struct Counters {
     /// Packets that matched the rule's filter before its deadline.
     pub matched: u64,
-    /// Packets the rule acted on (dropped, for loss).
+    /// Packets the rule acted on (dropped, corrupted, duplicated).
     pub injected: u64,
     /// Matched packets the guard let through untouched.
     pub guard_passed: u64,

@@ -124,8 +124,12 @@ pub struct Packet {
     /// 1 for TCP and UDP (ports are meaningful), 0 otherwise.
     pub has_ports: u8,
     pub _pad: u8,
+    /// Offset of the L4 header from the start of the Ethernet header (the
+    /// actions that rewrite payload bytes start from it).
+    pub l4_off: u16,
+    pub _pad2: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<Packet>() == 40);
+const _: () = assert!(core::mem::size_of::<Packet>() == 48);
 
 /// Outcome of parsing a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,6 +174,8 @@ pub fn parse<P: PacketBytes + ?Sized>(p: &P, pkt: &mut Packet) -> Result<Parsed,
         },
         _ => return Ok(Parsed::Skip),
     };
+    // Bounded by MAX_L4_OFFSET, so it fits.
+    pkt.l4_off = l4 as u16;
     if pkt.proto == IPPROTO_TCP || pkt.proto == IPPROTO_UDP {
         // The common case (no IP options, no extension headers) reads the
         // ports directly; anything else through the helper.
@@ -437,6 +443,8 @@ mod tests {
             dport,
             has_ports: u8::from(ports.is_some()),
             _pad: 0,
+            l4_off: 0,
+            _pad2: [0; 6],
         }
     }
 
@@ -453,6 +461,8 @@ mod tests {
             dport: 0xeeee,
             has_ports: 0xee,
             _pad: 0,
+            l4_off: 0xeeee,
+            _pad2: [0; 6],
         }
     }
 
@@ -461,7 +471,15 @@ mod tests {
     fn run(bytes: &[u8]) -> Result<(Parsed, Packet), ()> {
         let mut pkt = dirty();
         match parse(bytes, &mut pkt)? {
-            Parsed::Ip => Ok((Parsed::Ip, pkt)),
+            Parsed::Ip => {
+                // The L4 offset is checked by `l4_offset` below; here only
+                // that it was written and is bounded (it may lie past the
+                // end of a truncated non-TCP/UDP packet: users read it with
+                // bounds-checked helpers).
+                assert!(usize::from(pkt.l4_off) <= MAX_L4_OFFSET, "{pkt:?}");
+                pkt.l4_off = 0;
+                Ok((Parsed::Ip, pkt))
+            }
             Parsed::Skip => Ok((Parsed::Skip, Packet::default())),
         }
     }
@@ -1136,9 +1154,20 @@ mod tests {
         let mut pkt = Packet::default();
         assert_eq!(parse(&v6_udp()[..], &mut pkt), Ok(Parsed::Ip));
         assert_eq!(parse(&v4_udp()[..], &mut pkt), Ok(Parsed::Ip));
+        pkt.l4_off = 0;
         assert_eq!(pkt, expect(FAMILY_V4, IPPROTO_UDP, Some((SPORT, DPORT))));
         let icmp_frame = v4_frame(eth(ETH_P_IP), IPPROTO_ICMP, &[], 0, &icmp(8));
         assert_eq!(parse(&icmp_frame[..], &mut pkt), Ok(Parsed::Ip));
+        pkt.l4_off = 0;
         assert_eq!(pkt, expect(FAMILY_V4, IPPROTO_ICMP, None));
+    }
+
+    #[test]
+    fn l4_offset() {
+        let mut pkt = Packet::default();
+        assert_eq!(parse(&v4_udp()[..], &mut pkt), Ok(Parsed::Ip));
+        assert_eq!(usize::from(pkt.l4_off), ETH_HLEN + IPV4_HLEN);
+        assert_eq!(parse(&v6_udp()[..], &mut pkt), Ok(Parsed::Ip));
+        assert_eq!(usize::from(pkt.l4_off), ETH_HLEN + IPV6_HLEN);
     }
 }

@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod actions;
 mod parse;
 
 use aya_ebpf::{
@@ -20,10 +21,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use chaos_common::{
-    ACTION_LOSS, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_ANY, FIELD_CGROUP, FIELD_DPORT,
-    FIELD_PROTO, FIELD_SPORT, GUARD_DEFAULT, GUARD_EXTRA, GUARD_PORT_SLOTS, GuardEntry, GuardNet,
-    HookConf, HookKey, MAX_GUARD_NETS, MAX_HOOKS, MAX_RULE_KEYS, MAX_RULES, MAX_SHAPES, Rule,
-    RuleKey, RuleRef, Shape,
+    ACTION_CORRUPT, ACTION_DUPLICATE, ACTION_LOSS, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_ANY,
+    FIELD_CGROUP, FIELD_DPORT, FIELD_PROTO, FIELD_SPORT, GUARD_DEFAULT, GUARD_EXTRA,
+    GUARD_PORT_SLOTS, GuardEntry, GuardNet, HookConf, HookKey, MAX_GUARD_NETS, MAX_HOOKS,
+    MAX_RULE_KEYS, MAX_RULES, MAX_SHAPES, Rule, RuleKey, RuleRef, Shape,
 };
 use parse::{Packet, Parsed};
 
@@ -117,6 +118,11 @@ fn classify(ctx: &TcContext, direction: u32) -> Result<Decision, ()> {
     // SAFETY: the context pointer is the kernel's __sk_buff for this packet.
     let ifindex = unsafe { (*skb).ifindex };
     let hook = HookKey { ifindex, direction };
+    // A copy made by the duplicate action, back on the hook: it was counted
+    // with its original and is left alone.
+    if actions::is_our_duplicate(ctx) {
+        return Ok(Decision::Pass);
+    }
     // Fast path: a hook without rules costs one lookup.
     let Some(conf) = (unsafe { HOOKS.get(&hook) }) else {
         return Ok(Decision::Pass);
@@ -161,6 +167,20 @@ fn classify(ctx: &TcContext, direction: u32) -> Result<Decision, ()> {
                 );
             }
             Ok(Decision::Drop)
+        }
+        // Both change or copy the packet and let it (the original) pass;
+        // when they cannot act (no payload, clone failed) nothing is counted.
+        ACTION_CORRUPT => {
+            if actions::corrupt(ctx, pkt).is_ok() {
+                counters.injected += 1;
+            }
+            Ok(Decision::Pass)
+        }
+        ACTION_DUPLICATE => {
+            if actions::duplicate(ctx, ifindex, direction).is_ok() {
+                counters.injected += 1;
+            }
+            Ok(Decision::Pass)
         }
         _ => Ok(Decision::Pass),
     }

@@ -21,6 +21,7 @@
 
 pub mod bpf;
 pub mod cgroup;
+pub mod ethtool;
 pub mod inspect;
 pub mod netns;
 pub mod payload;

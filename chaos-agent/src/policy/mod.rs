@@ -732,6 +732,20 @@ spec:
     }
 
     #[test]
+    fn delay_beyond_fq_horizon() {
+        check(
+            &edit(
+                "        loss: { percent: 30 }\n",
+                "        delay: { latency: 9s, jitter: 2s }\n",
+            ),
+            14,
+            16,
+            "spec.faults[0].network.delay",
+            "beyond the fq qdisc's horizon of 10s",
+        );
+    }
+
+    #[test]
     fn no_action() {
         check(
             &edit("        loss: { percent: 30 }\n", ""),

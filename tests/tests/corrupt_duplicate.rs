@@ -1,0 +1,291 @@
+//! Corruption and duplication as the receiving application sees them:
+//! corrupted datagrams arrive (their UDP checksum was fixed) with one bit
+//! changed, duplicates arrive exactly twice, the shares are within 3 sigma,
+//! the kernel's counters agree with what arrived, and untargeted traffic is
+//! untouched. IPv4 and IPv6, egress and ingress.
+
+mod common;
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use chaos_tests::{
+    AddrKind, Direction, NetnsPair, Side, TcpOptions, ethtool::set_tx_checksum, require_root,
+    snmp_counters, tcp_transfer, three_sigma_band, udp_run, within_3_sigma,
+};
+use common::{Blast, fault_counters};
+
+const TARGET: u16 = 7100;
+const OTHER: u16 = 7101;
+const UDP_COUNT: u32 = 20_000;
+const UDP_PPS: u32 = 40_000;
+
+#[derive(Clone, Copy, Debug)]
+enum Hook {
+    /// The rule sits on the sender's interface, egress.
+    Egress,
+    /// The rule sits on the receiver's interface, ingress.
+    Ingress,
+}
+
+/// Starts a blast with `action` (`--corrupt` or `--duplicate`) at `pct` %
+/// for `proto` to port TARGET, on a's egress or b's ingress.
+fn blast(pair: &NetnsPair, hook: Hook, proto: &str, action: &str, pct: u32) -> Result<Blast> {
+    let (side, dir) = match hook {
+        Hook::Egress => (Side::A, "egress"),
+        Hook::Ingress => (Side::B, "ingress"),
+    };
+    Blast::start(&[
+        "net",
+        "--netns",
+        pair.ns(side),
+        "--iface",
+        pair.iface(side),
+        "--direction",
+        dir,
+        "--proto",
+        proto,
+        "--dport",
+        &TARGET.to_string(),
+        action,
+        &pct.to_string(),
+        "--duration",
+        "60s",
+    ])
+}
+
+/// UDP checksum errors counted by b's stack (IPv4 and IPv6).
+fn csum_errors(pair: &NetnsPair) -> Result<i64> {
+    let m = snmp_counters(pair.ns_b())?;
+    Ok(m.get("Udp.InCsumErrors").copied().unwrap_or(0)
+        + m.get("Udp6InCsumErrors").copied().unwrap_or(0))
+}
+
+/// A probabilistic check that is outside its 3-sigma band once in 370 runs
+/// by chance: a second, independent sample decides before we call it wrong.
+fn holds_in_one_of_two(mut case: impl FnMut() -> Result<bool>, what: &str) -> Result<()> {
+    if case()? {
+        return Ok(());
+    }
+    eprintln!("{what}: outside the 3-sigma band; measuring a second, independent sample");
+    assert!(case()?, "{what}: two samples outside the 3-sigma band");
+    Ok(())
+}
+
+/// One UDP corruption measurement. With `offload` off the sender computes
+/// full checksums and b's stack verifies them, so a datagram whose checksum
+/// we failed to fix would be dropped, not delivered.
+fn corrupt_case(kind: AddrKind, hook: Hook, pct: u32, offload: bool) -> Result<bool> {
+    let pair = NetnsPair::new("corrupt")?;
+    if !offload {
+        let iface = pair.if_a().to_owned();
+        pair.run_in_a(move || set_tx_checksum(&iface, false))??;
+    }
+    let csum0 = csum_errors(&pair)?;
+    let agent = blast(&pair, hook, "udp", "--corrupt", pct)?;
+    let (sent, got) = udp_run(&pair, Direction::AtoB, kind, TARGET, UDP_COUNT, UDP_PPS)?;
+    let (sent_other, got_other) = udp_run(&pair, Direction::AtoB, kind, OTHER, 2_000, UDP_PPS)?;
+    let (status, reverted) = agent.stop()?;
+    assert!(status.success(), "agent exit: {status}");
+    let csum_errors = csum_errors(&pair)? - csum0;
+
+    assert_eq!(sent.sent, u64::from(UDP_COUNT), "sender: {sent:?}");
+    let p = f64::from(pct) / 100.0;
+    eprintln!(
+        "corrupt udp {kind:?} {hook:?} {pct}% offload={offload}: sent {} intact {} corrupted {} ({:.2}%), checksum errors {csum_errors}, 3-sigma band {:?}",
+        sent.sent,
+        got.distinct,
+        got.corrupted,
+        100.0 * got.corrupted as f64 / sent.sent as f64,
+        three_sigma_band(sent.sent, p)
+    );
+    // Every datagram arrived: the corrupted ones with a valid checksum.
+    assert_eq!(csum_errors, 0, "b's stack saw bad UDP checksums");
+    assert_eq!(
+        got.distinct + got.corrupted,
+        sent.sent,
+        "datagrams went missing"
+    );
+    assert_eq!(got.duplicates, 0);
+    assert_eq!(got_other.distinct, sent_other.sent, "untargeted port hit");
+    assert_eq!(got_other.corrupted, 0, "untargeted port corrupted");
+    let (matched, injected, guard) = fault_counters(&reverted);
+    assert_eq!(matched, sent.sent, "matched counter vs datagrams sent");
+    assert_eq!(
+        injected, got.corrupted,
+        "injected counter vs corrupted datagrams received"
+    );
+    assert_eq!(guard, 0);
+    Ok(within_3_sigma(sent.sent, p, got.corrupted))
+}
+
+fn corrupt_all(kind: AddrKind, hook: Hook) -> Result<()> {
+    for (pct, offload) in [(0, true), (30, true), (30, false), (100, false)] {
+        holds_in_one_of_two(
+            || corrupt_case(kind, hook, pct, offload),
+            &format!("corrupt udp {kind:?} {hook:?} {pct}% offload={offload}"),
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn corrupt_udp_ipv4_egress() {
+    require_root!();
+    corrupt_all(AddrKind::V4, Hook::Egress).unwrap();
+}
+
+#[test]
+fn corrupt_udp_ipv4_ingress() {
+    require_root!();
+    corrupt_all(AddrKind::V4, Hook::Ingress).unwrap();
+}
+
+#[test]
+fn corrupt_udp_ipv6_egress() {
+    require_root!();
+    corrupt_all(AddrKind::V6, Hook::Egress).unwrap();
+}
+
+#[test]
+fn corrupt_udp_ipv6_ingress() {
+    require_root!();
+    corrupt_all(AddrKind::V6, Hook::Ingress).unwrap();
+}
+
+/// TCP: the receiving application reads corrupted bytes (the TCP checksum
+/// was fixed, so the stack accepted the segments), one changed byte per
+/// corrupted segment, and the transfer itself completes.
+#[test]
+fn corrupt_tcp_reaches_the_application() {
+    require_root!();
+    for (hook, offload) in [(Hook::Egress, true), (Hook::Ingress, false)] {
+        let pair = NetnsPair::new("tcpcorrupt").unwrap();
+        if !offload {
+            let iface = pair.if_a().to_owned();
+            pair.run_in_a(move || set_tx_checksum(&iface, false))
+                .unwrap()
+                .unwrap();
+        }
+        let agent = blast(&pair, hook, "tcp", "--corrupt", 20).unwrap();
+        let opts = TcpOptions {
+            bytes: 2 << 20,
+            ..TcpOptions::default()
+        };
+        let t = tcp_transfer(&pair, Direction::AtoB, AddrKind::V4, TARGET, &opts).unwrap();
+        let (status, reverted) = agent.stop().unwrap();
+        assert!(status.success());
+        let (matched, injected, _) = fault_counters(&reverted);
+        eprintln!(
+            "corrupt tcp {hook:?} 20% offload={offload}: {} bytes delivered, {} changed, {injected} segments corrupted of {matched} matched",
+            t.recv.bytes, t.recv.mismatched_bytes
+        );
+        assert!(
+            t.send.completed && t.recv.eof && t.recv.bytes == opts.bytes,
+            "transfer incomplete: {t:?}"
+        );
+        assert!(injected > 0, "nothing corrupted");
+        // Each corrupted segment carries other bytes of the stream, and
+        // without loss nothing is sent twice: one changed byte each.
+        assert_eq!(t.recv.mismatched_bytes, injected);
+    }
+}
+
+/// TCP takes duplicated segments in its stride: the stream arrives intact
+/// and complete while the rule copies segments in both hook directions.
+#[test]
+fn duplicate_tcp_stream_stays_intact() {
+    require_root!();
+    for hook in [Hook::Egress, Hook::Ingress] {
+        let pair = NetnsPair::new("tcpdup").unwrap();
+        let agent = blast(&pair, hook, "tcp", "--duplicate", 30).unwrap();
+        let opts = TcpOptions {
+            bytes: 2 << 20,
+            ..TcpOptions::default()
+        };
+        let t = tcp_transfer(&pair, Direction::AtoB, AddrKind::V6, TARGET, &opts).unwrap();
+        let (status, reverted) = agent.stop().unwrap();
+        assert!(status.success());
+        let (matched, injected, _) = fault_counters(&reverted);
+        eprintln!(
+            "duplicate tcp {hook:?} 30%: {} bytes delivered intact, {injected} segments duplicated of {matched} matched",
+            t.recv.bytes
+        );
+        assert!(t.complete(opts.bytes), "transfer incomplete: {t:?}");
+        assert!(injected > 0, "nothing duplicated");
+    }
+}
+
+/// One UDP duplication measurement.
+fn duplicate_case(kind: AddrKind, hook: Hook, pct: u32) -> Result<bool> {
+    let pair = NetnsPair::new("dup")?;
+    let agent = blast(&pair, hook, "udp", "--duplicate", pct)?;
+    let (sent, got) = udp_run(&pair, Direction::AtoB, kind, TARGET, UDP_COUNT, UDP_PPS)?;
+    let (sent_other, got_other) = udp_run(&pair, Direction::AtoB, kind, OTHER, 2_000, UDP_PPS)?;
+    let (status, reverted) = agent.stop()?;
+    assert!(status.success(), "agent exit: {status}");
+
+    assert_eq!(sent.sent, u64::from(UDP_COUNT), "sender: {sent:?}");
+    let p = f64::from(pct) / 100.0;
+    let mut copies: HashMap<u64, u32> = HashMap::new();
+    for r in &got.records {
+        *copies.entry(r.seq).or_default() += 1;
+    }
+    let most = copies.values().copied().max().unwrap_or(0);
+    eprintln!(
+        "duplicate udp {kind:?} {hook:?} {pct}%: sent {} distinct {} duplicates {} ({:.2}%), most copies of one datagram {most}, 3-sigma band {:?}",
+        sent.sent,
+        got.distinct,
+        got.duplicates,
+        100.0 * got.duplicates as f64 / sent.sent as f64,
+        three_sigma_band(sent.sent, p)
+    );
+    assert_eq!(got.distinct, sent.sent, "datagrams went missing");
+    assert_eq!(got.corrupted, 0);
+    // A copy is never copied again: at most two of each.
+    assert!(most <= 2, "a datagram arrived {most} times");
+    assert_eq!(got_other.distinct, sent_other.sent, "untargeted port hit");
+    assert_eq!(got_other.duplicates, 0, "untargeted port duplicated");
+    let (matched, injected, guard) = fault_counters(&reverted);
+    assert_eq!(matched, sent.sent, "matched counter vs datagrams sent");
+    assert_eq!(
+        injected, got.duplicates,
+        "injected counter vs duplicates received"
+    );
+    assert_eq!(guard, 0);
+    Ok(within_3_sigma(sent.sent, p, got.duplicates))
+}
+
+fn duplicate_all(kind: AddrKind, hook: Hook) -> Result<()> {
+    for pct in [0, 30, 100] {
+        holds_in_one_of_two(
+            || duplicate_case(kind, hook, pct),
+            &format!("duplicate udp {kind:?} {hook:?} {pct}%"),
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn duplicate_udp_ipv4_egress() {
+    require_root!();
+    duplicate_all(AddrKind::V4, Hook::Egress).unwrap();
+}
+
+#[test]
+fn duplicate_udp_ipv4_ingress() {
+    require_root!();
+    duplicate_all(AddrKind::V4, Hook::Ingress).unwrap();
+}
+
+#[test]
+fn duplicate_udp_ipv6_egress() {
+    require_root!();
+    duplicate_all(AddrKind::V6, Hook::Egress).unwrap();
+}
+
+#[test]
+fn duplicate_udp_ipv6_ingress() {
+    require_root!();
+    duplicate_all(AddrKind::V6, Hook::Ingress).unwrap();
+}
