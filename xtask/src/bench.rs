@@ -12,7 +12,48 @@ use crate::{cargo, display, is_root, root};
 /// Debian packages the benchmarks use besides the test ones.
 const PACKAGES: &[&str] = &["iperf3"];
 
-pub fn bench(quick: bool, only: &[String]) -> Result<()> {
+/// The integration tests that measure what only the VM kernels can show
+/// (delay against netem, syscall backends); they print `figure: ...`
+/// lines, which `--vm` collects.
+const VM_TESTS: &[&str] = &["syscall_cost", "delay_", "bandwidth_"];
+const VM_KERNEL: &str = "fi-6.12";
+
+/// `figure: ` lines of a VM console log, without the prefix.
+fn figures(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| l.split_once("figure: ").map(|(_, f)| f.trim().to_owned()))
+        .collect()
+}
+
+/// Runs `VM_TESTS` in the `VM_KERNEL` VM and renders their figures.
+fn vm_section() -> Result<String> {
+    let run = crate::vm::vm_test(crate::vm::Options {
+        kernels: vec![VM_KERNEL.to_owned()],
+        filters: VM_TESTS.iter().map(|t| t.to_string()).collect(),
+        full: true,
+        timeout: crate::vm::parse_timeout(crate::vm::DEFAULT_TIMEOUT)
+            .map_err(anyhow::Error::msg)?,
+    });
+    let log = fs::read_to_string(root().join(format!("target/vm-test/{VM_KERNEL}.log")))
+        .unwrap_or_default();
+    let mut md = format!(
+        "## In the VM ({VM_KERNEL}, qemu TCG: emulated CPU, so compare the columns, not the absolute times)\n\n"
+    );
+    if let Err(e) = run {
+        md.push_str(&format!("The VM run failed: {e:#}\n\n"));
+    }
+    let found = figures(&log);
+    if found.is_empty() {
+        md.push_str("No figures were printed.\n");
+    }
+    for f in found {
+        md.push_str(&format!("- {f}\n"));
+    }
+    md.push('\n');
+    Ok(md)
+}
+
+pub fn bench(quick: bool, vm: bool, only: &[String]) -> Result<()> {
     crate::setup::setup()?;
     crate::setup::apt_packages(PACKAGES)?;
     let agent = crate::build()?;
@@ -45,11 +86,29 @@ pub fn bench(quick: bool, only: &[String]) -> Result<()> {
     eprintln!("xtask: {}", display(&cmd));
     let out = cmd.output().context("running chaos-bench")?;
     ensure!(out.status.success(), "chaos-bench failed: {}", out.status);
-    let md = String::from_utf8(out.stdout).context("chaos-bench output is not UTF-8")?;
+    let mut md = String::from_utf8(out.stdout).context("chaos-bench output is not UTF-8")?;
+    if vm {
+        md.push_str(&vm_section()?);
+    }
     print!("{md}");
     let path = root().join("docs/benchmarks.md");
     fs::create_dir_all(path.parent().context("docs has a parent")?)?;
     fs::write(&path, &md)?;
     eprintln!("xtask: wrote {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collects_figure_lines_from_a_console_log() {
+        let log = "fi-6.12| noise\nfigure: delay 20 ms: p50 +20.1 ms\n\
+                   test x ... ok\n   figure: cost cgroup: 1 vs 2\n";
+        assert_eq!(
+            figures(log),
+            ["delay 20 ms: p50 +20.1 ms", "cost cgroup: 1 vs 2"]
+        );
+    }
 }

@@ -48,6 +48,10 @@ enum Cmd {
         /// Fewer repetitions and shorter runs (a few minutes).
         #[arg(long)]
         quick: bool,
+        /// Also the figures only a VM kernel can give (delay against
+        /// netem, syscall backends), from the fi-6.12 VM.
+        #[arg(long)]
+        vm: bool,
         /// Only this section (repeatable): cost, throughput, accuracy,
         /// latency, footprint.
         #[arg(long, value_name = "SECTION")]
@@ -246,7 +250,7 @@ fn test(filter: Option<String>, host_only: bool) -> Result<()> {
         // The kernel matrix: 6.1 (netlink only) and 6.12 (tcx) under qemu.
         result = vm::vm_test(vm::Options {
             kernels: Vec::new(),
-            filter,
+            filters: filter.into_iter().collect(),
             full: false,
             timeout: vm::parse_timeout(vm::DEFAULT_TIMEOUT).map_err(anyhow::Error::msg)?,
         })
@@ -322,7 +326,7 @@ fn main() -> Result<()> {
         }
         Cmd::Test { filter, host_only } => test(filter, host_only),
         Cmd::Lint => lint(),
-        Cmd::Bench { quick, only } => bench::bench(quick, &only),
+        Cmd::Bench { quick, vm, only } => bench::bench(quick, vm, &only),
         Cmd::VmTest {
             kernels,
             filter,
@@ -330,7 +334,7 @@ fn main() -> Result<()> {
             timeout,
         } => vm::vm_test(vm::Options {
             kernels,
-            filter,
+            filters: filter.into_iter().collect(),
             full,
             timeout,
         })

@@ -143,7 +143,9 @@ impl Source {
 /// What `vm-test` was asked to do.
 pub struct Options {
     pub kernels: Vec<String>,
-    pub filter: Option<String>,
+    /// Only tests whose name contains one of these (instead of the
+    /// default set).
+    pub filters: Vec<String>,
     pub full: bool,
     pub timeout: Duration,
 }
@@ -1173,13 +1175,15 @@ pub fn vm_test(opts: Options) -> Result<Totals> {
     crate::setup::setup()?;
     crate::setup::apt_packages(HOST_PACKAGES)?;
     let agent = crate::build()?;
-    let test_args: Vec<String> = match (&opts.filter, opts.full) {
-        (Some(f), _) => vec![f.clone()],
-        (None, true) => Vec::new(),
-        (None, false) => DEFAULT_SKIP
+    let test_args: Vec<String> = if !opts.filters.is_empty() {
+        opts.filters.clone()
+    } else if opts.full {
+        Vec::new()
+    } else {
+        DEFAULT_SKIP
             .iter()
             .flat_map(|s| ["--skip".to_owned(), s.to_string()])
-            .collect(),
+            .collect()
     };
     let payload = Payload {
         agent,
