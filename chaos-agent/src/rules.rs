@@ -377,6 +377,29 @@ mod tests {
     }
 
     #[test]
+    fn each_action_has_its_kernel_code() {
+        let pct = Percent(5.0);
+        let code = |a: NetworkAction| kernel_rule(&a, 1, false).map(|r| r.action);
+        assert_eq!(
+            code(NetworkAction::Loss { percent: pct }),
+            Some(ACTION_LOSS)
+        );
+        assert_eq!(
+            code(NetworkAction::Corrupt { percent: pct }),
+            Some(ACTION_CORRUPT)
+        );
+        assert_eq!(
+            code(NetworkAction::Duplicate { percent: pct }),
+            Some(ACTION_DUPLICATE)
+        );
+        let r = kernel_rule(&NetworkAction::Corrupt { percent: pct }, 77, true).unwrap();
+        assert_eq!((r.deadline_ns, r.default_guard), (77, 1));
+        assert_eq!(r.threshold, threshold(pct));
+        // Refused before encoding (apply::check_supported).
+        assert_eq!(code(NetworkAction::Bandwidth { rate_bps: 1 }), None);
+    }
+
+    #[test]
     fn match_all_is_one_wildcard_key() {
         let matcher = m();
         let e = encode(&[spec(0, &matcher)]).unwrap();
