@@ -850,7 +850,10 @@ fn a_changed_match_replaces_the_fault() {
     let ms = first.saturating_sub(t_edit) as f64 / MS as f64;
     eprintln!("replaced fault: port {PORT} open {ms:.1} ms after the edit");
     assert!(first >= t_edit, "traffic passed before the edit");
-    assert!(ms < 100.0, "old fault reverted {ms:.1} ms after the edit");
+    // A replaced fault is reverted and its program instance loaded anew:
+    // ~20 ms here, ~110 ms under qemu's TCG emulation. The 100 ms bound of
+    // the reload test holds for in-place changes (the usual edit).
+    assert!(ms < 250.0, "old fault reverted {ms:.1} ms after the edit");
     let st = d.status();
     assert_eq!(st["policies"][0]["state"], "active", "{st}");
     let (_, got) = udp_run(&pair, Direction::AtoB, AddrKind::V4, 7001, 200, 2_000).unwrap();
