@@ -19,8 +19,8 @@
 //! - a file that turns invalid is reported (file:line:column: field) and
 //!   counted, and its last good version stays in force.
 //!
-//! Faults the apply layer cannot do yet (anything but network loss today)
-//! are reported as unsupported in `status` and the log; the rest of the
+//! Faults the apply layer cannot do yet (delay, bandwidth and syscall
+//! faults today) are reported as unsupported in `status` and the log; the rest of the
 //! policy still applies.
 
 mod lock;
