@@ -82,10 +82,20 @@ fn connects(
     .unwrap()
 }
 
+/// A connect fault on the cgroup backend (on kernels where BPF LSM
+/// programs load, `auto` would pick the LSM; the LSM tests cover that).
 fn connect_blast(cg: &CgroupGuard, extra: &[&str]) -> Blast {
     let rel = cg.rel_path();
     let args = [
-        &["syscall", "--syscall", "connect", "--cgroup", &rel][..],
+        &[
+            "syscall",
+            "--syscall",
+            "connect",
+            "--cgroup",
+            &rel,
+            "--backend",
+            "cgroup",
+        ][..],
         extra,
     ]
     .concat();
