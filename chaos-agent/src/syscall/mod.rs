@@ -85,12 +85,17 @@ pub struct SyscallApplied {
     pub deadline_ns: u64,
 }
 
+/// Kernel programs and their counter slots.
+type Hooks = Vec<(&'static str, u32)>;
+/// Per backend: each syscall name with its hooks.
+type HooksByBackend = BTreeMap<Backend, Vec<(String, Hooks)>>;
+
 /// A fault checked and resolved, ready to load.
 struct Planned<'a> {
     name: &'a str,
     fault: &'a SyscallFault,
     /// Backend -> its program names and slots, per syscall name.
-    hooks: BTreeMap<Backend, Vec<(String, Vec<(&'static str, u32)>)>>,
+    hooks: HooksByBackend,
     /// The cgroup directory, for cgroup and unit targets.
     cgroup_dir: Option<PathBuf>,
     rule: SysRule,
@@ -146,7 +151,7 @@ fn resolve_target(t: &SyscallTarget, rule: &mut SysRule) -> Result<Option<PathBu
 }
 
 /// The kernel hooks of one syscall on one backend.
-fn hooks_of(name: &str, backend: Backend) -> Vec<(&'static str, u32)> {
+fn hooks_of(name: &str, backend: Backend) -> Hooks {
     match backend {
         Backend::Cgroup => table::cgroup_hooks(name).map(<[_]>::to_vec),
         Backend::Lsm => table::lsm_hooks(name).map(<[_]>::to_vec),
@@ -194,7 +199,7 @@ fn plan<'a>(
         Error::Invalid(m) => Error::Invalid(at(m)),
         other => other,
     })?;
-    let mut hooks: BTreeMap<Backend, Vec<(String, Vec<(&'static str, u32)>)>> = BTreeMap::new();
+    let mut hooks = HooksByBackend::new();
     for n in &f.names {
         let b = backend::choose(n, &f.target, avail, opts.backend)
             .map_err(|e| Error::Unsupported(at(e)))?;
