@@ -68,6 +68,11 @@ pub const PROG_LSM_MMAP_FILE: &str = "chaos_lsm_mmap_file";
 pub const PROG_LSM_TASK_ALLOC: &str = "chaos_lsm_task_alloc";
 pub const PROG_LSM_BPRM_CHECK: &str = "chaos_lsm_bprm_check_security";
 
+/// kprobe + bpf_override_return: one program attached to each syscall's
+/// entry symbol; all of a fault's kprobe syscalls count in one slot.
+pub const SLOT_KPROBE: u32 = 32;
+pub const PROG_KPROBE_OVERRIDE: &str = "chaos_kp_override";
+
 /// `SysRule::perm_mask` bits: which accesses `file_permission` fails (the
 /// kernel's MAY_WRITE and MAY_READ).
 pub const PERM_WRITE: u32 = 2;

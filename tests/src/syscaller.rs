@@ -31,6 +31,8 @@ pub enum Call {
     OpenRead(std::path::PathBuf),
     /// write(fd, 16 bytes) to a file opened once (O_WRONLY|O_APPEND).
     Write(std::path::PathBuf),
+    /// getpid(2) as a raw system call (no LSM or cgroup hook has it).
+    Getpid,
 }
 
 /// Where the child runs.
@@ -338,6 +340,11 @@ unsafe fn child_calls(call: &Call, path: Option<&CString>, count: u32, report: &
                     if fd >= 0 {
                         libc::close(fd);
                     }
+                }
+            }
+            Call::Getpid => {
+                for _ in 0..count {
+                    tally(libc::syscall(libc::SYS_getpid));
                 }
             }
             Call::Write(_) => {

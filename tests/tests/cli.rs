@@ -152,10 +152,7 @@ fn malformed_input_exits_2_and_applies_nothing() {
             ]),
             "no-such-netns",
         ),
-        (
-            vec!["blast".into(), "syscall".into()],
-            "not implemented yet",
-        ),
+        (vec!["blast".into(), "syscall".into()], "--syscall"),
     ];
     let files = [
         ("typo.yaml", valid_policy(&pair, "los: { percent: 30 }"), "los"),

@@ -135,14 +135,69 @@ fn syscall_lsm_write_fails_for_one_pid_only() {
     }
 }
 
+/// Where kprobe override exists: getpid (no LSM or cgroup hook has it) and
+/// openat fail for one comm only, from the syscall's entry.
+#[test]
+fn syscall_kprobe_fails_getpid_and_openat_for_one_comm_only() {
+    require_root!();
+    if let Err(why) = probe("syscall-kprobe") {
+        println!("skipped: kprobe override is not available here: {why}");
+        return;
+    }
+    let file = temp_file("kprobe", b"k");
+    let blast = Blast::start(&[
+        "syscall",
+        "--syscall",
+        "getpid,openat",
+        "--errno",
+        "EPERM",
+        "--comm",
+        "chaos-kp-tgt",
+        "--backend",
+        "kprobe",
+        "--duration",
+        "60s",
+    ])
+    .unwrap();
+    assert_eq!(blast.mode(), "kprobe");
+    let limit = Duration::from_secs(30);
+    let target = Placement {
+        comm: Some("chaos-kp-tgt"),
+        ..Placement::default()
+    };
+    let other = Placement {
+        comm: Some("chaos-kp-other"),
+        ..Placement::default()
+    };
+    for call in [Call::Getpid, Call::OpenRead(file.clone())] {
+        let hit = run_calls(&target, &call, 20, limit).unwrap();
+        let spared = run_calls(&other, &call, 20, limit).unwrap();
+        assert_eq!(hit.failed_with(libc::EPERM), 20, "{call:?}: {hit:?}");
+        assert_eq!(spared.ok, 20, "{call:?}: {spared:?}");
+    }
+    let (status, reverted) = blast.stop().unwrap();
+    assert!(status.success());
+    assert_eq!(
+        reverted["faults"][0]["injected"].as_u64(),
+        Some(40),
+        "{reverted}"
+    );
+    let _ = std::fs::remove_file(&file);
+}
+
 /// Where kprobe override is missing, a request only it can serve exits 3
 /// naming the kernel option, and nothing is applied.
 #[test]
 fn syscall_kprobe_only_request_names_the_config() {
     require_root!();
-    if probe("syscall-kprobe").is_ok() {
-        println!("skipped: this kernel has kprobe override; the refusal cannot be seen here");
-        return;
+    match probe("syscall-kprobe") {
+        Err(why) if why.contains("CONFIG_BPF_KPROBE_OVERRIDE") => {}
+        other => {
+            println!(
+                "skipped: this kernel has kprobe override ({other:?}); the refusal for a missing CONFIG_BPF_KPROBE_OVERRIDE cannot be seen here"
+            );
+            return;
+        }
     }
     let (code, _, err) = agent_output(&[
         "blast",

@@ -18,11 +18,11 @@ use std::{collections::BTreeMap, fs::File, path::PathBuf};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, PerCpuArray},
-    programs::{CgroupAttachMode, Lsm, Program},
+    programs::{CgroupAttachMode, KProbe, Lsm, Program},
 };
 use chaos_common::syscall::{
-    MAP_SYS_COUNTERS, MAP_SYS_RULE, NO_BUDGET, PROG_LSM_FILE_OPEN, SysCounters, SysRule,
-    TARGET_CGROUP, TARGET_COMM, TARGET_PID,
+    MAP_SYS_COUNTERS, MAP_SYS_RULE, NO_BUDGET, PROG_KPROBE_OVERRIDE, PROG_LSM_FILE_OPEN,
+    SLOT_KPROBE, SysCounters, SysRule, TARGET_CGROUP, TARGET_COMM, TARGET_PID,
 };
 use tracing::info;
 
@@ -85,12 +85,17 @@ pub struct SyscallApplied {
     pub deadline_ns: u64,
 }
 
+/// Kernel programs and their counter slots.
+type Hooks = Vec<(&'static str, u32)>;
+/// Per backend: each syscall name with its hooks.
+type HooksByBackend = BTreeMap<Backend, Vec<(String, Hooks)>>;
+
 /// A fault checked and resolved, ready to load.
 struct Planned<'a> {
     name: &'a str,
     fault: &'a SyscallFault,
     /// Backend -> its program names and slots, per syscall name.
-    hooks: BTreeMap<Backend, Vec<(String, Vec<(&'static str, u32)>)>>,
+    hooks: HooksByBackend,
     /// The cgroup directory, for cgroup and unit targets.
     cgroup_dir: Option<PathBuf>,
     rule: SysRule,
@@ -146,11 +151,11 @@ fn resolve_target(t: &SyscallTarget, rule: &mut SysRule) -> Result<Option<PathBu
 }
 
 /// The kernel hooks of one syscall on one backend.
-fn hooks_of(name: &str, backend: Backend) -> Vec<(&'static str, u32)> {
+fn hooks_of(name: &str, backend: Backend) -> Hooks {
     match backend {
         Backend::Cgroup => table::cgroup_hooks(name).map(<[_]>::to_vec),
         Backend::Lsm => table::lsm_hooks(name).map(<[_]>::to_vec),
-        Backend::Kprobe => None,
+        Backend::Kprobe => Some(vec![(PROG_KPROBE_OVERRIDE, SLOT_KPROBE)]),
     }
     .unwrap_or_default()
 }
@@ -194,7 +199,7 @@ fn plan<'a>(
         Error::Invalid(m) => Error::Invalid(at(m)),
         other => other,
     })?;
-    let mut hooks: BTreeMap<Backend, Vec<(String, Vec<(&'static str, u32)>)>> = BTreeMap::new();
+    let mut hooks = HooksByBackend::new();
     for n in &f.names {
         let b = backend::choose(n, &f.target, avail, opts.backend)
             .map_err(|e| Error::Unsupported(at(e)))?;
@@ -288,6 +293,62 @@ fn attach_cgroup(ebpf: &mut Ebpf, prog_name: &str, cgroup: &File) -> Result<()> 
     Ok(())
 }
 
+/// The kernel's entry symbol of a syscall, with the architecture prefix
+/// read from /proc/kallsyms (`__x64_sys_openat`; `sys_openat` on kernels
+/// without syscall wrappers).
+pub(crate) fn kallsyms_entry(name: &str) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
+    let candidates = [format!("__x64_sys_{name}"), format!("sys_{name}")];
+    candidates.into_iter().find(|want| {
+        text.lines()
+            .any(|l| l.split_whitespace().nth(2) == Some(want.as_str()))
+    })
+}
+
+/// Loads the override kprobe (once) and attaches it to `name`'s entry.
+fn attach_kprobe(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let prog: &mut KProbe = ebpf
+        .program_mut(PROG_KPROBE_OVERRIDE)
+        .ok_or_else(|| map_err(PROG_KPROBE_OVERRIDE, "program missing from the object"))?
+        .try_into()
+        .map_err(|e| map_err(PROG_KPROBE_OVERRIDE, e))?;
+    if prog.fd().is_err() {
+        prog.load()
+            .map_err(|e| refused(&format!("loading {PROG_KPROBE_OVERRIDE}"), &e))?;
+    }
+    let symbol = kallsyms_entry(name)
+        .ok_or_else(|| Error::Unsupported(format!("{name}: no entry symbol in /proc/kallsyms")))?;
+    prog.attach(&symbol, 0).map_err(|e| {
+        Error::Unsupported(format!(
+            "{name}: the kprobe on {symbol} was refused ({}); error injection needs CONFIG_FUNCTION_ERROR_INJECTION",
+            chain(&e)
+        ))
+    })?;
+    Ok(())
+}
+
+/// Whether the override kprobe loads: the verifier refuses
+/// bpf_override_return without CONFIG_BPF_KPROBE_OVERRIDE.
+pub(crate) fn trial_load_kprobe() -> std::result::Result<(), String> {
+    let mut ebpf = EbpfLoader::new()
+        .load(OBJECT)
+        .map_err(|e| format!("loading the syscall object: {e}"))?;
+    let prog: &mut KProbe = ebpf
+        .program_mut(PROG_KPROBE_OVERRIDE)
+        .ok_or("kprobe program missing")?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    prog.load().map_err(|e| {
+        let detail = chain(&e);
+        if detail.contains("bpf_override_return") || detail.contains("unknown func") {
+            "CONFIG_BPF_KPROBE_OVERRIDE is not set (the verifier does not know bpf_override_return)"
+                .to_owned()
+        } else {
+            format!("the kernel refused the override kprobe ({detail})")
+        }
+    })
+}
+
 /// Loads one BPF LSM program (once) and attaches it (a bpf_link owned by
 /// the object's file descriptors).
 fn attach_lsm(ebpf: &mut Ebpf, prog_name: &str, btf: &Btf) -> Result<()> {
@@ -345,18 +406,6 @@ pub fn apply(policy: &Policy, opts: &SyscallOptions) -> Result<SyscallApplied> {
             policy.origin
         )));
     }
-    for p in &planned {
-        for b in p.hooks.keys() {
-            if *b == Backend::Kprobe {
-                return Err(Error::Unsupported(format!(
-                    "{}: fault {}: the {} backend is not implemented in this build",
-                    policy.origin,
-                    p.name,
-                    b.name()
-                )));
-            }
-        }
-    }
     // 2. Load, fill, attach. On any error `applied` drops and detaches.
     let mut applied = SyscallApplied {
         instances: Vec::new(),
@@ -395,6 +444,11 @@ pub fn apply(policy: &Policy, opts: &SyscallOptions) -> Result<SyscallApplied> {
                     instance,
                     slots,
                 });
+            }
+            if *backend == Backend::Kprobe {
+                for (name, _) in calls {
+                    attach_kprobe(&mut ebpf, name)?;
+                }
             }
             if *backend == Backend::Lsm {
                 let btf = Btf::from_sys_fs()

@@ -16,6 +16,7 @@
 
 mod cgroup;
 mod decide;
+mod kprobe;
 mod lsm;
 
 #[cfg(not(test))]
