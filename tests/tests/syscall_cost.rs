@@ -32,7 +32,7 @@ fn best_rate(place: &Placement<'_>) -> f64 {
 
 fn report(backend: &str, what: &str, without: f64, with: f64) {
     println!(
-        "cost {backend}: {what}: {without:.0} socket()/s without a fault, {with:.0} with ({:+.1} %)",
+        "figure: syscall cost, {backend} backend, {what}: {without:.0} socket()/s without a fault, {with:.0} with ({:+.1} %)",
         100.0 * (with - without) / without
     );
 }

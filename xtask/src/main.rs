@@ -48,8 +48,8 @@ enum Cmd {
         /// Fewer repetitions and shorter runs (a few minutes).
         #[arg(long)]
         quick: bool,
-        /// Also the figures only a VM kernel can give (delay against
-        /// netem, syscall backends), from the fi-6.12 VM.
+        /// Also the figures only a VM kernel can give (syscall backends),
+        /// from the fi-6.12 VM.
         #[arg(long)]
         vm: bool,
         /// Only this section (repeatable): cost, throughput, accuracy,
