@@ -142,8 +142,10 @@ pub fn attachments_on(ns: &str, iface: &str) -> Result<Vec<String>> {
         }
     }
     for dir in ["ingress", "egress"] {
+        // One line per filter: tc also prints a "filter ... pref N bpf
+        // chain 0" heading above each, which has no handle.
         for line in tc_filters(ns, iface, dir)?.lines() {
-            if !line.trim().is_empty() {
+            if line.contains(" handle ") {
                 found.push(format!("tc/{dir}: {}", line.trim()));
             }
         }

@@ -802,12 +802,16 @@ fn unsupported_faults_are_reported_and_expiry_and_start_after_are_honoured() {
     require_root!();
     let pair = NetnsPair::new("dlife").unwrap();
     // One loss fault the kernel side does, one syscall fault it does not yet.
-    let mixed = loss_policy("mixed", &pair, 100, "").replace("duration: 5m", "duration: 1500ms")
+    // Windows of 3 s leave room for the checks before them under qemu's
+    // emulated CPU (1 s did not).
+    let mixed = loss_policy("mixed", &pair, 100, "").replace("duration: 5m", "duration: 3s")
         + "    - name: refuse\n      syscall:\n        names: [connect]\n        errno: ECONNREFUSED\n        target: { comm: nothing-here }\n";
-    let later = loss_policy("later", &pair, 100, "  startAfter: 1s\n")
+    let later = loss_policy("later", &pair, 100, "  startAfter: 3s\n")
         .replace("udp-loss", "later-loss")
         .replace(&format!("[{PORT}]"), "[7001]");
     let d = Daemon::start("life", &[("mixed.yaml", &mixed), ("later.yaml", &later)]).unwrap();
+    // Both windows began before READY.
+    let ready = Instant::now();
     let st = d.status();
     let policy = |st: &Value, name: &str| {
         st["policies"]
@@ -842,7 +846,9 @@ fn unsupported_faults_are_reported_and_expiry_and_start_after_are_honoured() {
     );
 
     // After startAfter: in force. After duration: expired, reverted.
-    std::thread::sleep(Duration::from_millis(1600));
+    std::thread::sleep(
+        (ready + Duration::from_millis(3600)).saturating_duration_since(Instant::now()),
+    );
     let st = d.status();
     assert_eq!(policy(&st, "later")["state"], "active", "{st}");
     assert_eq!(policy(&st, "mixed")["state"], "expired", "{st}");

@@ -67,9 +67,10 @@ enum Cmd {
         /// (built on first use). Default: all.
         #[arg(long = "kernel", value_name = "NAME")]
         kernels: Vec<String>,
-        /// Only tests whose name contains this (instead of the default set).
+        /// Only tests whose name contains this (repeatable; instead of the
+        /// default set).
         #[arg(long, conflicts_with = "full")]
-        filter: Option<String>,
+        filter: Vec<String>,
         /// Every test, also those the default set leaves out for time.
         #[arg(long)]
         full: bool,
@@ -334,7 +335,7 @@ fn main() -> Result<()> {
             timeout,
         } => vm::vm_test(vm::Options {
             kernels,
-            filters: filter.into_iter().collect(),
+            filters: filter,
             full,
             timeout,
         })

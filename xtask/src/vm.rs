@@ -602,10 +602,16 @@ fn initramfs(kernel: &KernelTree, payload: &Payload, work: &Path) -> Result<Path
     if tc_lib.is_dir() {
         st.copy_dir(tc_lib, tc_lib)?;
     }
-    // The tests use bpftool when it is there (setup installs it).
+    // The tests use bpftool when it is there (setup installs it), and
+    // util-linux's setpriv (busybox's cannot change uids) to act as a
+    // plain user.
     let bpftool = tool("bpftool");
     if bpftool.is_file() {
         st.copy_exe(&bpftool, "/usr/sbin/bpftool")?;
+    }
+    let setpriv = tool("setpriv");
+    if setpriv.is_file() {
+        st.copy_exe(&setpriv, "/usr/bin/setpriv")?;
     }
     let busybox = tool("busybox");
     st.copy_exe(&busybox, "/bin/busybox")?;
@@ -640,6 +646,10 @@ fn initramfs(kernel: &KernelTree, payload: &Payload, work: &Path) -> Result<Path
     fs::create_dir_all(built.parent().context("chaos-traffic has a parent")?)?;
     symlink("/chaos/bin/chaos-traffic", &built)?;
     st.copy_dir(&root().join("policies"), "/chaos/policies")?;
+    // The deployment test reads the manifests by their source path
+    // (`tests/../deploy`, so `tests/` must exist too).
+    st.copy_dir(&root().join("deploy"), root().join("deploy"))?;
+    st.mkdir(root().join("tests"))?;
     let mut names = String::new();
     for (name, exe) in &payload.tests {
         st.copy_exe(exe, Path::new("/chaos/tests").join(name))?;
