@@ -15,8 +15,7 @@ use super::error::{FieldPath, Seg};
 pub(crate) const MAX_DEPTH: usize = 64;
 
 /// A document whose aliases would expand to more nodes than this is refused
-/// (the "billion laughs" attack); without aliases the file size cap
-/// bounds the nodes.
+/// (the "billion laughs" attack); without aliases a 1 MiB file has fewer.
 pub(crate) const MAX_EXPANDED_NODES: u64 = 1_000_000;
 
 /// A 1-based line and column.

@@ -36,9 +36,8 @@ use error::{FieldPath, Seg};
 use locate::{Located, Pos, StructureError};
 use validate::Anchor;
 
-/// Files larger than this are refused before parsing. Room for about
-/// 30,000 faults in flow style (a fleet's port list, say).
-pub const MAX_FILE_SIZE: u64 = 4 * 1024 * 1024;
+/// Files larger than this are refused before parsing.
+pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
 
 /// Loads one policy file. The error names `path` as given.
 pub fn load_file(path: &Path) -> Result<model::Policy, PolicyError> {
@@ -193,7 +192,7 @@ fn too_large(origin: &str, size: u64) -> PolicyError {
         origin,
         ErrorKind::TooLarge,
         format!(
-            "file is too large ({size} bytes); policy files are limited to {MAX_FILE_SIZE} bytes (4 MiB)"
+            "file is too large ({size} bytes); policy files are limited to {MAX_FILE_SIZE} bytes (1 MiB)"
         ),
     )
 }
@@ -221,7 +220,7 @@ fn read_bounded(path: &Path, origin: &str) -> Result<String, PolicyError> {
         return Err(PolicyError::without_position(
             origin,
             ErrorKind::TooLarge,
-            format!("file is too large; policy files are limited to {MAX_FILE_SIZE} bytes (4 MiB)"),
+            format!("file is too large; policy files are limited to {MAX_FILE_SIZE} bytes (1 MiB)"),
         ));
     }
     String::from_utf8(bytes).map_err(|e| {
@@ -1058,12 +1057,12 @@ spec:
     #[test]
     fn too_large() {
         let mut big = BASE.to_string();
-        big.push_str(&format!("# {}\n", "x".repeat(5 * 1024 * 1024)));
+        big.push_str(&format!("# {}\n", "x".repeat(2 * 1024 * 1024)));
         let e = load_str("big.yaml", &big).unwrap_err();
         assert_eq!(e.kind, ErrorKind::TooLarge);
         assert_eq!((e.line, e.column, e.path.as_deref()), (None, None, None));
         assert!(
-            e.message.contains("limited to 4194304 bytes (4 MiB)"),
+            e.message.contains("limited to 1048576 bytes (1 MiB)"),
             "{e}"
         );
         assert!(

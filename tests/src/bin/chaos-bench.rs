@@ -116,20 +116,24 @@ impl Spread {
 
 // ------------------------------------------------------------------ cost
 
-/// A policy with `n` loss faults on a's egress (the agent runs inside a's
-/// namespace), fault `i` matching UDP to port `TARGET + i`. Flow style and
-/// the default direction keep 10,000 faults under the 1 MiB file limit.
+/// A policy whose rules match UDP to ports `TARGET..TARGET + n` on a's
+/// egress (the agent runs inside a's namespace): one fault per port up to
+/// the 256 faults a policy may hold, then 250 faults of `n / 250` ports
+/// each. The rule index holds one exact-match key per port either way.
 fn rules_policy(pair: &NetnsPair, n: u32, percent: u32) -> Result<PathBuf> {
+    let (faults, per) = if n <= 256 { (n, 1) } else { (250, n / 250) };
+    ensure!(faults * per == n, "{n} rules do not split into 250 faults");
     let mut y = format!(
         "apiVersion: chaos-agent/v1\nkind: FaultPolicy\nmetadata: {{name: bench-{n}}}\n\
          spec:\n  duration: 10m\n  faults:\n"
     );
-    for i in 0..n {
+    for i in 0..faults {
+        let lo = u32::from(TARGET) + i * per;
         writeln!(
             y,
-            "  - {{name: r{i}, network: {{interface: {}, match: {{protocol: udp, dstPorts: [{}]}}, loss: {{percent: {percent}}}}}}}",
+            "  - {{name: r{i}, network: {{interface: {}, match: {{protocol: udp, dstPorts: [\"{lo}-{}\"]}}, loss: {{percent: {percent}}}}}}}",
             pair.if_a(),
-            u32::from(TARGET) + i
+            lo + per - 1
         )?;
     }
     let path = std::env::temp_dir().join(format!(
