@@ -79,6 +79,22 @@ pub struct BpfProgInfo {
     pub name: String,
 }
 
+/// `struct bpf_prog_info` as the kernel fills it, 8-byte aligned.
+#[repr(C, align(8))]
+struct ProgInfo([u8; 512]);
+
+/// `BPF_OBJ_GET_INFO_BY_FD` for program `id`, open as `fd`.
+fn prog_info(fd: &OwnedFd, id: u32) -> Result<ProgInfo> {
+    let mut info = ProgInfo([0; 512]);
+    let mut a = Attr::new();
+    a.put_u32(0, fd.as_raw_fd() as u32);
+    a.put_u32(4, info.0.len() as u32);
+    a.put_u64(8, info.0.as_mut_ptr() as u64);
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)
+        .with_context(|| format!("BPF_OBJ_GET_INFO_BY_FD for prog {id}"))?;
+    Ok(info)
+}
+
 /// Every BPF program loaded on this machine (all namespaces), via
 /// `BPF_PROG_GET_NEXT_ID` and `BPF_OBJ_GET_INFO_BY_FD`. Needs root.
 pub fn loaded_progs() -> Result<Vec<BpfProgInfo>> {
@@ -101,15 +117,7 @@ pub fn loaded_progs() -> Result<Vec<BpfProgInfo>> {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
             Err(e) => return Err(e).with_context(|| format!("BPF_PROG_GET_FD_BY_ID {id}")),
         };
-        #[repr(C, align(8))]
-        struct Info([u8; 512]);
-        let mut info = Info([0; 512]);
-        let mut a = Attr::new();
-        a.put_u32(0, fd.as_raw_fd() as u32);
-        a.put_u32(4, info.0.len() as u32);
-        a.put_u64(8, info.0.as_mut_ptr() as u64);
-        sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)
-            .with_context(|| format!("BPF_OBJ_GET_INFO_BY_FD for prog {id}"))?;
+        let info = prog_info(&fd, id)?;
         let name_bytes = &info.0[64..80];
         let end = name_bytes.iter().position(|&b| b == 0).unwrap_or(16);
         out.push(BpfProgInfo {
@@ -141,15 +149,7 @@ pub fn prog_run_stats(id: u32) -> Result<(u64, u64)> {
         .with_context(|| format!("BPF_PROG_GET_FD_BY_ID {id}"))?;
     // SAFETY: the kernel returned a new descriptor that we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    #[repr(C, align(8))]
-    struct Info([u8; 512]);
-    let mut info = Info([0; 512]);
-    let mut a = Attr::new();
-    a.put_u32(0, fd.as_raw_fd() as u32);
-    a.put_u32(4, info.0.len() as u32);
-    a.put_u64(8, info.0.as_mut_ptr() as u64);
-    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)
-        .with_context(|| format!("BPF_OBJ_GET_INFO_BY_FD for prog {id}"))?;
+    let info = prog_info(&fd, id)?;
     // struct bpf_prog_info: run_time_ns and run_cnt follow prog_tags.
     let at = |o: usize| u64::from_ne_bytes(info.0[o..o + 8].try_into().expect("8 bytes"));
     Ok((at(192), at(200)))
