@@ -632,9 +632,17 @@ fn attach_one(
             .map_err(|e| Error::Runtime(format!("tcx attach on {where_} failed: {e}")))?;
         (prog.take_link(id).map_err(|e| map_err(&where_, e))?, None)
     } else {
+        let key = (instance.netns.clone(), iface.to_owned());
         let created_clsact = match tc::qdisc_add_clsact(iface_c.as_c_str()) {
-            Ok(()) => true,
-            Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
+            Ok(()) => {
+                our_clsacts().insert(key);
+                true
+            }
+            // Made by this process for another policy (the daemon): still
+            // ours to remove once the last of our filters is gone.
+            Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
+                our_clsacts().contains(&key)
+            }
             Err(e) => {
                 return Err(Error::Runtime(format!(
                     "adding the clsact qdisc on {iface} failed: {e}"
@@ -781,6 +789,17 @@ impl Applied {
     }
 }
 
+/// clsact qdiscs this process added (netns, interface), whichever policy
+/// added them: the daemon's policies come and go independently, and the
+/// clsact goes with the last of our filters on it.
+fn our_clsacts()
+-> std::sync::MutexGuard<'static, std::collections::BTreeSet<(Option<String>, String)>> {
+    static SET: std::sync::Mutex<std::collections::BTreeSet<(Option<String>, String)>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    SET.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The error path of `apply` (and any early exit) reverts like `revert`.
 impl Drop for Applied {
     fn drop(&mut self) {
@@ -815,9 +834,12 @@ fn revert_instance(mut instance: Instance) -> Vec<String> {
             our_clsacts.push(l.iface);
         }
     }
-    // Only once both directions are gone: a clsact we added goes too.
+    // Only once both directions are gone: a clsact we added goes too, when
+    // no filter is left on it (another policy of ours may still use it).
     for iface in our_clsacts {
-        leftovers::remove_clsact_if_empty(&iface);
+        if leftovers::remove_clsact_if_empty(&iface) {
+            self::our_clsacts().remove(&(instance.netns.clone(), iface));
+        }
     }
     drop(ns);
     failures

@@ -261,8 +261,8 @@ fn interfaces() -> Vec<String> {
 
 /// Deletes a clsact qdisc we added, once no filter is left on it (someone
 /// else may have added theirs meanwhile). Uses `tc` from iproute2; without
-/// it the empty qdisc stays, which changes no packet.
-pub fn remove_clsact_if_empty(iface: &str) {
+/// it the empty qdisc stays, which changes no packet. True when it is gone.
+pub fn remove_clsact_if_empty(iface: &str) -> bool {
     let shows_filters = |dir: &str| {
         Command::new("tc")
             .args(["filter", "show", "dev", iface, dir])
@@ -271,18 +271,24 @@ pub fn remove_clsact_if_empty(iface: &str) {
             .unwrap_or(true)
     };
     if shows_filters("ingress") || shows_filters("egress") {
-        return;
+        return false;
     }
     match Command::new("tc")
         .args(["qdisc", "del", "dev", iface, "clsact"])
         .output()
     {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => warn!(
-            iface,
-            "could not remove our clsact qdisc: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Err(e) => warn!(iface, "could not run tc to remove our clsact qdisc: {e}"),
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            warn!(
+                iface,
+                "could not remove our clsact qdisc: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            false
+        }
+        Err(e) => {
+            warn!(iface, "could not run tc to remove our clsact qdisc: {e}");
+            false
+        }
     }
 }

@@ -946,3 +946,94 @@ fn blast_abort_flags_revert_early() {
     let (sent, got) = udp_run(&pair, Direction::AtoB, AddrKind::V4, PORT, 200, 2_000).unwrap();
     assert_eq!(got.distinct, sent.sent, "traffic did not recover");
 }
+
+/// `tc -d qdisc show dev IFACE` in ns A.
+fn qdiscs_a(pair: &NetnsPair) -> String {
+    let out = pair
+        .exec(
+            chaos_tests::Side::A,
+            &["tc", "-d", "qdisc", "show", "dev", pair.if_a()],
+        )
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `what` every 50 ms for at most `secs` seconds.
+fn eventually(secs: u64, mut what: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if what() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    what()
+}
+
+/// Delay from the daemon: two policies delaying the same interface share
+/// one fq; a latency edit is applied in place; fq goes only with the last
+/// of them, and the kernel's default root qdisc is back exactly.
+#[test]
+fn daemon_delay_shares_fq_and_restores_the_default_qdisc() {
+    require_root!();
+    let pair = NetnsPair::new("ddly").unwrap();
+    let probe = pair
+        .exec(
+            chaos_tests::Side::A,
+            &["tc", "qdisc", "add", "dev", "lo", "root", "fq"],
+        )
+        .unwrap();
+    if !probe.status.success() {
+        println!("skipped: the fq qdisc (CONFIG_NET_SCH_FQ) is missing on this kernel");
+        return;
+    }
+    let before = qdiscs_a(&pair);
+    let delay = |name: &str, port: u16, latency: &str| {
+        loss_policy(name, &pair, 0, "")
+            .replace(&format!("[{PORT}]"), &format!("[{port}]"))
+            .replace(
+                "loss: { percent: 0 }",
+                &format!("delay: {{ latency: {latency} }}"),
+            )
+    };
+    let mut d = Daemon::start(
+        "dly",
+        &[
+            ("one.yaml", &delay("one", 7010, "20ms")),
+            ("two.yaml", &delay("two", 7011, "30ms")),
+        ],
+    )
+    .unwrap();
+    let during = qdiscs_a(&pair);
+    assert_eq!(
+        during.matches("qdisc fq ca05: root").count(),
+        1,
+        "one fq for both policies:\n{during}"
+    );
+    d.write_policy("one.yaml", &delay("one", 7010, "40ms"));
+    assert!(
+        eventually(10, || d.log().contains("fault action changed in place")),
+        "the latency edit was not applied in place:\n{}",
+        d.log()
+    );
+    std::fs::remove_file(d.policies.0.join("one.yaml")).unwrap();
+    assert!(
+        eventually(10, || !d.status().to_string().contains("\"one\"")),
+        "policy one not reverted: {}",
+        d.status()
+    );
+    assert!(
+        qdiscs_a(&pair).contains("qdisc fq ca05: root"),
+        "fq went while policy two still delays:\n{}",
+        qdiscs_a(&pair)
+    );
+    std::fs::remove_file(d.policies.0.join("two.yaml")).unwrap();
+    assert!(
+        eventually(10, || qdiscs_a(&pair) == before),
+        "the default qdisc did not come back:\nbefore:\n{before}\nnow:\n{}",
+        qdiscs_a(&pair)
+    );
+    d.signal(libc::SIGTERM);
+    let status = d.wait(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -190,11 +190,10 @@ fn only_action_changed(old: &FaultRun, new: &Fault) -> bool {
     let (FaultKind::Network(a), FaultKind::Network(b)) = (&old.fault.kind, &new.kind) else {
         return false;
     };
-    let loss = |x: &NetworkAction| matches!(x, NetworkAction::Loss { .. });
+    // Same kind of action (a new percent, latency or rate): one map write.
     old.applied.is_some()
         && old.fault.name == new.name
-        && loss(&a.action)
-        && loss(&b.action)
+        && std::mem::discriminant(&a.action) == std::mem::discriminant(&b.action)
         && a.interface == b.interface
         && a.netns == b.netns
         && a.direction == b.direction
