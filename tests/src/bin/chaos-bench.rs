@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use chaos_tests::{
-    AddrKind, BlastOptions, Direction, NetnsPair, Side, TcxDirection, enable_run_time_stats,
-    load_pass_tc_prog, monotonic_ns, prog_run_stats, tcx_attach, tcx_query, three_sigma_band,
-    udp_blast_with, udp_run, udp_sink,
+    AddrKind, Direction, NetnsPair, Side, TcxDirection, enable_run_time_stats, load_pass_tc_prog,
+    monotonic_ns, prog_run_stats, stream_while, tcx_attach, tcx_query, three_sigma_band, udp_run,
 };
 use common::{Blast, fault_counters};
 
@@ -428,19 +427,14 @@ fn accuracy(mode: &Mode) -> Result<Vec<Row>> {
 
 // --------------------------------------------------------------- latency
 
-/// A 10,000 pps stream a -> b:TARGET for `secs` while `during` runs; the
-/// (send, receive) times of what arrived.
-fn stream_while(pair: &NetnsPair, secs: f64, during: impl FnOnce()) -> Result<Vec<(u64, u64)>> {
-    let to = pair.sockaddr(Side::B, AddrKind::V4, TARGET);
-    let bound = Duration::from_secs_f64(secs + 5.0);
-    let sink = pair.run_in_b(|| udp_sink(to, None, bound, bound))??;
-    let pps = 10_000;
-    let mut o = BlastOptions::new(sink.local_addr(), (f64::from(pps) * secs) as u32, pps);
-    o.from = Some(pair.sockaddr(Side::A, AddrKind::V4, 0));
-    let sender = pair.spawn_in(Side::A, move || udp_blast_with(&o))?;
-    during();
-    sender.join()??;
-    let got = sink.finish_and_wait(Duration::from_millis(300))?;
+/// Streams a->b to TARGET at 10,000 pps for `secs` seconds while `during`
+/// runs; returns (send_ns, recv_ns) of every datagram that arrived.
+fn sent_received_while(
+    pair: &NetnsPair,
+    secs: f64,
+    during: impl FnOnce(),
+) -> Result<Vec<(u64, u64)>> {
+    let (_, got) = stream_while(pair, TARGET, 10_000, secs, during)?;
     Ok(got.records.iter().map(|r| (r.send_ns, r.recv_ns)).collect())
 }
 
@@ -473,7 +467,7 @@ fn apply_latency(pair: &NetnsPair) -> Result<f64> {
     let args = loss_all(pair, "30s");
     let mut started = 0;
     let mut agent = None;
-    let rec = stream_while(pair, 2.0, || {
+    let rec = sent_received_while(pair, 2.0, || {
         std::thread::sleep(Duration::from_millis(300));
         started = monotonic_ns();
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -497,7 +491,7 @@ fn recovery_after(pair: &NetnsPair, sig: i32) -> Result<f64> {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = Blast::start(&a)?;
     let mut at = 0;
-    let rec = stream_while(pair, 1.5, || {
+    let rec = sent_received_while(pair, 1.5, || {
         std::thread::sleep(Duration::from_millis(500));
         at = monotonic_ns();
         agent.signal(sig);
@@ -519,7 +513,7 @@ fn deadline_recovery(pair: &NetnsPair) -> Result<f64> {
     let mut agent = Blast::start(&a)?;
     agent.signal(libc::SIGSTOP);
     let deadline = agent.deadline_ns();
-    let rec = stream_while(pair, 1.8, || {})?;
+    let rec = sent_received_while(pair, 1.8, || {})?;
     agent.signal(libc::SIGCONT);
     let _ = agent.wait(Duration::from_secs(10));
     let first = rec
@@ -690,7 +684,7 @@ fn reload_latency(pair: &NetnsPair) -> Result<f64> {
     let (_, open) = daemon_policy(pair, "reload", TARGET, 0);
     let mut at = 0;
     let mut edit = Ok(());
-    let rec = stream_while(pair, 1.5, || {
+    let rec = sent_received_while(pair, 1.5, || {
         std::thread::sleep(Duration::from_millis(500));
         at = monotonic_ns();
         edit = daemon.edit(&file, &open);
