@@ -325,23 +325,7 @@ fn throughput(mode: &Mode) -> Result<Vec<Row>> {
             let pair = NetnsPair::new("bthru")?;
             bare.push(iperf(&pair, udp, secs)?);
             for (port, out) in [(rule_port, &mut nomatch), (TARGET, &mut matched)] {
-                let blast = Blast::start(&[
-                    "net",
-                    "--netns",
-                    pair.ns_b(),
-                    "--iface",
-                    pair.if_b(),
-                    "--direction",
-                    "ingress",
-                    "--proto",
-                    proto,
-                    "--dport",
-                    &port.to_string(),
-                    "--loss",
-                    "0",
-                    "--duration",
-                    "5m",
-                ])?;
+                let blast = start_blast(&ingress_loss(&pair, proto, port, 0, "5m"))?;
                 out.push(iperf(&pair, udp, secs)?);
                 blast.stop()?;
             }
@@ -382,23 +366,7 @@ fn accuracy(mode: &Mode) -> Result<Vec<Row>> {
         let mut inside = true;
         for _ in 0..if mode.quick { 1 } else { mode.reps } {
             let pair = NetnsPair::new("bacc")?;
-            let blast = Blast::start(&[
-                "net",
-                "--netns",
-                pair.ns_b(),
-                "--iface",
-                pair.if_b(),
-                "--direction",
-                "ingress",
-                "--proto",
-                "udp",
-                "--dport",
-                &TARGET.to_string(),
-                "--loss",
-                &pct.to_string(),
-                "--duration",
-                "5m",
-            ])?;
+            let blast = start_blast(&ingress_loss(&pair, "udp", TARGET, pct, "5m"))?;
             let (sent, got) = udp_run(&pair, Direction::AtoB, AddrKind::V4, TARGET, count, 50_000)?;
             let (_, reverted) = blast.stop()?;
             let lost = sent.sent - got.distinct;
@@ -438,7 +406,9 @@ fn sent_received_while(
     Ok(got.records.iter().map(|r| (r.send_ns, r.recv_ns)).collect())
 }
 
-fn loss_all(pair: &NetnsPair, duration: &str) -> Vec<String> {
+/// `blast` arguments: drop `pct` % of `proto` to `port` on b's ingress
+/// for `duration`.
+fn ingress_loss(pair: &NetnsPair, proto: &str, port: u16, pct: u32, duration: &str) -> Vec<String> {
     [
         "net",
         "--netns",
@@ -448,18 +418,28 @@ fn loss_all(pair: &NetnsPair, duration: &str) -> Vec<String> {
         "--direction",
         "ingress",
         "--proto",
-        "udp",
+        proto,
         "--dport",
-        &TARGET.to_string(),
+        &port.to_string(),
         "--loss",
-        "100",
+        &pct.to_string(),
         "--duration",
         duration,
-        "--attach",
-        "tcx",
     ]
     .map(String::from)
     .to_vec()
+}
+
+/// All of the UDP to TARGET dropped, through a tcx link.
+fn loss_all(pair: &NetnsPair, duration: &str) -> Vec<String> {
+    let mut args = ingress_loss(pair, "udp", TARGET, 100, duration);
+    args.extend(["--attach", "tcx"].map(String::from));
+    args
+}
+
+fn start_blast(args: &[String]) -> Result<Blast> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Blast::start(&args)
 }
 
 /// Start of the blast process to the first datagram dropped.
@@ -470,8 +450,7 @@ fn apply_latency(pair: &NetnsPair) -> Result<f64> {
     let rec = sent_received_while(pair, 2.0, || {
         std::thread::sleep(Duration::from_millis(300));
         started = monotonic_ns();
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        agent = Some(Blast::start(&a));
+        agent = Some(start_blast(&args));
         std::thread::sleep(Duration::from_millis(200));
     })?;
     agent.context("blast never started")??.stop()?;
@@ -488,8 +467,7 @@ fn apply_latency(pair: &NetnsPair) -> Result<f64> {
 /// Signal to the first datagram that arrives (sent after the signal).
 fn recovery_after(pair: &NetnsPair, sig: i32) -> Result<f64> {
     let args = loss_all(pair, "30s");
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut agent = Blast::start(&a)?;
+    let mut agent = start_blast(&args)?;
     let mut at = 0;
     let rec = sent_received_while(pair, 1.5, || {
         std::thread::sleep(Duration::from_millis(500));
@@ -509,8 +487,7 @@ fn recovery_after(pair: &NetnsPair, sig: i32) -> Result<f64> {
 /// The agent stopped (SIGSTOP): the deadline to the first datagram.
 fn deadline_recovery(pair: &NetnsPair) -> Result<f64> {
     let args = loss_all(pair, "1s");
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut agent = Blast::start(&a)?;
+    let mut agent = start_blast(&args)?;
     agent.signal(libc::SIGSTOP);
     let deadline = agent.deadline_ns();
     let rec = sent_received_while(pair, 1.8, || {})?;
