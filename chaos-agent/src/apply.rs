@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 use crate::{
     cgroup,
-    error::{Error, Result},
+    error::{Error, Result, chain, map_err},
     leftovers::{self, NetlinkRecord, StateFile},
     netns::{self, NetnsGuard},
     policy::model::{Cidr, Direction, FaultKind, NetworkAction, NetworkFault, Policy},
@@ -479,18 +479,6 @@ fn prepare_shaping(
     Ok(())
 }
 
-/// An error with all its causes, `: `-separated.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 /// A load failure, told apart: no privilege (exit 1, run as root) or a
 /// kernel that refuses our programs or maps (exit 3, with its reason).
 fn load_error(what: &str, detail: &str) -> Error {
@@ -507,10 +495,6 @@ fn load_error(what: &str, detail: &str) -> Error {
     Error::Unsupported(format!(
         "{what} failed on Linux {version}: the kernel refused it ({detail}); `chaos-agent probe` shows what this kernel supports"
     ))
-}
-
-fn map_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Runtime(format!("{what}: {e}"))
 }
 
 fn fill_maps(

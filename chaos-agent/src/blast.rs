@@ -1,5 +1,8 @@
 //! `blast`: apply a policy in the foreground, show live counters once a
 //! second, revert at the end of the duration, on Ctrl-C or on SIGTERM.
+//!
+//! The loop ([`drive`]) is shared by `blast net` and `blast syscall`; what
+//! each of them holds in force between apply and revert is an [`InForce`].
 
 use std::{
     io::{IsTerminal, Write},
@@ -17,7 +20,7 @@ use crate::{
     apply::{self, Applied, FaultCounters, Options},
     error::{Error, Result},
     metrics::MetricsServer,
-    policy::model::{Direction, Policy},
+    policy::model::{AbortWhen, Direction, Policy},
     steady,
 };
 
@@ -43,6 +46,37 @@ macro_rules! err {
 const TICK: Duration = Duration::from_millis(50);
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
+/// What a blast holds in force between apply and revert: the parts of
+/// the run loop that differ between network faults and syscall faults.
+pub(crate) trait InForce {
+    /// One entry per fault (or row), in the order of the fault list.
+    type Counters;
+    /// Whether the live line on a terminal starts with a progress bar.
+    const PROGRESS_BAR: bool;
+
+    /// What the announcing line counts: "2 fault(s)".
+    fn count_label(&self) -> String;
+    /// How the faults are attached: the `mode` of the `applied` event.
+    fn mode(&self) -> String;
+    /// CLOCK_MONOTONIC nanoseconds at which the kernel stops acting.
+    fn deadline_ns(&self) -> u64;
+    /// Time left until that deadline.
+    fn remaining(&self) -> Duration;
+    fn counters(&self) -> Vec<Self::Counters>;
+    /// The `faults` array of the `counters` and `reverted` events.
+    fn counters_json(&self, counters: &[Self::Counters]) -> serde_json::Value;
+    /// The human counter line, faults separated by ` | `.
+    fn human_line(&self, counters: &[Self::Counters]) -> String;
+    /// Registers the faults with the metrics server, once after apply.
+    fn publish_faults(&self, metrics: &MetricsServer);
+    /// Refreshes the metrics snapshot with these counters.
+    fn publish_counters(&self, metrics: &MetricsServer, counters: &[Self::Counters]);
+    /// Called at every tick of the loop.
+    fn tick(&mut self) {}
+    /// Removes everything applied; returns what could not be removed.
+    fn revert(self) -> Vec<String>;
+}
+
 fn direction_label(d: Direction) -> &'static str {
     match d {
         Direction::Egress => "egress",
@@ -51,53 +85,99 @@ fn direction_label(d: Direction) -> &'static str {
     }
 }
 
-fn counters_json(applied: &Applied, counters: &[FaultCounters]) -> serde_json::Value {
-    let faults: Vec<_> = applied
-        .faults
-        .iter()
-        .zip(counters)
-        .map(|(f, c)| {
-            json!({
-                "policy": f.policy, "fault": f.fault, "action": f.action,
-                "interface": f.interface, "netns": f.netns, "direction": direction_label(f.direction),
-                "matched": c.matched, "injected": c.injected, "guard_passed": c.guard_passed,
+/// Share of matched packets or calls that were injected, in percent.
+pub(crate) fn share(matched: u64, injected: u64) -> f64 {
+    if matched > 0 {
+        100.0 * injected as f64 / matched as f64
+    } else {
+        0.0
+    }
+}
+
+impl InForce for Applied {
+    type Counters = FaultCounters;
+    const PROGRESS_BAR: bool = true;
+
+    fn count_label(&self) -> String {
+        format!("{} fault(s)", self.faults.len())
+    }
+
+    fn mode(&self) -> String {
+        self.mode.to_owned()
+    }
+
+    fn deadline_ns(&self) -> u64 {
+        self.deadline_ns
+    }
+
+    fn remaining(&self) -> Duration {
+        Applied::remaining(self)
+    }
+
+    fn counters(&self) -> Vec<FaultCounters> {
+        Applied::counters(self)
+    }
+
+    fn counters_json(&self, counters: &[FaultCounters]) -> serde_json::Value {
+        let faults: Vec<_> = self
+            .faults
+            .iter()
+            .zip(counters)
+            .map(|(f, c)| {
+                json!({
+                    "policy": f.policy, "fault": f.fault, "action": f.action,
+                    "interface": f.interface, "netns": f.netns, "direction": direction_label(f.direction),
+                    "matched": c.matched, "injected": c.injected, "guard_passed": c.guard_passed,
+                })
             })
-        })
-        .collect();
-    json!(faults)
+            .collect();
+        json!(faults)
+    }
+
+    fn human_line(&self, counters: &[FaultCounters]) -> String {
+        self.faults
+            .iter()
+            .zip(counters)
+            .map(|(f, c)| {
+                let share = share(c.matched, c.injected);
+                let verb = match f.action {
+                    "corrupt" => "corrupted",
+                    "duplicate" => "duplicated",
+                    _ => "dropped",
+                };
+                format!(
+                    "{} {} {}: matched {} {verb} {} ({share:.1}%) guard-passed {}",
+                    f.interface,
+                    direction_label(f.direction),
+                    f.fault,
+                    c.matched,
+                    c.injected,
+                    c.guard_passed
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+
+    fn publish_faults(&self, metrics: &MetricsServer) {
+        metrics.set_faults(&self.faults);
+    }
+
+    fn publish_counters(&self, metrics: &MetricsServer, counters: &[FaultCounters]) {
+        metrics.update(&self.faults, counters);
+    }
+
+    /// Forwards the kernel's log records (`--debug-kernel`).
+    fn tick(&mut self) {
+        self.flush_logs();
+    }
+
+    fn revert(self) -> Vec<String> {
+        Applied::revert(self)
+    }
 }
 
-fn human_line(applied: &Applied, counters: &[FaultCounters]) -> String {
-    applied
-        .faults
-        .iter()
-        .zip(counters)
-        .map(|(f, c)| {
-            let share = if c.matched > 0 {
-                100.0 * c.injected as f64 / c.matched as f64
-            } else {
-                0.0
-            };
-            let verb = match f.action {
-                "corrupt" => "corrupted",
-                "duplicate" => "duplicated",
-                _ => "dropped",
-            };
-            format!(
-                "{} {} {}: matched {} {verb} {} ({share:.1}%) guard-passed {}",
-                f.interface,
-                direction_label(f.direction),
-                f.fault,
-                c.matched,
-                c.injected,
-                c.guard_passed
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" | ")
-}
-
-/// Runs the blast; the exit code follows CONTRACT section 2.
+/// Runs the network blast; the exit code follows CONTRACT section 2.
 /// With `metrics`, its snapshot is refreshed at every report (once a second)
 /// and at the end.
 pub fn run(
@@ -105,6 +185,22 @@ pub fn run(
     opts: &Options,
     json_out: bool,
     metrics: Option<&MetricsServer>,
+) -> Result<ExitCode> {
+    drive(policy, json_out, metrics, policy.abort_when.clone(), || {
+        apply::apply(policy, opts)
+    })
+}
+
+/// The blast lifecycle: waits out `startAfter`, applies, reports counters
+/// once a second (JSON events, a live line on a terminal, or a line per
+/// second), and reverts at the deadline, on SIGINT or SIGTERM, or when the
+/// steady-state `guard` fails. The exit code follows CONTRACT section 2.
+pub(crate) fn drive<A: InForce>(
+    policy: &Policy,
+    json_out: bool,
+    metrics: Option<&MetricsServer>,
+    guard: Option<AbortWhen>,
+    apply: impl FnOnce() -> Result<A>,
 ) -> Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -120,10 +216,9 @@ pub fn run(
             return Ok(ExitCode::SUCCESS);
         }
     }
-    let mut applied = apply::apply(policy, opts)?;
-    // The steady-state guard, when the policy or the --abort-* flags have one.
+    let mut applied = apply()?;
     let aborted: Arc<Mutex<Option<String>>> = Arc::default();
-    let _prober = policy.abort_when.clone().map(|guard| {
+    let _prober = guard.map(|guard| {
         let aborted = Arc::clone(&aborted);
         steady::Prober::spawn(policy.name.clone(), guard, move |reason| {
             if let Ok(mut a) = aborted.lock() {
@@ -132,22 +227,22 @@ pub fn run(
         })
     });
     if let Some(m) = metrics {
-        m.set_faults(&applied.faults);
+        applied.publish_faults(m);
     }
     let total = policy.duration;
     let tty = std::io::stderr().is_terminal() && !json_out;
     if json_out {
         out!(
             "{}",
-            json!({"event": "applied", "policy": policy.name, "mode": applied.mode,
-                   "deadline_ns": applied.deadline_ns, "pid": std::process::id()})
+            json!({"event": "applied", "policy": policy.name, "mode": applied.mode(),
+                   "deadline_ns": applied.deadline_ns(), "pid": std::process::id()})
         );
     } else {
         err!(
-            "chaos-agent: {} fault(s) of {} in force via {}; reverting in {} (Ctrl-C to stop now)",
-            applied.faults.len(),
+            "chaos-agent: {} of {} in force via {}; reverting in {} (Ctrl-C to stop now)",
+            applied.count_label(),
             policy.name,
-            applied.mode,
+            applied.mode(),
             humantime::format_duration(total)
         );
     }
@@ -165,49 +260,44 @@ pub fn run(
             break "deadline";
         }
         std::thread::sleep(TICK);
-        applied.flush_logs();
+        applied.tick();
         if Instant::now() >= next_report {
             next_report += REPORT_EVERY;
             let counters = applied.counters();
             if let Some(m) = metrics {
-                m.update(&applied.faults, &counters);
+                applied.publish_counters(m, &counters);
             }
             let elapsed = started.elapsed().min(total);
             if json_out {
                 out!(
                     "{}",
-                    json!({"event": "counters", "elapsed_ms": elapsed.as_millis() as u64, "faults": counters_json(&applied, &counters)})
+                    json!({"event": "counters", "elapsed_ms": elapsed.as_millis() as u64,
+                           "faults": applied.counters_json(&counters)})
                 );
             } else if tty {
-                let width = 20usize;
-                let done = ((elapsed.as_secs_f64() / total.as_secs_f64()) * width as f64) as usize;
                 err!(raw
-                    "\r\x1b[K[{}{}] {:>5.0}s/{}s  {}",
-                    "#".repeat(done.min(width)),
-                    "-".repeat(width - done.min(width)),
-                    elapsed.as_secs_f64(),
-                    total.as_secs(),
-                    human_line(&applied, &counters)
+                    "\r\x1b[K{}",
+                    live_line(A::PROGRESS_BAR, elapsed, total, &applied.human_line(&counters))
                 );
             } else {
                 err!(
                     "[{:.0}s/{}s] {}",
                     elapsed.as_secs_f64(),
                     total.as_secs(),
-                    human_line(&applied, &counters)
+                    applied.human_line(&counters)
                 );
             }
             let _ = std::io::stdout().flush();
         }
     };
     let counters = applied.counters();
-    let final_json = counters_json(&applied, &counters);
-    let final_text = human_line(&applied, &counters);
+    let final_json = applied.counters_json(&counters);
+    let final_text = applied.human_line(&counters);
     if tty {
         err!();
     }
     if let Some(m) = metrics {
-        m.update(&applied.faults, &counters);
+        applied.publish_counters(m, &counters);
     }
     let failures = applied.revert();
     if let Some(m) = metrics {
@@ -229,5 +319,38 @@ pub fn run(
             "revert incomplete; left behind: {}",
             failures.join("; ")
         )))
+    }
+}
+
+/// The live line on a terminal, redrawn in place once a second.
+fn live_line(bar: bool, elapsed: Duration, total: Duration, counters: &str) -> String {
+    if !bar {
+        return format!(
+            "[{:>5.0}s/{}s] {counters}",
+            elapsed.as_secs_f64(),
+            total.as_secs()
+        );
+    }
+    let width = 20usize;
+    let done = ((elapsed.as_secs_f64() / total.as_secs_f64()) * width as f64) as usize;
+    format!(
+        "[{}{}] {:>5.0}s/{}s  {counters}",
+        "#".repeat(done.min(width)),
+        "-".repeat(width - done.min(width)),
+        elapsed.as_secs_f64(),
+        total.as_secs()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_line_with_and_without_bar() {
+        let line = live_line(true, Duration::from_secs(5), Duration::from_secs(10), "x");
+        assert_eq!(line, "[##########----------]     5s/10s  x");
+        let line = live_line(false, Duration::from_secs(5), Duration::from_secs(10), "x");
+        assert_eq!(line, "[    5s/10s] x");
     }
 }

@@ -29,3 +29,20 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error with all its causes, `: `-separated.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// A runtime error about `what` (a map or program name).
+pub(crate) fn map_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Runtime(format!("{what}: {e}"))
+}

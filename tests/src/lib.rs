@@ -53,8 +53,8 @@ pub use tcp::{
     tcp_transfer,
 };
 pub use udp::{
-    BlastOptions, RxRecord, SendStats, UdpRun, UdpSink, UdpStats, udp_blast, udp_blast_with,
-    udp_run, udp_run_with, udp_sink,
+    BlastOptions, RxRecord, SendStats, UdpRun, UdpSink, UdpStats, stream_while, udp_blast,
+    udp_blast_with, udp_run, udp_run_with, udp_sink,
 };
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads, so

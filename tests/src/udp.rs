@@ -15,7 +15,7 @@ use anyhow::{Context, Result, anyhow, ensure};
 use serde::{Deserialize, Serialize};
 
 use crate::monotonic_ns;
-use crate::netns::{AddrKind, Direction, NetnsPair};
+use crate::netns::{AddrKind, Direction, NetnsPair, Side};
 use crate::payload::{self, DEFAULT_LEN, HEADER_LEN, MAX_LEN};
 use crate::sockutil::{errno_name, force_rcvbuf, force_sndbuf, is_transient};
 
@@ -542,6 +542,29 @@ pub fn udp_run_with(pair: &NetnsPair, r: &UdpRun) -> Result<(SendStats, UdpStats
         }
     };
     let got = sink.finish_and_wait(r.drain)?;
+    Ok((sent, got))
+}
+
+/// Sends a steady stream from side A to B's IPv4 address and `port`, `pps`
+/// datagrams a second for `secs` seconds, while `during` runs on the
+/// calling thread (applying or reverting a fault meanwhile); returns what
+/// was sent and, once the sink has been idle for 300 ms, what arrived.
+pub fn stream_while(
+    pair: &NetnsPair,
+    port: u16,
+    pps: u32,
+    secs: f64,
+    during: impl FnOnce(),
+) -> Result<(SendStats, UdpStats)> {
+    let to = pair.sockaddr(Side::B, AddrKind::V4, port);
+    let bound = Duration::from_secs_f64(secs + 5.0);
+    let sink = pair.run_in_b(|| udp_sink(to, None, bound, bound))??;
+    let mut o = BlastOptions::new(sink.local_addr(), (f64::from(pps) * secs) as u32, pps);
+    o.from = Some(pair.sockaddr(Side::A, AddrKind::V4, 0));
+    let sender = pair.spawn_in(Side::A, move || udp_blast_with(&o))?;
+    during();
+    let sent = sender.join()??;
+    let got = sink.finish_and_wait(Duration::from_millis(300))?;
     Ok((sent, got))
 }
 

@@ -10,10 +10,10 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 use chaos_tests::{
-    AddrKind, Direction, NetnsPair, Side, TcpOptions, ethtool::set_tx_checksum, require_root,
+    AddrKind, Direction, NetnsPair, TcpOptions, ethtool::set_tx_checksum, require_root,
     snmp_counters, tcp_transfer, three_sigma_band, udp_run, within_3_sigma,
 };
-use common::{Blast, fault_counters};
+use common::{Hook, fault_counters, holds_in_one_of_two, hook_blast};
 
 const TARGET: u16 = 7100;
 const OTHER: u16 = 7101;
@@ -24,56 +24,11 @@ const UDP_PPS: u32 = 20_000;
 /// what it did send, as long as that is a sample worth the name.
 const UDP_MIN_SENT: u64 = 2_000;
 
-#[derive(Clone, Copy, Debug)]
-enum Hook {
-    /// The rule sits on the sender's interface, egress.
-    Egress,
-    /// The rule sits on the receiver's interface, ingress.
-    Ingress,
-}
-
-/// Starts a blast with `action` (`--corrupt` or `--duplicate`) at `pct` %
-/// for `proto` to port TARGET, on a's egress or b's ingress.
-fn blast(pair: &NetnsPair, hook: Hook, proto: &str, action: &str, pct: u32) -> Result<Blast> {
-    let (side, dir) = match hook {
-        Hook::Egress => (Side::A, "egress"),
-        Hook::Ingress => (Side::B, "ingress"),
-    };
-    Blast::start(&[
-        "net",
-        "--netns",
-        pair.ns(side),
-        "--iface",
-        pair.iface(side),
-        "--direction",
-        dir,
-        "--proto",
-        proto,
-        "--dport",
-        &TARGET.to_string(),
-        action,
-        &pct.to_string(),
-        "--duration",
-        "60s",
-    ])
-}
-
 /// UDP checksum errors counted by b's stack (IPv4 and IPv6).
 fn csum_errors(pair: &NetnsPair) -> Result<i64> {
     let m = snmp_counters(pair.ns_b())?;
     Ok(m.get("Udp.InCsumErrors").copied().unwrap_or(0)
         + m.get("Udp6InCsumErrors").copied().unwrap_or(0))
-}
-
-/// A probabilistic check that is outside its 3-sigma band once in 370 runs
-/// by chance: a second, independent sample decides before we call it wrong.
-fn holds_in_one_of_two(mut case: impl FnMut() -> Result<bool>, what: &str) -> Result<()> {
-    if case()? {
-        return Ok(());
-    }
-    eprintln!("{what}: outside the 3-sigma band; measuring a second, independent sample");
-    assert!(case()?, "{what}: two samples outside the 3-sigma band");
-    Ok(())
 }
 
 /// One UDP corruption measurement. With `offload` off the sender computes
@@ -86,7 +41,7 @@ fn corrupt_case(kind: AddrKind, hook: Hook, pct: u32, offload: bool) -> Result<b
         pair.run_in_a(move || set_tx_checksum(&iface, false))??;
     }
     let csum0 = csum_errors(&pair)?;
-    let agent = blast(&pair, hook, "udp", "--corrupt", pct)?;
+    let agent = hook_blast(&pair, hook, "udp", TARGET, "--corrupt", pct)?;
     let (sent, got) = udp_run(&pair, Direction::AtoB, kind, TARGET, UDP_COUNT, UDP_PPS)?;
     let (sent_other, got_other) = udp_run(&pair, Direction::AtoB, kind, OTHER, 2_000, UDP_PPS)?;
     let (status, reverted) = agent.stop()?;
@@ -171,7 +126,7 @@ fn corrupt_tcp_reaches_the_application() {
                 .unwrap()
                 .unwrap();
         }
-        let agent = blast(&pair, hook, "tcp", "--corrupt", 20).unwrap();
+        let agent = hook_blast(&pair, hook, "tcp", TARGET, "--corrupt", 20).unwrap();
         let opts = TcpOptions {
             bytes: 2 << 20,
             ..TcpOptions::default()
@@ -202,7 +157,7 @@ fn duplicate_tcp_stream_stays_intact() {
     require_root!();
     for hook in [Hook::Egress, Hook::Ingress] {
         let pair = NetnsPair::new("tcpdup").unwrap();
-        let agent = blast(&pair, hook, "tcp", "--duplicate", 30).unwrap();
+        let agent = hook_blast(&pair, hook, "tcp", TARGET, "--duplicate", 30).unwrap();
         let opts = TcpOptions {
             bytes: 2 << 20,
             ..TcpOptions::default()
@@ -223,7 +178,7 @@ fn duplicate_tcp_stream_stays_intact() {
 /// One UDP duplication measurement.
 fn duplicate_case(kind: AddrKind, hook: Hook, pct: u32) -> Result<bool> {
     let pair = NetnsPair::new("dup")?;
-    let agent = blast(&pair, hook, "udp", "--duplicate", pct)?;
+    let agent = hook_blast(&pair, hook, "udp", TARGET, "--duplicate", pct)?;
     let (sent, got) = udp_run(&pair, Direction::AtoB, kind, TARGET, UDP_COUNT, UDP_PPS)?;
     let (sent_other, got_other) = udp_run(&pair, Direction::AtoB, kind, OTHER, 2_000, UDP_PPS)?;
     let (status, reverted) = agent.stop()?;

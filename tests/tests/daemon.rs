@@ -26,8 +26,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use chaos_tests::{
-    AddrKind, BlastOptions, Direction, NetnsPair, Side, attachments_on, monotonic_ns, require_root,
-    udp_blast_with, udp_run, udp_sink,
+    AddrKind, Direction, NetnsPair, attachments_on, monotonic_ns, require_root, stream_while,
+    udp_run,
 };
 use common::agent_bin;
 use serde_json::Value;
@@ -286,34 +286,16 @@ spec:
     )
 }
 
-/// Streams a->b at 2,000 pps for `secs` while `during` runs; returns
-/// (send_ns, recv_ns) of every datagram that arrived, the sender's start,
-/// and (seq, send_ns) of every datagram that arrived.
-fn stream_while(pair: &NetnsPair, secs: f64, during: impl FnOnce()) -> (Pairs, u64, Pairs) {
-    let to = pair.sockaddr(Side::B, AddrKind::V4, PORT);
-    let bound = Duration::from_secs_f64(secs + 5.0);
-    let sink = pair
-        .run_in_b(|| udp_sink(to, None, bound, bound))
-        .unwrap()
-        .unwrap();
-    let mut o = BlastOptions::new(sink.local_addr(), (2_000.0 * secs) as u32, 2_000);
-    o.from = Some(pair.sockaddr(Side::A, AddrKind::V4, 0));
-    let sender = pair.spawn_in(Side::A, move || udp_blast_with(&o)).unwrap();
-    during();
-    let sent = sender.join().unwrap().unwrap();
-    let got = sink.finish_and_wait(Duration::from_millis(300)).unwrap();
+/// Streams a->b to PORT at 2,000 pps for `secs` while `during` runs;
+/// returns (send_ns, recv_ns) of every datagram that arrived, the sender's
+/// start, and (seq, send_ns) of every datagram that arrived.
+fn records_while(pair: &NetnsPair, secs: f64, during: impl FnOnce()) -> (Pairs, u64, Pairs) {
+    let (sent, got) = stream_while(pair, PORT, 2_000, secs, during).unwrap();
+    let arrived = || got.records.iter().filter(|r| !r.dup);
     (
-        got.records
-            .iter()
-            .filter(|r| !r.dup)
-            .map(|r| (r.send_ns, r.recv_ns))
-            .collect(),
+        arrived().map(|r| (r.send_ns, r.recv_ns)).collect(),
         sent.start_ns,
-        got.records
-            .iter()
-            .filter(|r| !r.dup)
-            .map(|r| (r.seq, r.send_ns))
-            .collect(),
+        arrived().map(|r| (r.seq, r.send_ns)).collect(),
     )
 }
 
@@ -342,7 +324,7 @@ fn policy_edits_reach_traffic_within_100ms_and_a_bad_edit_keeps_the_old() {
         AtomicU64Cell::new(),
         AtomicU64Cell::new(),
     );
-    let (records, start, seqs) = stream_while(&pair, 3.6, || {
+    let (records, start, seqs) = records_while(&pair, 3.6, || {
         std::thread::sleep(Duration::from_millis(600));
         t_open.set(monotonic_ns());
         d.write_policy("p.yaml", &loss_policy("edit", &pair, 0, ""));
@@ -876,7 +858,7 @@ fn a_changed_match_replaces_the_fault() {
     )
     .unwrap();
     let t_edit = std::sync::atomic::AtomicU64::new(0);
-    let (records, _, _) = stream_while(&pair, 2.0, || {
+    let (records, _, _) = records_while(&pair, 2.0, || {
         std::thread::sleep(Duration::from_millis(500));
         t_edit.store(monotonic_ns(), Ordering::SeqCst);
         // Same fault name, other port: the old rule goes, a new one comes.

@@ -7,29 +7,17 @@ mod common;
 use std::time::Duration;
 
 use chaos_tests::{
-    AddrKind, BlastOptions, NetnsPair, Side, attachments_on, monotonic_ns, require_root,
-    tc_filters, tc_qdiscs, udp_blast_with, udp_sink,
+    NetnsPair, attachments_on, monotonic_ns, require_root, stream_while, tc_filters, tc_qdiscs,
 };
 use common::Blast;
 
 const MS: u64 = 1_000_000;
 
-/// Sends a steady stream a->b for `secs` seconds at 2,000 pps while `during`
-/// runs, and returns the receive times (CLOCK_MONOTONIC ns) with the send
-/// times of what arrived.
-fn stream_while(pair: &NetnsPair, secs: f64, during: impl FnOnce()) -> Vec<(u64, u64)> {
-    let to = pair.sockaddr(Side::B, AddrKind::V4, 7000);
-    let bound = Duration::from_secs_f64(secs + 5.0);
-    let sink = pair
-        .run_in_b(|| udp_sink(to, None, bound, bound))
-        .unwrap()
-        .unwrap();
-    let mut o = BlastOptions::new(sink.local_addr(), (2_000.0 * secs) as u32, 2_000);
-    o.from = Some(pair.sockaddr(Side::A, AddrKind::V4, 0));
-    let sender = pair.spawn_in(Side::A, move || udp_blast_with(&o)).unwrap();
-    during();
-    sender.join().unwrap().unwrap();
-    let got = sink.finish_and_wait(Duration::from_millis(300)).unwrap();
+/// Sends a steady stream a->b to port 7000 for `secs` seconds at 2,000 pps
+/// while `during` runs, and returns the receive times (CLOCK_MONOTONIC ns)
+/// with the send times of what arrived.
+fn received_while(pair: &NetnsPair, secs: f64, during: impl FnOnce()) -> Vec<(u64, u64)> {
+    let (_, got) = stream_while(pair, 7000, 2_000, secs, during).unwrap();
     got.records.iter().map(|r| (r.recv_ns, r.send_ns)).collect()
 }
 
@@ -60,7 +48,7 @@ fn deadline_holds_with_the_agent_stopped() {
     let mut agent = Blast::start(&loss_args(&pair, "2s", "auto")).unwrap();
     agent.signal(libc::SIGSTOP);
     let deadline = agent.deadline_ns();
-    let records = stream_while(&pair, 3.5, || {});
+    let records = received_while(&pair, 3.5, || {});
     let before: Vec<_> = records.iter().filter(|(rx, _)| *rx < deadline).collect();
     assert!(
         before.is_empty(),
@@ -96,7 +84,7 @@ fn sigkill_with_tcx_leaves_nothing_attached() {
     let mut agent = Blast::start(&loss_args(&pair, "60s", "tcx")).unwrap();
     assert_eq!(agent.mode(), "tcx");
     let mut killed_at = 0;
-    let records = stream_while(&pair, 2.0, || {
+    let records = received_while(&pair, 2.0, || {
         std::thread::sleep(Duration::from_millis(700));
         killed_at = monotonic_ns();
         agent.signal(libc::SIGKILL);
@@ -131,7 +119,7 @@ fn sigkill_with_netlink_leaves_an_inert_filter_that_the_next_start_removes() {
         "netlink filter should outlive SIGKILL:\n{filters}"
     );
     // The leftover acts until the deadline, then lets everything through.
-    let records = stream_while(&pair, 3.0, || {});
+    let records = received_while(&pair, 3.0, || {});
     assert!(
         records.iter().all(|(rx, _)| *rx >= deadline),
         "traffic passed before the deadline"

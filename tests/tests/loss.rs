@@ -11,52 +11,18 @@ use chaos_tests::{
     AddrKind, Direction, NetnsPair, Side, TcpOptions, require_root, snmp_tcp_segments,
     tcp_transfer, three_sigma_band, udp_run, within_3_sigma,
 };
-use common::{Blast, fault_counters};
+use common::{Hook, fault_counters, holds_in_one_of_two, hook_blast};
 
 const TARGET: u16 = 7000;
 const OTHER: u16 = 7001;
 const UDP_COUNT: u32 = 20_000;
 const UDP_PPS: u32 = 40_000;
 
-#[derive(Clone, Copy, Debug)]
-enum Hook {
-    /// The rule sits on the sender's interface, egress.
-    Egress,
-    /// The rule sits on the receiver's interface, ingress.
-    Ingress,
-}
-
-/// Starts a blast that drops `pct` % of `proto` to port TARGET for traffic
-/// from a to b, on a's egress or b's ingress.
-fn blast(pair: &NetnsPair, hook: Hook, proto: &str, pct: u32) -> Result<Blast> {
-    let (side, dir) = match hook {
-        Hook::Egress => (Side::A, "egress"),
-        Hook::Ingress => (Side::B, "ingress"),
-    };
-    Blast::start(&[
-        "net",
-        "--netns",
-        pair.ns(side),
-        "--iface",
-        pair.iface(side),
-        "--direction",
-        dir,
-        "--proto",
-        proto,
-        "--dport",
-        &TARGET.to_string(),
-        "--loss",
-        &pct.to_string(),
-        "--duration",
-        "60s",
-    ])
-}
-
 /// One UDP measurement: the targeted port's loss, the untargeted port's
 /// loss, and the agent's counters.
 fn udp_case(kind: AddrKind, hook: Hook, pct: u32) -> Result<bool> {
     let pair = NetnsPair::new("loss")?;
-    let agent = blast(&pair, hook, "udp", pct)?;
+    let agent = hook_blast(&pair, hook, "udp", TARGET, "--loss", pct)?;
     let (sent, got) = udp_run(&pair, Direction::AtoB, kind, TARGET, UDP_COUNT, UDP_PPS)?;
     let (sent_other, got_other) = udp_run(&pair, Direction::AtoB, kind, OTHER, 2_000, UDP_PPS)?;
     let (status, reverted) = agent.stop()?;
@@ -94,22 +60,6 @@ fn udp_case(kind: AddrKind, hook: Hook, pct: u32) -> Result<bool> {
     );
     assert_eq!(guard, 0);
     Ok(within_3_sigma(sent.sent, p, lost))
-}
-
-/// A probabilistic check that is outside its 3-sigma band once in 370 runs
-/// by chance: a second, independent sample decides before we call it wrong.
-fn holds_in_one_of_two(mut case: impl FnMut() -> Result<bool>, what: &str) -> Result<()> {
-    if case()? {
-        return Ok(());
-    }
-    eprintln!(
-        "{what}: inconclusive or outside the 3-sigma band; measuring a second, independent sample"
-    );
-    assert!(
-        case()?,
-        "{what}: two samples inconclusive or outside the 3-sigma band"
-    );
-    Ok(())
 }
 
 fn udp_all(kind: AddrKind, hook: Hook) -> Result<()> {
@@ -170,7 +120,7 @@ fn tcp_case(kind: AddrKind, hook: Hook, pct: u32) -> Result<bool> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let agent = blast(&pair, hook, "tcp", pct)?;
+    let agent = hook_blast(&pair, hook, "tcp", TARGET, "--loss", pct)?;
     let (_, out_a0, retrans_a0) = snmp_tcp_segments(pair.ns_a())?;
     let (in_b0, _, _) = snmp_tcp_segments(pair.ns_b())?;
     let opts = TcpOptions {

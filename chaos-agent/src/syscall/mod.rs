@@ -29,7 +29,7 @@ use tracing::info;
 use crate::{
     apply::monotonic_ns,
     cgroup,
-    error::{Error, Result},
+    error::{Error, Result, chain, map_err},
     policy::{
         model::{CgroupSelector, FaultKind, Policy, SyscallFault, SyscallTarget},
         values,
@@ -218,22 +218,6 @@ fn plan<'a>(
         cgroup_dir,
         rule,
     })
-}
-
-fn map_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Runtime(format!("{what}: {e}"))
-}
-
-/// An error with all its causes, `: `-separated.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// A kernel that refuses a program: exit 3 with its reason.

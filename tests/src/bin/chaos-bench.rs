@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use chaos_tests::{
-    AddrKind, BlastOptions, Direction, NetnsPair, Side, TcxDirection, enable_run_time_stats,
-    load_pass_tc_prog, monotonic_ns, prog_run_stats, tcx_attach, tcx_query, three_sigma_band,
-    udp_blast_with, udp_run, udp_sink,
+    AddrKind, Direction, NetnsPair, Side, TcxDirection, enable_run_time_stats, load_pass_tc_prog,
+    monotonic_ns, prog_run_stats, stream_while, tcx_attach, tcx_query, three_sigma_band, udp_run,
 };
 use common::{Blast, fault_counters};
 
@@ -326,23 +325,7 @@ fn throughput(mode: &Mode) -> Result<Vec<Row>> {
             let pair = NetnsPair::new("bthru")?;
             bare.push(iperf(&pair, udp, secs)?);
             for (port, out) in [(rule_port, &mut nomatch), (TARGET, &mut matched)] {
-                let blast = Blast::start(&[
-                    "net",
-                    "--netns",
-                    pair.ns_b(),
-                    "--iface",
-                    pair.if_b(),
-                    "--direction",
-                    "ingress",
-                    "--proto",
-                    proto,
-                    "--dport",
-                    &port.to_string(),
-                    "--loss",
-                    "0",
-                    "--duration",
-                    "5m",
-                ])?;
+                let blast = start_blast(&ingress_loss(&pair, proto, port, 0, "5m"))?;
                 out.push(iperf(&pair, udp, secs)?);
                 blast.stop()?;
             }
@@ -383,23 +366,7 @@ fn accuracy(mode: &Mode) -> Result<Vec<Row>> {
         let mut inside = true;
         for _ in 0..if mode.quick { 1 } else { mode.reps } {
             let pair = NetnsPair::new("bacc")?;
-            let blast = Blast::start(&[
-                "net",
-                "--netns",
-                pair.ns_b(),
-                "--iface",
-                pair.if_b(),
-                "--direction",
-                "ingress",
-                "--proto",
-                "udp",
-                "--dport",
-                &TARGET.to_string(),
-                "--loss",
-                &pct.to_string(),
-                "--duration",
-                "5m",
-            ])?;
+            let blast = start_blast(&ingress_loss(&pair, "udp", TARGET, pct, "5m"))?;
             let (sent, got) = udp_run(&pair, Direction::AtoB, AddrKind::V4, TARGET, count, 50_000)?;
             let (_, reverted) = blast.stop()?;
             let lost = sent.sent - got.distinct;
@@ -428,23 +395,20 @@ fn accuracy(mode: &Mode) -> Result<Vec<Row>> {
 
 // --------------------------------------------------------------- latency
 
-/// A 10,000 pps stream a -> b:TARGET for `secs` while `during` runs; the
-/// (send, receive) times of what arrived.
-fn stream_while(pair: &NetnsPair, secs: f64, during: impl FnOnce()) -> Result<Vec<(u64, u64)>> {
-    let to = pair.sockaddr(Side::B, AddrKind::V4, TARGET);
-    let bound = Duration::from_secs_f64(secs + 5.0);
-    let sink = pair.run_in_b(|| udp_sink(to, None, bound, bound))??;
-    let pps = 10_000;
-    let mut o = BlastOptions::new(sink.local_addr(), (f64::from(pps) * secs) as u32, pps);
-    o.from = Some(pair.sockaddr(Side::A, AddrKind::V4, 0));
-    let sender = pair.spawn_in(Side::A, move || udp_blast_with(&o))?;
-    during();
-    sender.join()??;
-    let got = sink.finish_and_wait(Duration::from_millis(300))?;
+/// Streams a->b to TARGET at 10,000 pps for `secs` seconds while `during`
+/// runs; returns (send_ns, recv_ns) of every datagram that arrived.
+fn sent_received_while(
+    pair: &NetnsPair,
+    secs: f64,
+    during: impl FnOnce(),
+) -> Result<Vec<(u64, u64)>> {
+    let (_, got) = stream_while(pair, TARGET, 10_000, secs, during)?;
     Ok(got.records.iter().map(|r| (r.send_ns, r.recv_ns)).collect())
 }
 
-fn loss_all(pair: &NetnsPair, duration: &str) -> Vec<String> {
+/// `blast` arguments: drop `pct` % of `proto` to `port` on b's ingress
+/// for `duration`.
+fn ingress_loss(pair: &NetnsPair, proto: &str, port: u16, pct: u32, duration: &str) -> Vec<String> {
     [
         "net",
         "--netns",
@@ -454,18 +418,28 @@ fn loss_all(pair: &NetnsPair, duration: &str) -> Vec<String> {
         "--direction",
         "ingress",
         "--proto",
-        "udp",
+        proto,
         "--dport",
-        &TARGET.to_string(),
+        &port.to_string(),
         "--loss",
-        "100",
+        &pct.to_string(),
         "--duration",
         duration,
-        "--attach",
-        "tcx",
     ]
     .map(String::from)
     .to_vec()
+}
+
+/// All of the UDP to TARGET dropped, through a tcx link.
+fn loss_all(pair: &NetnsPair, duration: &str) -> Vec<String> {
+    let mut args = ingress_loss(pair, "udp", TARGET, 100, duration);
+    args.extend(["--attach", "tcx"].map(String::from));
+    args
+}
+
+fn start_blast(args: &[String]) -> Result<Blast> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Blast::start(&args)
 }
 
 /// Start of the blast process to the first datagram dropped.
@@ -473,11 +447,10 @@ fn apply_latency(pair: &NetnsPair) -> Result<f64> {
     let args = loss_all(pair, "30s");
     let mut started = 0;
     let mut agent = None;
-    let rec = stream_while(pair, 2.0, || {
+    let rec = sent_received_while(pair, 2.0, || {
         std::thread::sleep(Duration::from_millis(300));
         started = monotonic_ns();
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        agent = Some(Blast::start(&a));
+        agent = Some(start_blast(&args));
         std::thread::sleep(Duration::from_millis(200));
     })?;
     agent.context("blast never started")??.stop()?;
@@ -494,10 +467,9 @@ fn apply_latency(pair: &NetnsPair) -> Result<f64> {
 /// Signal to the first datagram that arrives (sent after the signal).
 fn recovery_after(pair: &NetnsPair, sig: i32) -> Result<f64> {
     let args = loss_all(pair, "30s");
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut agent = Blast::start(&a)?;
+    let mut agent = start_blast(&args)?;
     let mut at = 0;
-    let rec = stream_while(pair, 1.5, || {
+    let rec = sent_received_while(pair, 1.5, || {
         std::thread::sleep(Duration::from_millis(500));
         at = monotonic_ns();
         agent.signal(sig);
@@ -515,11 +487,10 @@ fn recovery_after(pair: &NetnsPair, sig: i32) -> Result<f64> {
 /// The agent stopped (SIGSTOP): the deadline to the first datagram.
 fn deadline_recovery(pair: &NetnsPair) -> Result<f64> {
     let args = loss_all(pair, "1s");
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut agent = Blast::start(&a)?;
+    let mut agent = start_blast(&args)?;
     agent.signal(libc::SIGSTOP);
     let deadline = agent.deadline_ns();
-    let rec = stream_while(pair, 1.8, || {})?;
+    let rec = sent_received_while(pair, 1.8, || {})?;
     agent.signal(libc::SIGCONT);
     let _ = agent.wait(Duration::from_secs(10));
     let first = rec
@@ -690,7 +661,7 @@ fn reload_latency(pair: &NetnsPair) -> Result<f64> {
     let (_, open) = daemon_policy(pair, "reload", TARGET, 0);
     let mut at = 0;
     let mut edit = Ok(());
-    let rec = stream_while(pair, 1.5, || {
+    let rec = sent_received_while(pair, 1.5, || {
         std::thread::sleep(Duration::from_millis(500));
         at = monotonic_ns();
         edit = daemon.edit(&file, &open);

@@ -217,6 +217,65 @@ fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Where a rule of [`hook_blast`] sits, for traffic from a to b.
+#[derive(Clone, Copy, Debug)]
+pub enum Hook {
+    /// The rule sits on the sender's interface, egress.
+    Egress,
+    /// The rule sits on the receiver's interface, ingress.
+    Ingress,
+}
+
+/// Starts a 60 s blast with `action` (`--loss`, `--corrupt`,
+/// `--duplicate`) at `pct` % for `proto` to `port`, for traffic from a to
+/// b, on a's egress or b's ingress.
+pub fn hook_blast(
+    pair: &chaos_tests::NetnsPair,
+    hook: Hook,
+    proto: &str,
+    port: u16,
+    action: &str,
+    pct: u32,
+) -> Result<Blast> {
+    let (side, dir) = match hook {
+        Hook::Egress => (chaos_tests::Side::A, "egress"),
+        Hook::Ingress => (chaos_tests::Side::B, "ingress"),
+    };
+    Blast::start(&[
+        "net",
+        "--netns",
+        pair.ns(side),
+        "--iface",
+        pair.iface(side),
+        "--direction",
+        dir,
+        "--proto",
+        proto,
+        "--dport",
+        &port.to_string(),
+        action,
+        &pct.to_string(),
+        "--duration",
+        "60s",
+    ])
+}
+
+/// A probabilistic check that is outside its 3-sigma band once in 370 runs
+/// by chance: a second, independent sample decides before we call it wrong.
+pub fn holds_in_one_of_two(mut case: impl FnMut() -> Result<bool>, what: &str) -> Result<()> {
+    if case()? {
+        return Ok(());
+    }
+    eprintln!(
+        "{what}: inconclusive or outside the 3-sigma band; measuring a second, independent sample"
+    );
+    assert!(
+        case()?,
+        "{what}: two samples inconclusive or outside the 3-sigma band"
+    );
+    Ok(())
+}
+
 /// The first fault's counters from a `reverted` or `counters` event.
 pub fn fault_counters(event: &Value) -> (u64, u64, u64) {
     let f = &event["faults"][0];
