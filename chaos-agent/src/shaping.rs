@@ -60,6 +60,9 @@ struct Qdisc {
     handle: String,
     #[serde(default)]
     root: bool,
+    /// Present when all interfaces are listed at once.
+    #[serde(default)]
+    dev: Option<String>,
 }
 
 fn tc(args: &[&str]) -> std::result::Result<String, String> {
@@ -245,24 +248,28 @@ pub fn undo(s: &Shaping) -> std::result::Result<(), String> {
 
 /// Removes our fq qdiscs and ifb devices from every interface of the
 /// current namespace; start-up clean-up calls it when no agent is alive.
+/// One `tc` call lists the whole namespace, so start-up stays fast.
 pub fn clean_namespace(interfaces: &[String]) {
-    for iface in interfaces {
+    for iface in interfaces.iter().filter(|i| i.starts_with(IFB_PREFIX)) {
+        match ip(&["link", "del", "dev", iface]) {
+            Ok(()) => info!(iface, "removed a leftover ifb device of an earlier run"),
+            Err(e) => warn!(iface, "leftover ifb device not removed: {e}"),
+        }
+    }
+    let Ok(text) = tc(&["-j", "qdisc", "show"]) else {
+        return;
+    };
+    let all: Vec<Qdisc> = serde_json::from_str(&text).unwrap_or_default();
+    for q in all.iter().filter(|q| q.root && our_handle(&q.handle)) {
+        let Some(iface) = q.dev.as_deref() else {
+            continue;
+        };
         if iface.starts_with(IFB_PREFIX) {
-            match ip(&["link", "del", "dev", iface]) {
-                Ok(()) => info!(iface, "removed a leftover ifb device of an earlier run"),
-                Err(e) => warn!(iface, "leftover ifb device not removed: {e}"),
-            }
             continue;
         }
-        let ours = qdiscs(iface)
-            .unwrap_or_default()
-            .iter()
-            .any(|q| q.root && our_handle(&q.handle));
-        if ours {
-            match remove_fq(iface) {
-                Ok(()) => info!(iface, "removed a leftover fq qdisc of an earlier run"),
-                Err(e) => warn!(iface, "leftover fq qdisc not removed: {e}"),
-            }
+        match remove_fq(iface) {
+            Ok(()) => info!(iface, "removed a leftover fq qdisc of an earlier run"),
+            Err(e) => warn!(iface, "leftover fq qdisc not removed: {e}"),
         }
     }
 }
