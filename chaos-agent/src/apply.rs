@@ -22,9 +22,9 @@ use aya::{
 };
 use chaos_common::{
     Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, GLOBAL_DEBUG, GLOBAL_GUARD_NETS,
-    GUARD_DEFAULT, GUARD_EXTRA, GuardEntry, GuardNet, HookKey, MAP_COUNTERS, MAP_GUARD_NETS,
-    MAP_GUARD_PORTS, MAP_HOOKS, MAP_RULE_INDEX, MAP_RULES, PROG_TC_EGRESS, PROG_TC_INGRESS,
-    RuleKey, RuleRef,
+    GLOBAL_SET_TSTAMP, GUARD_DEFAULT, GUARD_EXTRA, GuardEntry, GuardNet, HookKey, MAP_COUNTERS,
+    MAP_GUARD_NETS, MAP_GUARD_PORTS, MAP_HOOKS, MAP_RULE_INDEX, MAP_RULES, PROG_TC_EGRESS,
+    PROG_TC_INGRESS, RuleKey, RuleRef,
 };
 use tracing::{info, warn};
 
@@ -35,6 +35,7 @@ use crate::{
     netns::{self, NetnsGuard},
     policy::model::{Cidr, Direction, FaultKind, NetworkAction, NetworkFault, Policy},
     rules::{self, RuleSpec},
+    shaping::{self, Shaping},
 };
 
 /// The eBPF object, built by build.rs and embedded in the binary.
@@ -82,6 +83,8 @@ pub struct FaultHandle {
     pub direction: Direction,
     instance: usize,
     rule_id: u32,
+    /// On ingress delay or bandwidth: the ifb device the rule sends to.
+    ifb_ifindex: u32,
 }
 
 /// Summed per-CPU counters of one fault.
@@ -116,6 +119,9 @@ pub struct Applied {
     pub deadline_ns: u64,
     pub mode: &'static str,
     state: Option<StateFile>,
+    /// fq qdiscs and ifb devices this policy relies on; released after
+    /// the programs are detached.
+    holds: Vec<shaping::Hold>,
 }
 
 /// CLOCK_MONOTONIC now, the clock `bpf_ktime_get_ns` reads.
@@ -155,29 +161,55 @@ pub fn direction_name(d: u32) -> &'static str {
     }
 }
 
-/// Refuses what this build cannot do yet, before anything is touched.
+/// True for actions that hold packets back (an fq qdisc releases them).
+pub fn needs_fq(a: &NetworkAction) -> bool {
+    matches!(
+        a,
+        NetworkAction::Delay { .. } | NetworkAction::Bandwidth { .. }
+    )
+}
+
+/// `bpf_skb_set_tstamp`, which ingress delay needs, exists from Linux 5.18.
+fn has_set_tstamp() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 18, 0))
+}
+
+/// Refuses what this build or this kernel cannot do, before anything is
+/// touched: exit 2 for what no build does, exit 3 naming the missing kernel
+/// feature. The kernel is asked once per feature.
 pub fn check_supported(policy: &Policy) -> Result<()> {
+    let mut fq_checked = false;
+    let mut ifb_checked = false;
     for f in &policy.faults {
+        let unsupported = |what: String| {
+            Error::Unsupported(format!("{}: fault {}: {what}", policy.origin, f.name))
+        };
         match &f.kind {
-            FaultKind::Network(n) => {
-                if let NetworkAction::Delay { .. } | NetworkAction::Bandwidth { .. } = n.action {
-                    let action = action_name(&n.action);
-                    // The kernel's answer first: without fq there is nothing
-                    // to build on (exit 3), whatever this build can do.
-                    if let Err(why) = crate::qdisc::qdisc_available("fq") {
-                        return Err(Error::Unsupported(format!(
-                            "{}: fault {}: {}",
-                            policy.origin,
-                            f.name,
-                            crate::qdisc::missing(action, "fq", &why)
-                        )));
-                    }
-                    return Err(Error::Invalid(format!(
-                        "{}: fault {}: the {action} action is not implemented yet in this build (loss, corrupt and duplicate are)",
-                        policy.origin, f.name
+            FaultKind::Network(n) if needs_fq(&n.action) => {
+                let action = action_name(&n.action);
+                if !fq_checked {
+                    crate::qdisc::qdisc_available("fq")
+                        .map_err(|why| unsupported(crate::qdisc::missing(action, "fq", &why)))?;
+                    fq_checked = true;
+                }
+                if n.direction == Direction::Egress {
+                    continue;
+                }
+                if !has_set_tstamp() {
+                    return Err(unsupported(format!(
+                        "{action} on ingress needs bpf_skb_set_tstamp (Linux 5.18); this kernel is older (use direction: egress on the peer instead)"
                     )));
                 }
+                if !ifb_checked {
+                    crate::qdisc::ifb_available().map_err(|why| {
+                        unsupported(format!(
+                            "{action} on ingress needs an ifb device (CONFIG_IFB); the kernel said: {why}"
+                        ))
+                    })?;
+                    ifb_checked = true;
+                }
             }
+            FaultKind::Network(_) => {}
             FaultKind::Syscall(_) => {
                 return Err(Error::Invalid(format!(
                     "{}: fault {}: syscall faults are not implemented yet",
@@ -306,13 +338,7 @@ pub fn apply(policy: &Policy, opts: &Options) -> Result<Applied> {
         let mut specs = Vec::new();
         for (id, p) in planned.iter().enumerate() {
             let rule =
-                rules::kernel_rule(&p.fault.action, deadline_ns, !policy.guard.disable_defaults)
-                    .ok_or_else(|| {
-                        Error::Invalid(format!(
-                            "fault {}: action not implemented yet",
-                            p.fault_name
-                        ))
-                    })?;
+                rules::kernel_rule(&p.fault.action, deadline_ns, !policy.guard.disable_defaults);
             specs.push(RuleSpec {
                 id: id as u32,
                 hooks: p.hooks.clone(),
@@ -329,11 +355,13 @@ pub fn apply(policy: &Policy, opts: &Options) -> Result<Applied> {
                 direction: p.fault.direction,
                 instance: i,
                 rule_id: id as u32,
+                ifb_ifindex: 0,
             });
         }
         let enc =
             rules::encode(&specs).map_err(|e| Error::Invalid(format!("{}: {e}", policy.origin)))?;
-        encoded.push((ns.clone(), planned, enc));
+        let first = faults.len() - planned.len();
+        encoded.push((ns.clone(), planned, enc, first));
     }
 
     // 2. Clear leftovers of crashed runs where we are about to attach.
@@ -347,14 +375,17 @@ pub fn apply(policy: &Policy, opts: &Options) -> Result<Applied> {
         deadline_ns,
         mode,
         state: None,
+        holds: Vec::new(),
     };
     if mode == "netlink" {
         applied.state = Some(StateFile::create()?);
     }
-    for (ns, planned, enc) in encoded {
+    for (ns, planned, mut enc, first) in encoded {
+        prepare_shaping(&mut applied, ns.as_ref(), &planned, &mut enc, first)?;
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_DEBUG, &u8::from(opts.debug_kernel), true)
             .override_global(GLOBAL_GUARD_NETS, &u8::from(!guard_nets.is_empty()), true)
+            .override_global(GLOBAL_SET_TSTAMP, &u8::from(has_set_tstamp()), true)
             .load(OBJECT)
             .map_err(|e| load_error("creating the maps", &chain(&e)))?;
         let logger = if opts.debug_kernel {
@@ -399,6 +430,53 @@ pub fn apply(policy: &Policy, opts: &Options) -> Result<Applied> {
         "applied"
     );
     Ok(applied)
+}
+
+/// Installs fq (egress) or an ifb with fq (ingress) for every delay and
+/// bandwidth fault of one namespace, and points ingress rules at their
+/// ifb. Runs before the programs are attached, so no packet is stamped
+/// before something releases it.
+fn prepare_shaping(
+    applied: &mut Applied,
+    ns: Option<&String>,
+    planned: &[Planned<'_>],
+    enc: &mut rules::Encoded,
+    first: usize,
+) -> Result<()> {
+    for (id, p) in planned.iter().enumerate() {
+        if !needs_fq(&p.fault.action) {
+            continue;
+        }
+        for hook in &p.hooks {
+            let what = if hook.direction == DIR_EGRESS {
+                Shaping::Fq {
+                    netns: ns.cloned(),
+                    iface: p.fault.interface.clone(),
+                }
+            } else {
+                Shaping::Ifb {
+                    netns: ns.cloned(),
+                    ifb: shaping::ifb_name(hook.ifindex),
+                }
+            };
+            applied.holds.push(shaping::acquire(what.clone())?);
+            let Shaping::Ifb { ifb, .. } = what else {
+                continue;
+            };
+            let ifindex = {
+                let _ns = NetnsGuard::enter(ns.map(String::as_str))?;
+                netns::ifindex(&ifb)
+            }
+            .ok_or_else(|| Error::Runtime(format!("{ifb} vanished right after it was made")))?;
+            for (rule_id, rule) in &mut enc.rules {
+                if *rule_id == id as u32 {
+                    rule.ifb_ifindex = ifindex;
+                }
+            }
+            applied.faults[first + id].ifb_ifindex = ifindex;
+        }
+    }
+    Ok(())
 }
 
 /// An error with all its causes, `: `-separated.
@@ -630,14 +708,19 @@ impl Applied {
     /// edit changes only a fault's action, so the change is in force in
     /// microseconds rather than the tens of milliseconds a reload takes.
     pub fn set_action(&mut self, action: &NetworkAction, default_guard: bool) -> Result<()> {
-        let rule =
-            rules::kernel_rule(action, self.deadline_ns, default_guard).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "the {} action is not implemented yet",
-                    action_name(action)
-                ))
-            })?;
+        let mut rule = rules::kernel_rule(action, self.deadline_ns, default_guard);
         for f in &mut self.faults {
+            // Starting or ending a delay adds or removes qdiscs: that is a
+            // reload, not a map write.
+            let was_held = matches!(f.action, "delay" | "bandwidth");
+            if was_held != needs_fq(action) {
+                return Err(Error::Invalid(format!(
+                    "{} to {} changes the qdiscs in use",
+                    f.action,
+                    action_name(action)
+                )));
+            }
+            rule.ifb_ifindex = f.ifb_ifindex;
             let instance = self
                 .instances
                 .get_mut(f.instance)
@@ -682,6 +765,12 @@ impl Applied {
         let mut failures = Vec::new();
         for instance in std::mem::take(&mut self.instances) {
             failures.extend(revert_instance(instance));
+        }
+        // Only now no program stamps or redirects packets any more.
+        for hold in std::mem::take(&mut self.holds) {
+            if let Err(e) = shaping::release(hold) {
+                failures.push(e);
+            }
         }
         if let Some(state) = self.state.take()
             && failures.is_empty()

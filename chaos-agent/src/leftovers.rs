@@ -26,6 +26,7 @@ use tracing::{info, warn};
 use crate::{
     error::{Error, Result},
     netns::{self, NetnsGuard},
+    shaping::{self, Shaping},
 };
 
 pub const STATE_DIR: &str = "/run/chaos-agent/netlink";
@@ -42,11 +43,21 @@ pub struct NetlinkRecord {
     pub created_clsact: bool,
 }
 
+/// What a state file holds: netlink filters, and the qdiscs and ifb
+/// devices installed for delay (see `shaping`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    #[serde(default)]
+    filters: Vec<NetlinkRecord>,
+    #[serde(default)]
+    shaping: Vec<Shaping>,
+}
+
 /// This agent's state file, locked while we live.
 pub struct StateFile {
     path: PathBuf,
     file: File,
-    records: Vec<NetlinkRecord>,
+    records: State,
 }
 
 fn lock(file: &File, nonblocking: bool) -> bool {
@@ -79,14 +90,30 @@ impl StateFile {
         Ok(StateFile {
             path,
             file,
-            records: Vec::new(),
+            records: State::default(),
         })
     }
 
     /// Records a filter; written before we return so a crash right after
     /// the attach is still cleaned up.
     pub fn add(&mut self, record: NetlinkRecord) -> Result<()> {
-        self.records.push(record);
+        self.records.filters.push(record);
+        self.write()
+    }
+
+    /// Records a qdisc or device installed for delay, as `add`.
+    pub fn add_shaping(&mut self, record: Shaping) -> Result<()> {
+        self.records.shaping.push(record);
+        self.write()
+    }
+
+    /// Forgets a change that was undone.
+    pub fn remove_shaping(&mut self, record: &Shaping) -> std::result::Result<(), String> {
+        self.records.shaping.retain(|r| r != record);
+        self.write().map_err(|e| e.to_string())
+    }
+
+    fn write(&mut self) -> Result<()> {
         let text = serde_json::to_string(&self.records).expect("records serialise");
         self.file
             .set_len(0)
@@ -164,15 +191,21 @@ pub fn clean(namespaces: &[Option<String>]) {
                 live_agents += 1;
                 continue;
             }
-            let records: Vec<NetlinkRecord> = fs::read_to_string(&path)
+            let records: State = fs::read_to_string(&path)
                 .ok()
                 .and_then(|t| serde_json::from_str(&t).ok())
                 .unwrap_or_default();
-            for r in &records {
+            for r in &records.filters {
                 remove_record(r);
             }
-            for r in records.iter().filter(|r| r.created_clsact) {
+            for r in records.filters.iter().filter(|r| r.created_clsact) {
                 remove_record_clsact(r);
+            }
+            for s in &records.shaping {
+                match shaping::undo(s) {
+                    Ok(()) => info!(?s, "undid a change of a crashed run"),
+                    Err(e) => warn!("{e}"),
+                }
             }
             let _ = fs::remove_file(&path);
         }
@@ -184,7 +217,9 @@ pub fn clean(namespaces: &[Option<String>]) {
         let Ok(_ns) = NetnsGuard::enter(ns.as_deref()) else {
             continue;
         };
-        for iface in interfaces() {
+        let interfaces = interfaces();
+        shaping::clean_namespace(&interfaces);
+        for iface in interfaces {
             for (attach, name) in [
                 (TcAttachType::Ingress, PROG_TC_INGRESS),
                 (TcAttachType::Egress, PROG_TC_EGRESS),

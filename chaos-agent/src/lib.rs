@@ -15,5 +15,6 @@ pub mod policy;
 pub mod probe;
 pub mod qdisc;
 pub mod rules;
+pub mod shaping;
 pub mod steady;
 pub mod syscall;

@@ -12,9 +12,10 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use chaos_common::{
-    ACTION_CORRUPT, ACTION_DUPLICATE, ACTION_LOSS, FAMILY_ANY, FAMILY_V4, FAMILY_V6, FIELD_CGROUP,
-    FIELD_DPORT, FIELD_PROTO, FIELD_SPORT, HookConf, HookKey, IPPROTO_ICMP, IPPROTO_ICMPV6,
-    IPPROTO_TCP, IPPROTO_UDP, MAX_RULE_KEYS, MAX_SHAPES, Rule, RuleKey, RuleRef, Shape,
+    ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, FAMILY_ANY,
+    FAMILY_V4, FAMILY_V6, FIELD_CGROUP, FIELD_DPORT, FIELD_PROTO, FIELD_SPORT, HookConf, HookKey,
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_RULE_KEYS, MAX_SHAPES, Rule,
+    RuleKey, RuleRef, Shape,
 };
 
 use crate::policy::model::{Cidr, Match, NetworkAction, Percent, PortRange, Protocol};
@@ -86,21 +87,50 @@ pub enum EncodeError {
     MapFull { keys: usize, limit: u32 },
 }
 
-/// The rule's action and probability as the kernel stores them.
-pub fn kernel_rule(action: &NetworkAction, deadline_ns: u64, default_guard: bool) -> Option<Rule> {
-    let (action, percent) = match action {
-        NetworkAction::Loss { percent } => (ACTION_LOSS, *percent),
-        NetworkAction::Corrupt { percent } => (ACTION_CORRUPT, *percent),
-        NetworkAction::Duplicate { percent } => (ACTION_DUPLICATE, *percent),
-        // Delay and bandwidth are refused before this (apply::check_supported).
-        NetworkAction::Delay { .. } | NetworkAction::Bandwidth { .. } => return None,
-    };
-    Some(Rule {
+/// The rule's action and probability as the kernel stores them. Delay and
+/// bandwidth act on every matched packet; on ingress the caller fills in
+/// the ifb device (`Rule::ifb_ifindex`) once it exists.
+pub fn kernel_rule(action: &NetworkAction, deadline_ns: u64, default_guard: bool) -> Rule {
+    let always = Percent(100.0);
+    let mut rule = Rule {
         deadline_ns,
-        threshold: threshold(percent),
-        action,
         default_guard: u32::from(default_guard),
-    })
+        ..Rule::default()
+    };
+    let percent = match action {
+        NetworkAction::Loss { percent } => {
+            rule.action = ACTION_LOSS;
+            *percent
+        }
+        NetworkAction::Corrupt { percent } => {
+            rule.action = ACTION_CORRUPT;
+            *percent
+        }
+        NetworkAction::Duplicate { percent } => {
+            rule.action = ACTION_DUPLICATE;
+            *percent
+        }
+        NetworkAction::Delay { latency, jitter } => {
+            rule.action = ACTION_DELAY;
+            rule.latency_ns = latency.as_nanos().min(u128::from(u64::MAX / 4)) as u64;
+            rule.jitter_ns = jitter.as_nanos().min(u128::from(u64::MAX / 4)) as u64;
+            always
+        }
+        NetworkAction::Bandwidth { rate_bps } => {
+            rule.action = ACTION_BANDWIDTH;
+            rule.ns_per_byte_x65536 = ns_per_byte_x65536(*rate_bps);
+            always
+        }
+    };
+    rule.threshold = threshold(percent);
+    rule
+}
+
+/// Departure-time cost of one byte at `rate_bps` bits per second, in
+/// nanoseconds times 2^16 (at least 1, so no rate is infinite).
+pub fn ns_per_byte_x65536(rate_bps: u64) -> u64 {
+    let v = (8_000_000_000u128 << 16) / u128::from(rate_bps.max(1));
+    v.clamp(1, u128::from(u64::MAX >> 20)) as u64
 }
 
 /// `percent` as a threshold for a 32-bit random number: acting when
@@ -355,8 +385,7 @@ mod tests {
                 },
                 99,
                 true,
-            )
-            .unwrap(),
+            ),
         }
     }
 
@@ -379,24 +408,55 @@ mod tests {
     #[test]
     fn each_action_has_its_kernel_code() {
         let pct = Percent(5.0);
-        let code = |a: NetworkAction| kernel_rule(&a, 1, false).map(|r| r.action);
-        assert_eq!(
-            code(NetworkAction::Loss { percent: pct }),
-            Some(ACTION_LOSS)
-        );
+        let code = |a: NetworkAction| kernel_rule(&a, 1, false).action;
+        assert_eq!(code(NetworkAction::Loss { percent: pct }), ACTION_LOSS);
         assert_eq!(
             code(NetworkAction::Corrupt { percent: pct }),
-            Some(ACTION_CORRUPT)
+            ACTION_CORRUPT
         );
         assert_eq!(
             code(NetworkAction::Duplicate { percent: pct }),
-            Some(ACTION_DUPLICATE)
+            ACTION_DUPLICATE
         );
-        let r = kernel_rule(&NetworkAction::Corrupt { percent: pct }, 77, true).unwrap();
+        let r = kernel_rule(&NetworkAction::Corrupt { percent: pct }, 77, true);
         assert_eq!((r.deadline_ns, r.default_guard), (77, 1));
         assert_eq!(r.threshold, threshold(pct));
-        // Refused before encoding (apply::check_supported).
-        assert_eq!(code(NetworkAction::Bandwidth { rate_bps: 1 }), None);
+    }
+
+    #[test]
+    fn delay_and_bandwidth_act_on_every_matched_packet() {
+        let ms = std::time::Duration::from_millis;
+        let d = kernel_rule(
+            &NetworkAction::Delay {
+                latency: ms(100),
+                jitter: ms(20),
+            },
+            1,
+            true,
+        );
+        assert_eq!(d.action, ACTION_DELAY);
+        assert_eq!((d.latency_ns, d.jitter_ns), (100_000_000, 20_000_000));
+        assert_eq!(d.threshold, 1 << 32);
+        let b = kernel_rule(
+            &NetworkAction::Bandwidth {
+                rate_bps: 1_000_000,
+            },
+            1,
+            true,
+        );
+        assert_eq!(b.action, ACTION_BANDWIDTH);
+        assert_eq!(b.threshold, 1 << 32);
+        // 1 Mbit/s is 8 µs per byte.
+        assert_eq!(b.ns_per_byte_x65536, 8_000 << 16);
+    }
+
+    #[test]
+    fn pacing_cost_stays_finite_and_nonzero() {
+        // 10 Gbit/s: 0.8 ns per byte.
+        assert_eq!(ns_per_byte_x65536(10_000_000_000), 52_428);
+        assert!(ns_per_byte_x65536(u64::MAX) >= 1);
+        // A 64 KiB packet at the slowest rate still fits in 64 bits.
+        assert!(ns_per_byte_x65536(0).checked_mul(65_536).is_some());
     }
 
     #[test]

@@ -21,11 +21,15 @@ pub const MAP_RULES: &str = "CHAOS_RULES";
 pub const MAP_COUNTERS: &str = "CHAOS_COUNTERS";
 pub const MAP_GUARD_PORTS: &str = "CHAOS_GUARD_PORTS";
 pub const MAP_GUARD_NETS: &str = "CHAOS_GUARD_NETS";
+pub const MAP_PACE: &str = "CHAOS_PACE";
 
 /// Name of the read-only global that switches kernel-side debug logging on.
 pub const GLOBAL_DEBUG: &str = "CHAOS_DEBUG";
 /// Read-only global: 1 when the guard has address entries.
 pub const GLOBAL_GUARD_NETS: &str = "CHAOS_GUARD_NETS_USED";
+/// Read-only global: 1 when the kernel has `bpf_skb_set_tstamp` (5.18+),
+/// needed for delay on ingress; 0 keeps the call out of the verified code.
+pub const GLOBAL_SET_TSTAMP: &str = "CHAOS_HAS_SET_TSTAMP";
 
 /// Capacity of the rule table (`CHAOS_RULES`, `CHAOS_COUNTERS`).
 pub const MAX_RULES: u32 = 16_384;
@@ -62,6 +66,17 @@ pub const ACTION_LOSS: u32 = 1;
 pub const ACTION_CORRUPT: u32 = 2;
 /// Send a copy of the packet too (`bpf_clone_redirect`).
 pub const ACTION_DUPLICATE: u32 = 3;
+/// Hold the packet back: departure time now + latency +- jitter.
+pub const ACTION_DELAY: u32 = 4;
+/// Pace the rule's packets to a rate: departure times from a virtual clock.
+pub const ACTION_BANDWIDTH: u32 = 5;
+
+/// The handle major of the fq qdiscs the agent installs (`ca05:`), so that
+/// start-up clean-up can tell them from anyone else's.
+pub const FQ_HANDLE_MAJOR: u16 = 0xca05;
+/// Name prefix of the ifb devices that carry delayed ingress packets; the
+/// target interface's index follows.
+pub const IFB_PREFIX: &str = "chaosifb";
 
 /// Bits of `Shape::fields`: which packet fields take part in the key.
 pub const FIELD_PROTO: u8 = 1 << 0;
@@ -163,8 +178,19 @@ pub struct Rule {
     pub action: u32,
     /// 1 when the built-in guard (port 22, SSH peer, metrics port) applies.
     pub default_guard: u32,
+    /// `ACTION_DELAY`: the delay, and the half-width of the uniform jitter
+    /// around it, in nanoseconds.
+    pub latency_ns: u64,
+    pub jitter_ns: u64,
+    /// `ACTION_BANDWIDTH`: nanoseconds of departure time per byte, times
+    /// 2^16 (fixed point: 1 Gbit/s is 8 ns/byte, 1 kbit/s 8 ms/byte).
+    pub ns_per_byte_x65536: u64,
+    /// On ingress, delayed packets go through this ifb device (its fq
+    /// releases them); 0 on egress, where the interface's own fq does.
+    pub ifb_ifindex: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Rule>() == 24);
+const _: () = assert!(core::mem::size_of::<Rule>() == 56);
 
 /// Per-rule, per-CPU decision counters (`CHAOS_COUNTERS`).
 #[repr(C)]
@@ -178,6 +204,17 @@ pub struct Counters {
     pub guard_passed: u64,
 }
 const _: () = assert!(core::mem::size_of::<Counters>() == 24);
+
+/// A bandwidth rule's virtual clock (`CHAOS_PACE`, indexed by rule id): the
+/// departure time of the next packet. Shared by all CPUs; see
+/// ARCHITECTURE.md for what concurrent updates do to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pace {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub next_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Pace>() == 8);
 
 /// Value of both guard maps (`CHAOS_GUARD_PORTS` is indexed by TCP/UDP
 /// port, host byte order): which guards cover the port or prefix, 0 none.
@@ -219,4 +256,5 @@ mod pod {
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for GuardEntry {}
     unsafe impl aya::Pod for GuardNet {}
+    unsafe impl aya::Pod for Pace {}
 }

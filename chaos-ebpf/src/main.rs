@@ -10,21 +10,23 @@
 
 mod actions;
 mod parse;
+mod timing;
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{__sk_buff, BPF_F_NO_PREALLOC, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_skb_ancestor_cgroup_id},
     macros::{classifier, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use chaos_common::{
-    ACTION_CORRUPT, ACTION_DUPLICATE, ACTION_LOSS, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_ANY,
-    FIELD_CGROUP, FIELD_DPORT, FIELD_PROTO, FIELD_SPORT, GUARD_DEFAULT, GUARD_EXTRA,
-    GUARD_PORT_SLOTS, GuardEntry, GuardNet, HookConf, HookKey, MAX_GUARD_NETS, MAX_HOOKS,
-    MAX_RULE_KEYS, MAX_RULES, MAX_SHAPES, Rule, RuleKey, RuleRef, Shape,
+    ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, Counters,
+    DIR_EGRESS, DIR_INGRESS, FAMILY_ANY, FIELD_CGROUP, FIELD_DPORT, FIELD_PROTO, FIELD_SPORT,
+    GUARD_DEFAULT, GUARD_EXTRA, GUARD_PORT_SLOTS, GuardEntry, GuardNet, HookConf, HookKey,
+    MAX_GUARD_NETS, MAX_HOOKS, MAX_RULE_KEYS, MAX_RULES, MAX_SHAPES, Pace, Rule, RuleKey, RuleRef,
+    Shape,
 };
 use parse::{Packet, Parsed};
 
@@ -38,6 +40,11 @@ static CHAOS_DEBUG: u8 = 0;
 #[unsafe(no_mangle)]
 static CHAOS_GUARD_NETS_USED: u8 = 0;
 
+/// Set to 1 by the agent when the kernel has `bpf_skb_set_tstamp` (5.18+);
+/// at 0 the verifier never sees the call, so older kernels still load us.
+#[unsafe(no_mangle)]
+static CHAOS_HAS_SET_TSTAMP: u8 = 0;
+
 #[map(name = "CHAOS_HOOKS")]
 static HOOKS: HashMap<HookKey, HookConf> = HashMap::with_max_entries(MAX_HOOKS, 0);
 
@@ -47,6 +54,10 @@ static RULE_INDEX: HashMap<RuleKey, RuleRef> =
 
 #[map(name = "CHAOS_RULES")]
 static RULES: Array<Rule> = Array::with_max_entries(MAX_RULES, 0);
+
+/// Bandwidth rules' virtual clocks, by rule id.
+#[map(name = "CHAOS_PACE")]
+static PACE: Array<Pace> = Array::with_max_entries(MAX_RULES, 0);
 
 #[map(name = "CHAOS_COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
@@ -85,6 +96,10 @@ fn chaos_tc_egress(ctx: TcContext) -> i32 {
 enum Decision {
     Pass,
     Drop,
+    /// Pass, with a departure time set for the qdisc (delayed egress).
+    Held,
+    /// Send the packet on through this ifb device (delayed ingress).
+    Redirect(u32),
 }
 
 /// The one place where a classification result becomes a TC verdict. Errors
@@ -102,7 +117,10 @@ enum Decision {
 fn verdict(result: Result<Decision, ()>) -> i32 {
     match result {
         Ok(Decision::Drop) => TC_ACT_SHOT,
-        Ok(Decision::Pass) | Err(()) => TC_ACT_UNSPEC,
+        // SAFETY: plain helper; it returns TC_ACT_REDIRECT, or TC_ACT_SHOT
+        // for flags it does not know (we pass none).
+        Ok(Decision::Redirect(ifindex)) => unsafe { bpf_redirect(ifindex, 0) as i32 },
+        Ok(Decision::Pass | Decision::Held) | Err(()) => TC_ACT_UNSPEC,
     }
 }
 
@@ -182,8 +200,43 @@ fn classify(ctx: &TcContext, direction: u32) -> Result<Decision, ()> {
             }
             Ok(Decision::Pass)
         }
+        ACTION_DELAY | ACTION_BANDWIDTH => {
+            let decision = hold(ctx, rule_id, rule, direction);
+            if !matches!(decision, Ok(Decision::Pass) | Err(())) {
+                counters.injected += 1;
+            }
+            decision
+        }
         _ => Ok(Decision::Pass),
     }
+}
+
+/// Delay and bandwidth: gives the packet its departure time (see
+/// `timing`). `Pass` when it cannot (the packet leaves unchanged); a
+/// bandwidth rule whose backlog is full drops.
+#[inline(always)]
+fn hold(ctx: &TcContext, rule_id: u32, rule: &Rule, direction: u32) -> Result<Decision, ()> {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let base = timing::base_time(ctx, now);
+    let at = if rule.action == ACTION_DELAY {
+        timing::delay_departure(rule, base)
+    } else {
+        match timing::pace_departure(&PACE, rule_id, rule, u64::from(ctx.len()), base) {
+            Some(at) => at,
+            None => return Ok(Decision::Drop),
+        }
+    };
+    if direction == DIR_EGRESS {
+        timing::set_egress_departure(ctx, at);
+        return Ok(Decision::Held);
+    }
+    // SAFETY: plain read of a read-only global the agent sets at load time.
+    if rule.ifb_ifindex == 0 || unsafe { core::ptr::read_volatile(&CHAOS_HAS_SET_TSTAMP) } == 0 {
+        return Err(());
+    }
+    timing::set_ingress_departure(ctx, at)?;
+    Ok(Decision::Redirect(rule.ifb_ifindex))
 }
 
 /// Which guards cover this packet: `GUARD_DEFAULT` and/or `GUARD_EXTRA`.
