@@ -45,6 +45,10 @@ static CHAOS_GUARD_NETS_USED: u8 = 0;
 #[unsafe(no_mangle)]
 static CHAOS_HAS_SET_TSTAMP: u8 = 0;
 
+/// Length of the Ethernet header, which tc ingress programs do not see in
+/// `skb->len`.
+const ETH_HLEN: u64 = 14;
+
 #[map(name = "CHAOS_HOOKS")]
 static HOOKS: HashMap<HookKey, HookConf> = HashMap::with_max_entries(MAX_HOOKS, 0);
 
@@ -222,7 +226,15 @@ fn hold(ctx: &TcContext, rule_id: u32, rule: &Rule, direction: u32) -> Result<De
     let at = if rule.action == ACTION_DELAY {
         timing::delay_departure(rule, base)
     } else {
-        match timing::pace_departure(&PACE, rule_id, rule, u64::from(ctx.len()), base) {
+        // Rates count Ethernet frames, as tc's do: the length includes the
+        // 14-byte header on egress; on ingress it was already pulled.
+        let len = u64::from(ctx.len())
+            + if direction == DIR_INGRESS {
+                ETH_HLEN
+            } else {
+                0
+            };
+        match timing::pace_departure(&PACE, rule_id, rule, len, base) {
             Some(at) => at,
             None => return Ok(Decision::Drop),
         }

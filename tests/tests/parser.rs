@@ -197,8 +197,7 @@ impl Loaded {
             },
             monotonic_ns() + 60_000_000_000,
             false,
-        )
-        .expect("loss has a kernel rule");
+        );
         let enc = rules::encode(&[RuleSpec {
             id: RULE_ID,
             hooks: [DIR_INGRESS, DIR_EGRESS]

@@ -19,9 +19,9 @@
 //! - a file that turns invalid is reported (file:line:column: field) and
 //!   counted, and its last good version stays in force.
 //!
-//! Faults the apply layer cannot do yet (delay, bandwidth and syscall
-//! faults today) are reported as unsupported in `status` and the log; the rest of the
-//! policy still applies.
+//! Faults the apply layer cannot do (syscall faults today; delay and
+//! bandwidth on a kernel without fq) are reported as unsupported in
+//! `status` and the log; the rest of the policy still applies.
 
 mod lock;
 mod notify;
