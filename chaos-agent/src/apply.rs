@@ -381,7 +381,7 @@ pub fn apply(policy: &Policy, opts: &Options) -> Result<Applied> {
         applied.state = Some(StateFile::create()?);
     }
     for (ns, planned, mut enc, first) in encoded {
-        prepare_shaping(&mut applied, ns.as_ref(), &planned, &mut enc, first)?;
+        prepare_shaping(&mut applied, ns.as_ref(), planned, &mut enc, first)?;
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_DEBUG, &u8::from(opts.debug_kernel), true)
             .override_global(GLOBAL_GUARD_NETS, &u8::from(!guard_nets.is_empty()), true)
