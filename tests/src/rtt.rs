@@ -58,11 +58,18 @@ impl Drop for EchoServer {
 /// Binds a UDP socket to `bind` in the calling thread's network namespace
 /// and starts a thread that sends every datagram back to where it came
 /// from, unchanged, until the server is dropped or `max_total` has passed.
-pub fn echo_server(bind: SocketAddr, max_total: Duration) -> Result<EchoServer> {
+/// With `spin` the thread polls a non-blocking socket instead of sleeping
+/// in `recv` (see [`RttOptions::spin`]); it then keeps one CPU busy for
+/// its whole life, so keep that short.
+pub fn echo_server(bind: SocketAddr, max_total: Duration, spin: bool) -> Result<EchoServer> {
     let sock = UdpSocket::bind(bind).with_context(|| format!("binding UDP echo to {bind}"))?;
     force_rcvbuf(sock.as_raw_fd(), SOCK_BUF).context("SO_RCVBUFFORCE on the echo server")?;
     let _ = force_sndbuf(sock.as_raw_fd(), SOCK_BUF);
-    sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+    if spin {
+        sock.set_nonblocking(true)?;
+    } else {
+        sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+    }
     let local = sock.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let echoed = Arc::new(AtomicU64::new(0));
@@ -73,10 +80,14 @@ pub fn echo_server(bind: SocketAddr, max_total: Duration) -> Result<EchoServer> 
             let until = Instant::now() + max_total;
             let mut buf = vec![0u8; 65_536];
             while !stop2.load(Ordering::SeqCst) && Instant::now() < until {
-                if let Ok((n, from)) = sock.recv_from(&mut buf)
-                    && sock.send_to(&buf[..n], from).is_ok()
-                {
-                    echoed2.fetch_add(1, Ordering::Relaxed);
+                match sock.recv_from(&mut buf) {
+                    Ok((n, from)) => {
+                        if sock.send_to(&buf[..n], from).is_ok() {
+                            echoed2.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) if spin => std::hint::spin_loop(),
+                    Err(_) => {}
                 }
             }
         })
@@ -101,6 +112,14 @@ pub struct RttOptions {
     /// How long to wait for echoes after the last send: at least the
     /// largest RTT expected, plus margin (default 1 s).
     pub drain: Duration,
+    /// Poll non-blocking sockets in a loop (client and, in
+    /// [`rtt_between`], the echo server) instead of sleeping until a
+    /// datagram arrives. A thread woken by a packet starts running after a
+    /// scheduling delay; under an emulated CPU (qemu TCG) that delay is
+    /// milliseconds and varies with what else runs, more than the
+    /// difference being measured. Polling takes it out of the RTT, at the
+    /// cost of two busy CPUs while the probe runs.
+    pub spin: bool,
 }
 
 impl RttOptions {
@@ -111,12 +130,19 @@ impl RttOptions {
             pps,
             payload_len: 64,
             drain: Duration::from_secs(1),
+            spin: false,
         }
     }
 
     /// Sets the drain time.
     pub fn drain(mut self, drain: Duration) -> RttOptions {
         self.drain = drain;
+        self
+    }
+
+    /// Polls instead of sleeping; see [`spin`](Self::spin).
+    pub fn spinning(mut self) -> RttOptions {
+        self.spin = true;
         self
     }
 }
@@ -186,10 +212,50 @@ impl RttRun {
     }
 }
 
+/// Echoes received so far, first copies only.
+struct Collector {
+    run: RttRun,
+    seen: Vec<bool>,
+}
+
+impl Collector {
+    fn new(count: u64) -> Collector {
+        Collector {
+            run: RttRun::default(),
+            seen: vec![false; count as usize],
+        }
+    }
+
+    fn take(&mut self, data: &[u8], recv_ns: u64) {
+        match payload::decode(data) {
+            Ok(d) if (d.seq as usize) < self.seen.len() && !self.seen[d.seq as usize] => {
+                self.seen[d.seq as usize] = true;
+                self.run.echoes.push(Echo {
+                    seq: d.seq,
+                    send_ns: d.send_ns,
+                    recv_ns,
+                });
+            }
+            Ok(_) => self.run.duplicates += 1,
+            Err(_) => self.run.corrupted += 1,
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.run.echoes.len() == self.seen.len()
+    }
+}
+
+/// The send schedule: datagram `i` is due `i/pps` after the start.
+fn due(i: u64, pps: u32) -> Duration {
+    Duration::from_nanos((u128::from(i) * 1_000_000_000 / u128::from(pps)) as u64)
+}
+
 /// Sends `o.count` datagrams from a socket in the calling thread's network
 /// namespace to the echo server at `to`, paced by a schedule (datagram `i`
-/// is due at `start + i/pps`), while a second thread reads the echoes on
-/// the same socket. Returns after the last send plus `o.drain`, or earlier
+/// is due at `start + i/pps`), and times each echo: a second thread reads
+/// them on the same socket, or with `o.spin` the one thread polls for them
+/// between sends. Returns after the last send plus `o.drain`, or earlier
 /// once every echo is back. Bounded: the sending stops at twice the paced
 /// duration plus 5 s.
 pub fn rtt_probe(to: SocketAddr, o: &RttOptions) -> Result<RttRun> {
@@ -208,58 +274,48 @@ pub fn rtt_probe(to: SocketAddr, o: &RttOptions) -> Result<RttRun> {
     let _ = force_sndbuf(sock.as_raw_fd(), SOCK_BUF);
     sock.connect(to)
         .with_context(|| format!("connecting the RTT client to {to}"))?;
+    let count = u64::from(o.count);
+    let paced = Duration::from_secs_f64(f64::from(o.count) / f64::from(o.pps));
+    let send_limit = paced * 2 + Duration::from_secs(5);
+    if o.spin {
+        return spin_probe(sock, o, send_limit);
+    }
     sock.set_read_timeout(Some(Duration::from_millis(20)))?;
     sock.set_write_timeout(Some(Duration::from_secs(1)))?;
     let rx = sock.try_clone()?;
-    let count = u64::from(o.count);
     // The receiver stops at this CLOCK_MONOTONIC ns (0: not yet known).
     let stop_at = Arc::new(AtomicU64::new(0));
     let stop_at2 = stop_at.clone();
-    let paced = Duration::from_secs_f64(f64::from(o.count) / f64::from(o.pps));
-    let hard_limit = paced * 2 + Duration::from_secs(5) + o.drain;
+    let hard_limit = send_limit + o.drain;
     let receiver = std::thread::Builder::new()
         .name("rtt-rx".into())
         .spawn(move || {
             let started = Instant::now();
-            let mut run = RttRun::default();
-            let mut seen = vec![false; count as usize];
+            let mut c = Collector::new(count);
             let mut buf = vec![0u8; 65_536];
             loop {
                 let until = stop_at2.load(Ordering::SeqCst);
                 if (until != 0 && monotonic_ns() >= until)
-                    || run.echoes.len() as u64 == count
+                    || c.complete()
                     || started.elapsed() >= hard_limit
                 {
                     break;
                 }
-                let Ok(n) = rx.recv(&mut buf) else { continue };
-                let recv_ns = monotonic_ns();
-                match payload::decode(&buf[..n]) {
-                    Ok(d) if d.seq < count && !seen[d.seq as usize] => {
-                        seen[d.seq as usize] = true;
-                        run.echoes.push(Echo {
-                            seq: d.seq,
-                            send_ns: d.send_ns,
-                            recv_ns,
-                        });
-                    }
-                    Ok(_) => run.duplicates += 1,
-                    Err(_) => run.corrupted += 1,
+                if let Ok(n) = rx.recv(&mut buf) {
+                    c.take(&buf[..n], monotonic_ns());
                 }
             }
-            run
+            c.run
         })
         .context("spawning the RTT receiver")?;
     let mut buf = vec![0u8; o.payload_len];
     let start = Instant::now();
-    let limit = paced * 2 + Duration::from_secs(5);
     let (mut sent, mut first_ns, mut last_ns) = (0u64, 0u64, 0u64);
     let mut i = 0u64;
-    while i < count && start.elapsed() < limit {
-        let due = Duration::from_nanos((u128::from(i) * 1_000_000_000 / u128::from(o.pps)) as u64);
+    while i < count && start.elapsed() < send_limit {
         let elapsed = start.elapsed();
-        if due > elapsed {
-            std::thread::sleep((due - elapsed).min(Duration::from_millis(5)));
+        if due(i, o.pps) > elapsed {
+            std::thread::sleep((due(i, o.pps) - elapsed).min(Duration::from_millis(5)));
             continue;
         }
         let now = monotonic_ns();
@@ -282,6 +338,52 @@ pub fn rtt_probe(to: SocketAddr, o: &RttOptions) -> Result<RttRun> {
     Ok(run)
 }
 
+/// [`rtt_probe`] with `spin`: one thread, a non-blocking socket, sending
+/// when a datagram is due and reading whatever has arrived in between.
+fn spin_probe(sock: UdpSocket, o: &RttOptions, send_limit: Duration) -> Result<RttRun> {
+    sock.set_nonblocking(true)?;
+    let count = u64::from(o.count);
+    let mut c = Collector::new(count);
+    let mut out = vec![0u8; o.payload_len];
+    let mut buf = vec![0u8; 65_536];
+    let start = Instant::now();
+    let (mut sent, mut first_ns, mut last_ns) = (0u64, 0u64, 0u64);
+    let mut i = 0u64;
+    let mut drain_until: Option<Instant> = None;
+    loop {
+        let elapsed = start.elapsed();
+        if i < count && elapsed >= send_limit {
+            i = count;
+        }
+        if i == count && drain_until.is_none() {
+            drain_until = Some(Instant::now() + o.drain);
+        }
+        if c.complete() || drain_until.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if i < count && due(i, o.pps) <= elapsed {
+            let now = monotonic_ns();
+            payload::encode(&mut out, i, now);
+            if sock.send(&out).is_ok() {
+                sent += 1;
+                if first_ns == 0 {
+                    first_ns = now;
+                }
+                last_ns = now;
+            }
+            i += 1;
+        }
+        match sock.recv(&mut buf) {
+            Ok(n) => c.take(&buf[..n], monotonic_ns()),
+            Err(_) => std::hint::spin_loop(),
+        }
+    }
+    let mut run = c.run;
+    run.sent = sent;
+    run.send_secs = last_ns.saturating_sub(first_ns) as f64 / 1e9;
+    Ok(run)
+}
+
 /// [`rtt_probe`] from side a of `pair` to an echo server on side b
 /// (`kind` addresses, `port`); the server lives for this call only.
 pub fn rtt_between(pair: &NetnsPair, kind: AddrKind, port: u16, o: &RttOptions) -> Result<RttRun> {
@@ -289,7 +391,7 @@ pub fn rtt_between(pair: &NetnsPair, kind: AddrKind, port: u16, o: &RttOptions) 
     let limit = Duration::from_secs_f64(2.0 * f64::from(o.count) / f64::from(o.pps.max(1)))
         + o.drain
         + Duration::from_secs(10);
-    let server = pair.run_in(Side::B, || echo_server(bind, limit))??;
+    let server = pair.run_in(Side::B, || echo_server(bind, limit, o.spin))??;
     let to = server.local_addr();
     pair.run_in(Side::A, || rtt_probe(to, o))?
 }
@@ -324,18 +426,23 @@ mod tests {
 
     #[test]
     fn loopback_echo() {
-        let server = echo_server("127.0.0.1:0".parse().unwrap(), Duration::from_secs(10)).unwrap();
-        let run = rtt_probe(
-            server.local_addr(),
-            &RttOptions::new(200, 2_000).drain(Duration::from_millis(500)),
-        )
-        .unwrap();
-        assert_eq!(run.sent, 200);
-        assert_eq!(run.lost(), 0, "{run:?}");
-        assert_eq!(run.reordered(), 0);
-        assert_eq!(server.echoed(), 200);
-        assert!(run.rtts_ns().iter().all(|&r| r > 0 && r < 1_000_000_000));
-        assert!(run.achieved_pps() > 500.0, "{}", run.achieved_pps());
+        for spin in [false, true] {
+            let server = echo_server(
+                "127.0.0.1:0".parse().unwrap(),
+                Duration::from_secs(10),
+                spin,
+            )
+            .unwrap();
+            let mut o = RttOptions::new(200, 2_000).drain(Duration::from_millis(500));
+            o.spin = spin;
+            let run = rtt_probe(server.local_addr(), &o).unwrap();
+            assert_eq!(run.sent, 200);
+            assert_eq!(run.lost(), 0, "spin {spin}: {run:?}");
+            assert_eq!(run.reordered(), 0);
+            assert_eq!(server.echoed(), 200);
+            assert!(run.rtts_ns().iter().all(|&r| r > 0 && r < 1_000_000_000));
+            assert!(run.achieved_pps() > 500.0, "{}", run.achieved_pps());
+        }
     }
 
     #[test]

@@ -29,7 +29,9 @@ use common::{Blast, fault_counters};
 /// The echo server's port, which the faults target.
 const PORT: u16 = 7200;
 /// Echo probes per measurement and their rate: 300 at 100/s is 3 s, and
-/// a p99 of 300 samples is the third-largest.
+/// a p99 of 300 samples is the third-largest. Both ends poll rather than
+/// sleep (`RttOptions::spinning`): in the emulated VM a thread woken by a
+/// packet runs milliseconds later, a noise larger than the figures.
 const PROBES: u32 = 300;
 const PROBE_PPS: u32 = 100;
 
@@ -100,24 +102,33 @@ fn baseline(pair: &NetnsPair, o: &RttOptions) -> RttRun {
     run
 }
 
-/// Added delay of one measurement: (p50, p99) in ms.
+/// Added delay of one measurement (p50, p99), the baseline it was
+/// measured against (p50, p99) and the smallest RTT under the fault, in ms.
 struct Added {
     p50: f64,
     p99: f64,
+    base_p50: f64,
+    base_p99: f64,
+    min_rtt: f64,
 }
 
 fn added(run: &RttRun, baseline: &RttRun) -> Added {
     let a = added_ns(run, baseline);
+    let b = baseline.rtts_ns();
+    let q = |v: &[u64], q| ms(quantile(v, q).expect("echoes") as f64);
     Added {
         p50: ms(quantile_f(&a, 0.5)),
         p99: ms(quantile_f(&a, 0.99)),
+        base_p50: q(&b, 0.5),
+        base_p99: q(&b, 0.99),
+        min_rtt: q(&run.rtts_ns(), 0.0),
     }
 }
 
 /// The same delay through our fault and through netem, each against a
 /// baseline measured just before it. Returns (ours, netem).
 fn ours_and_netem(pair: &NetnsPair, latency: &str) -> (Added, Option<Added>) {
-    let o = RttOptions::new(PROBES, PROBE_PPS);
+    let o = RttOptions::new(PROBES, PROBE_PPS).spinning();
     let base = baseline(pair, &o);
     let agent = blast(pair, Side::A, "egress", "udp", &["--delay", latency]).unwrap();
     let run = rtt_between(pair, AddrKind::V4, PORT, &o).unwrap();
@@ -149,13 +160,17 @@ fn ours_and_netem(pair: &NetnsPair, latency: &str) -> (Added, Option<Added>) {
 }
 
 fn figure_vs_netem(latency: &str, ours: &Added, netem: &Option<Added>) {
-    let (n50, n99) = match netem {
-        Some(n) => (format!("{:.3} ms", n.p50), format!("{:.3} ms", n.p99)),
-        None => ("n/a".into(), "n/a".into()),
+    let (n50, n99, nbase) = match netem {
+        Some(n) => (
+            format!("{:.3} ms", n.p50),
+            format!("{:.3} ms", n.p99),
+            format!("{:.3}/{:.3}", n.base_p50, n.base_p99),
+        ),
+        None => ("n/a".into(), "n/a".into(), "n/a".into()),
     };
     println!(
-        "figure: delay {latency} (egress, added RTT of {PROBES} UDP echoes at {PROBE_PPS}/s over the baseline median): p50 ours {:.3} ms netem {n50}; p99 ours {:.3} ms netem {n99}",
-        ours.p50, ours.p99
+        "figure: delay {latency} egress, RTT added over the unfaulted median ({PROBES} UDP echoes at {PROBE_PPS}/s): p50 ours {:.3} ms netem {n50}; p99 ours {:.3} ms netem {n99} (unfaulted RTT p50/p99 before ours {:.3}/{:.3} ms, before netem {nbase} ms)",
+        ours.p50, ours.p99, ours.base_p50, ours.base_p99
     );
 }
 
@@ -169,6 +184,12 @@ fn egress_delay_case(latency_ms: f64) {
     let latency = format!("{latency_ms}ms");
     let (ours, netem) = ours_and_netem(&pair, &latency);
     figure_vs_netem(&latency, &ours, &netem);
+    // fq never releases a packet before its departure time.
+    assert!(
+        ours.min_rtt >= latency_ms,
+        "an echo came back after {:.3} ms, sooner than the {latency} delay",
+        ours.min_rtt
+    );
     let tol50 = (0.02 * latency_ms).max(0.2);
     assert!(
         (ours.p50 - latency_ms).abs() <= tol50,
@@ -207,6 +228,11 @@ fn delay_egress_1ms() {
     let (ours, netem) = ours_and_netem(&pair, "1ms");
     figure_vs_netem("1ms", &ours, &netem);
     assert!(
+        ours.min_rtt >= 1.0,
+        "an echo came back after {:.3} ms",
+        ours.min_rtt
+    );
+    assert!(
         (0.8..=2.0).contains(&ours.p50),
         "median added delay {:.3} ms for 1ms",
         ours.p50
@@ -223,7 +249,9 @@ fn delay_5kpps_at_100ms_loses_nothing() {
     if !have_fq(&pair) {
         return;
     }
-    let o = RttOptions::new(10_000, 5_000).drain(Duration::from_secs(2));
+    let o = RttOptions::new(10_000, 5_000)
+        .drain(Duration::from_secs(2))
+        .spinning();
     let base = rtt_between(&pair, AddrKind::V4, PORT, &o).unwrap();
     let agent = blast(&pair, Side::A, "egress", "udp", &["--delay", "100ms"]).unwrap();
     let ours = rtt_between(&pair, AddrKind::V4, PORT, &o).unwrap();
@@ -238,13 +266,16 @@ fn delay_5kpps_at_100ms_loses_nothing() {
         }
         Err(why) => format!("netem unavailable ({why})"),
     };
+    let a = added(&ours, &base);
     println!(
-        "figure: 5kpps at 100ms (UDP echo, 10,000 requested, rate achieved {:.0}/s, without a fault {:.0}/s and {} lost) lost ours {} of {}, {netem}",
+        "figure: 5kpps at 100ms (UDP echoes, 10,000 requested, rate achieved {:.0}/s; unfaulted {:.0}/s with {} lost) lost ours {} of {}, {netem}; ours added p50 {:.3} ms p99 {:.3} ms",
         ours.achieved_pps(),
         base.achieved_pps(),
         base.lost(),
         ours.lost(),
-        ours.sent
+        ours.sent,
+        a.p50,
+        a.p99
     );
     let (_, injected, _) = fault_counters(&reverted);
     assert_eq!(injected, ours.sent, "every request was delayed");
@@ -254,7 +285,6 @@ fn delay_5kpps_at_100ms_loses_nothing() {
         "echoes lost through the 100 ms delay (baseline lost {})",
         base.lost()
     );
-    let a = added(&ours, &base);
     assert!(
         (a.p50 - 100.0).abs() <= 2.0,
         "median added delay {:.3} ms at 5 kpps",
@@ -274,7 +304,7 @@ fn delay_jitter_spread() {
     }
     // 600 probes at 200/s: 5 ms apart, well inside the 20 ms window, so
     // jitter must reorder them.
-    let o = RttOptions::new(600, 200);
+    let o = RttOptions::new(600, 200).spinning();
     let base = baseline(&pair, &o);
     let agent = blast(
         &pair,
@@ -303,7 +333,7 @@ fn delay_jitter_spread() {
     let (_, b_sd) = mean_sd(&b).unwrap();
     let expected_sd = (10.0f64.powi(2) / 3.0 + b_sd.powi(2)).sqrt();
     println!(
-        "figure: jitter 50ms±10ms (added RTT of {} UDP echoes at 200/s): min {min:.2} ms max {max:.2} ms mean {mean:.2} ms sd {sd:.2} ms (uniform: {expected_sd:.2} ms); {} of {} arrived after a later-sent one",
+        "figure: jitter 50ms±10ms, RTT added over the unfaulted median ({} UDP echoes at 200/s; unfaulted RTT sd {b_sd:.3} ms): min {min:.2} ms max {max:.2} ms mean {mean:.2} ms sd {sd:.2} ms (uniform: {expected_sd:.2} ms); {} of {} arrived after a later-sent one",
         a.len(),
         run.reordered(),
         run.sent
@@ -468,7 +498,7 @@ fn delay_ingress_via_ifb() {
     let (ns, iface) = (pair.ns_b(), pair.if_b());
     let ifb = format!("chaosifb{}", ifindex(ns, iface).unwrap());
     let qdiscs_before = qdisc_show(ns, iface).unwrap();
-    let o = RttOptions::new(PROBES, PROBE_PPS);
+    let o = RttOptions::new(PROBES, PROBE_PPS).spinning();
     let base = baseline(&pair, &o);
     let agent = blast(&pair, Side::B, "ingress", "udp", &["--delay", "20ms"]).unwrap();
     let links = link_names(ns).unwrap();
@@ -487,8 +517,13 @@ fn delay_ingress_via_ifb() {
     assert_eq!(injected, run.sent, "every request was delayed");
     let a = added(&run, &base);
     println!(
-        "figure: delay 20ms ingress via ifb (added RTT of {PROBES} UDP echoes at {PROBE_PPS}/s): p50 {:.3} ms p99 {:.3} ms",
-        a.p50, a.p99
+        "figure: delay 20ms ingress via ifb, RTT added over the unfaulted median ({PROBES} UDP echoes at {PROBE_PPS}/s): p50 {:.3} ms p99 {:.3} ms (unfaulted RTT p50/p99 {:.3}/{:.3} ms)",
+        a.p50, a.p99, a.base_p50, a.base_p99
+    );
+    assert!(
+        a.min_rtt >= 20.0,
+        "an echo came back after {:.3} ms",
+        a.min_rtt
     );
     assert!(
         (a.p50 - 20.0).abs() <= 0.4,
