@@ -10,9 +10,10 @@
 //! `fq_codel` elsewhere); deleting our replacement makes the kernel build the
 //! same default again, byte for byte in `tc -d qdisc show`. A root someone
 //! configured (any other handle) is left alone: if it is fq we use it as it
-//! is, otherwise delay on that interface is refused. Our fq carries handle
-//! `ca05:` (children of mq `ca06:` and up), so start-up clean-up can tell
-//! ours from anyone else's after a crash.
+//! is, otherwise delay on that interface is refused. Our root carries handle
+//! `ca05:` (fq, or on a multi-queue device an mq with fq `ca06:` and up
+//! under its queues), so start-up clean-up can tell ours from anyone
+//! else's after a crash.
 //!
 //! Within one process, interfaces are shared by reference count: two faults
 //! (or two daemon policies) on one interface install fq once and remove it
@@ -59,8 +60,6 @@ struct Qdisc {
     handle: String,
     #[serde(default)]
     root: bool,
-    #[serde(default)]
-    parent: Option<String>,
 }
 
 fn tc(args: &[&str]) -> std::result::Result<String, String> {
@@ -102,14 +101,13 @@ fn our_handle(handle: &str) -> bool {
 /// What is at the root of an interface, as far as delay is concerned.
 #[derive(Debug, PartialEq, Eq)]
 enum Root {
-    /// Already fq (ours from another agent, or configured): use it.
-    Fq,
+    /// Already fq, or ours (another agent's): use it.
+    Usable,
     /// The kernel's default, single qdisc: replace it.
     Default,
-    /// The kernel's default mq: replace its children, these parents.
-    DefaultMq(Vec<String>),
-    /// Ours under a default mq (another agent's): use it.
-    OursUnderMq,
+    /// The kernel's default mq with this many queues: replace it with our
+    /// mq and fq under each queue.
+    DefaultMq(usize),
     /// Configured by someone: leave it.
     Configured { kind: String, handle: String },
 }
@@ -118,8 +116,8 @@ fn classify_root(list: &[Qdisc]) -> Root {
     let Some(root) = list.iter().find(|q| q.root) else {
         return Root::Default;
     };
-    if root.kind == "fq" {
-        return Root::Fq;
+    if root.kind == "fq" || our_handle(&root.handle) {
+        return Root::Usable;
     }
     if root.handle != "0:" {
         return Root::Configured {
@@ -131,19 +129,13 @@ fn classify_root(list: &[Qdisc]) -> Root {
         return Root::Default;
     }
     let children: Vec<&Qdisc> = list.iter().filter(|q| !q.root).collect();
-    if children
-        .iter()
-        .any(|q| q.kind == "fq" && our_handle(&q.handle))
-    {
-        return Root::OursUnderMq;
-    }
     if let Some(c) = children.iter().find(|q| q.handle != "0:") {
         return Root::Configured {
             kind: format!("mq with a configured {} child", c.kind),
             handle: c.handle.clone(),
         };
     }
-    Root::DefaultMq(children.iter().filter_map(|q| q.parent.clone()).collect())
+    Root::DefaultMq(children.len())
 }
 
 /// Puts fq at the root of `iface` (current namespace) unless it is there.
@@ -152,23 +144,31 @@ fn install_fq(iface: &str) -> Result<bool> {
     let list =
         qdiscs(iface).map_err(|e| Error::Runtime(format!("reading the qdiscs of {iface}: {e}")))?;
     let handle = format!("{FQ_HANDLE_MAJOR:x}:");
+    let root_with = |args: &[&str]| -> std::result::Result<String, String> {
+        let mut all = vec!["qdisc", "replace", "dev", iface, "root", "handle", &handle];
+        all.extend_from_slice(args);
+        tc(&all)
+    };
     match classify_root(&list) {
-        Root::Fq | Root::OursUnderMq => Ok(false),
+        Root::Usable => Ok(false),
         Root::Configured { kind, handle } => Err(Error::Unsupported(format!(
             "{iface} has a configured root qdisc ({kind} {handle}); delay and bandwidth need fq there, and chaos-agent replaces only a kernel default it can restore exactly; replace it with fq yourself to use them on {iface}"
         ))),
         Root::Default => {
-            let mut args = vec!["qdisc", "replace", "dev", iface, "root", "handle", &handle];
-            args.extend_from_slice(FQ_ARGS);
-            tc(&args)
+            root_with(FQ_ARGS)
                 .map_err(|e| Error::Runtime(format!("installing fq on {iface} failed: {e}")))?;
             Ok(true)
         }
-        Root::DefaultMq(parents) => {
-            for (i, parent) in parents.iter().enumerate() {
-                let child = format!("{:x}:", usize::from(FQ_HANDLE_MAJOR) + 1 + i);
+        Root::DefaultMq(queues) => {
+            // Our own mq (the default one's children cannot be addressed:
+            // its handle is 0), then fq under each of its classes.
+            root_with(&["mq"])
+                .map_err(|e| Error::Runtime(format!("installing mq on {iface} failed: {e}")))?;
+            for queue in 1..=queues {
+                let parent = format!("{FQ_HANDLE_MAJOR:x}:{queue:x}");
+                let child = format!("{:x}:", usize::from(FQ_HANDLE_MAJOR) + queue);
                 let mut args = vec![
-                    "qdisc", "replace", "dev", iface, "parent", parent, "handle", &child,
+                    "qdisc", "replace", "dev", iface, "parent", &parent, "handle", &child,
                 ];
                 args.extend_from_slice(FQ_ARGS);
                 if let Err(e) = tc(&args) {
@@ -188,7 +188,7 @@ fn install_fq(iface: &str) -> Result<bool> {
 /// kernel's default.
 fn remove_fq(iface: &str) -> std::result::Result<(), String> {
     let list = qdiscs(iface)?;
-    let ours = list.iter().any(|q| q.kind == "fq" && our_handle(&q.handle));
+    let ours = list.iter().any(|q| q.root && our_handle(&q.handle));
     if !ours {
         return Ok(());
     }
@@ -257,7 +257,7 @@ pub fn clean_namespace(interfaces: &[String]) {
         let ours = qdiscs(iface)
             .unwrap_or_default()
             .iter()
-            .any(|q| q.kind == "fq" && our_handle(&q.handle));
+            .any(|q| q.root && our_handle(&q.handle));
         if ours {
             match remove_fq(iface) {
                 Ok(()) => info!(iface, "removed a leftover fq qdisc of an earlier run"),
@@ -359,14 +359,11 @@ mod tests {
                 {"kind":"fq_codel","handle":"0:","parent":":2","options":{}},
                 {"kind":"fq_codel","handle":"0:","parent":":1","options":{}}]"#,
         );
-        assert_eq!(
-            classify_root(&mq),
-            Root::DefaultMq(vec![":2".into(), ":1".into()])
-        );
+        assert_eq!(classify_root(&mq), Root::DefaultMq(2));
         let htb = parse(r#"[{"kind":"htb","handle":"1:","root":true,"options":{}}]"#);
         assert!(matches!(classify_root(&htb), Root::Configured { .. }));
         let users_fq = parse(r#"[{"kind":"fq","handle":"8001:","root":true,"options":{}}]"#);
-        assert_eq!(classify_root(&users_fq), Root::Fq);
+        assert_eq!(classify_root(&users_fq), Root::Usable);
         let mq_configured = parse(
             r#"[{"kind":"mq","handle":"0:","root":true,"options":{}},
                 {"kind":"sfq","handle":"8002:","parent":":1","options":{}}]"#,
@@ -375,11 +372,11 @@ mod tests {
             classify_root(&mq_configured),
             Root::Configured { .. }
         ));
-        let ours_under_mq = parse(
-            r#"[{"kind":"mq","handle":"0:","root":true,"options":{}},
-                {"kind":"fq","handle":"ca06:","parent":":1","options":{}}]"#,
+        let ours_mq = parse(
+            r#"[{"kind":"mq","handle":"ca05:","root":true,"options":{}},
+                {"kind":"fq","handle":"ca06:","parent":"ca05:1","options":{}}]"#,
         );
-        assert_eq!(classify_root(&ours_under_mq), Root::OursUnderMq);
+        assert_eq!(classify_root(&ours_mq), Root::Usable);
     }
 
     #[test]

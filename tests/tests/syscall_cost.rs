@@ -82,22 +82,23 @@ fn syscall_cost_of_the_cgroup_backend() {
     assert!(with > without * 0.2, "{with} vs {without}");
 }
 
-#[test]
-fn syscall_cost_of_the_lsm_backend() {
-    require_root!();
+/// A backend every task passes through (LSM, kprobe): the non-target is
+/// told apart by comm. Skips, naming the reason, where the backend does not
+/// run (`probe` row `feature`).
+fn cost_of_a_per_task_backend(backend: &str, feature: &str, floor: f64) {
     let (_, out, _) = agent_output(&["probe", "--json"]).unwrap();
     let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let lsm = rows
+    let row = rows
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["feature"] == "syscall-lsm")
+        .find(|r| r["feature"] == feature)
         .cloned()
         .unwrap_or_default();
-    if lsm["supported"] != true {
+    if row["supported"] != true {
         println!(
-            "skipped: BPF LSM programs do not run here: {}",
-            lsm["detail"]
+            "skipped: the {backend} backend does not run here: {}",
+            row["detail"]
         );
         return;
     }
@@ -106,7 +107,6 @@ fn syscall_cost_of_the_lsm_backend() {
         ..Placement::default()
     };
     let without = best_rate(&place);
-    // Every task runs the LSM program; the non-target is told apart by comm.
     let blast = Blast::start(&[
         "syscall",
         "--syscall",
@@ -116,13 +116,25 @@ fn syscall_cost_of_the_lsm_backend() {
         "--comm",
         "chaos-cost-tgt",
         "--backend",
-        "lsm",
+        backend,
         "--duration",
         "120s",
     ])
     .unwrap();
     let with = best_rate(&place);
     blast.stop().unwrap();
-    report("lsm", "process with another comm", without, with);
-    assert!(with > without * 0.3, "{with} vs {without}");
+    report(backend, "process with another comm", without, with);
+    assert!(with > without * floor, "{with} vs {without}");
+}
+
+#[test]
+fn syscall_cost_of_the_lsm_backend() {
+    require_root!();
+    cost_of_a_per_task_backend("lsm", "syscall-lsm", 0.3);
+}
+
+#[test]
+fn syscall_cost_of_the_kprobe_backend() {
+    require_root!();
+    cost_of_a_per_task_backend("kprobe", "syscall-kprobe", 0.3);
 }
