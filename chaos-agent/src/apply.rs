@@ -170,7 +170,7 @@ pub fn needs_fq(a: &NetworkAction) -> bool {
 }
 
 /// `bpf_skb_set_tstamp`, which ingress delay needs, exists from Linux 5.18.
-fn has_set_tstamp() -> bool {
+pub fn has_set_tstamp() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 18, 0))
 }
 

@@ -150,7 +150,16 @@ pub fn rows() -> Vec<Row> {
         Err(e) => row("ifb", false, format!("CONFIG_IFB is missing: {e}")),
     });
     out.push(match qdisc::tstamp_writable() {
-        Ok(()) => row("skb-tstamp", true, "tc programs can set departure times"),
+        Ok(()) if crate::apply::has_set_tstamp() => row(
+            "skb-tstamp",
+            true,
+            "tc programs can set departure times, on ingress too (bpf_skb_set_tstamp)",
+        ),
+        Ok(()) => row(
+            "skb-tstamp",
+            true,
+            "tc programs can set departure times on egress; ingress delay needs bpf_skb_set_tstamp (Linux 5.18)",
+        ),
         Err(e) => row("skb-tstamp", false, e),
     });
     out.push(if Path::new("/sys/kernel/btf/vmlinux").exists() {

@@ -338,6 +338,12 @@ pub fn release(hold: Hold) -> std::result::Result<(), String> {
     if let Some(state) = reg.state.as_mut() {
         state.remove_shaping(&hold.0)?;
     }
+    // Nothing of ours left: no state file either.
+    if reg.holds.values().all(|&(_, created)| !created)
+        && let Some(state) = reg.state.take()
+    {
+        state.remove();
+    }
     Ok(())
 }
 
