@@ -25,6 +25,8 @@ pub mod ethtool;
 pub mod inspect;
 pub mod netns;
 pub mod payload;
+pub mod qdisc;
+pub mod rtt;
 pub mod snmp;
 pub mod sockutil;
 pub mod stats;
@@ -46,6 +48,10 @@ pub use netns::{
     ns_command, ns_exec, run_in_netns, spawn_in_netns, stale_cleanup,
 };
 pub use payload::{Datagram, DecodeError};
+pub use qdisc::{RootQdisc, ifindex, link_names, qdisc_kind_available, qdisc_show, rx_bytes};
+pub use rtt::{
+    Echo, EchoServer, RttOptions, RttRun, echo_server, mean_sd, quantile, rtt_between, rtt_probe,
+};
 pub use snmp::{netstat_counters, snmp_counters, snmp_tcp_segments};
 pub use stats::{receiver_loss, sigma_band, three_sigma_band, within_3_sigma, within_k_sigma};
 pub use tcp::{

@@ -13,9 +13,11 @@ use crate::{cargo, display, is_root, root};
 const PACKAGES: &[&str] = &["iperf3"];
 
 /// The integration tests that measure what only a VM kernel can show (the
-/// syscall backends this host cannot load); they print `figure: ...` lines,
-/// which `--vm` collects. Delay against netem joins when delay lands.
-const VM_TESTS: &[&str] = &["syscall_cost"];
+/// syscall backends this host cannot load; delay, jitter and bandwidth,
+/// which need fq, side by side with netem); they print `figure: ...`
+/// lines, which `--vm` collects. Libtest filters: `delay` selects every
+/// test of tests/delay.rs.
+const VM_TESTS: &[&str] = &["syscall_cost", "delay"];
 const VM_KERNEL: &str = "fi-6.12";
 
 /// `figure: ` lines of a VM console log, without the prefix.
