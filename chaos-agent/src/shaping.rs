@@ -60,9 +60,6 @@ struct Qdisc {
     handle: String,
     #[serde(default)]
     root: bool,
-    /// Present when all interfaces are listed at once.
-    #[serde(default)]
-    dev: Option<String>,
 }
 
 fn tc(args: &[&str]) -> std::result::Result<String, String> {
@@ -246,30 +243,15 @@ pub fn undo(s: &Shaping) -> std::result::Result<(), String> {
     }
 }
 
-/// Removes our fq qdiscs and ifb devices from every interface of the
-/// current namespace; start-up clean-up calls it when no agent is alive.
-/// One `tc` call lists the whole namespace, so start-up stays fast.
+/// Removes our ifb devices (by name) from the current namespace; start-up
+/// clean-up calls it when no agent is alive. Our fq qdiscs need no such
+/// scan: each is recorded in a state file before it is installed, and only
+/// a reboot (which takes the qdisc along) empties `/run`.
 pub fn clean_namespace(interfaces: &[String]) {
     for iface in interfaces.iter().filter(|i| i.starts_with(IFB_PREFIX)) {
         match ip(&["link", "del", "dev", iface]) {
             Ok(()) => info!(iface, "removed a leftover ifb device of an earlier run"),
             Err(e) => warn!(iface, "leftover ifb device not removed: {e}"),
-        }
-    }
-    let Ok(text) = tc(&["-j", "qdisc", "show"]) else {
-        return;
-    };
-    let all: Vec<Qdisc> = serde_json::from_str(&text).unwrap_or_default();
-    for q in all.iter().filter(|q| q.root && our_handle(&q.handle)) {
-        let Some(iface) = q.dev.as_deref() else {
-            continue;
-        };
-        if iface.starts_with(IFB_PREFIX) {
-            continue;
-        }
-        match remove_fq(iface) {
-            Ok(()) => info!(iface, "removed a leftover fq qdisc of an earlier run"),
-            Err(e) => warn!(iface, "leftover fq qdisc not removed: {e}"),
         }
     }
 }
@@ -297,30 +279,43 @@ pub fn acquire(what: Shaping) -> Result<Hold> {
         *count += 1;
         return Ok(Hold(what));
     }
+    // Recorded before it is made, so no crash can leave it unrecorded; the
+    // record goes again if it turns out to be someone else's.
+    match reg.state.as_mut() {
+        Some(state) => state.add_shaping(what.clone())?,
+        None => {
+            let mut state = StateFile::create()?;
+            state.add_shaping(what.clone())?;
+            reg.state = Some(state);
+        }
+    }
     let created = {
         let netns = match &what {
             Shaping::Fq { netns, .. } | Shaping::Ifb { netns, .. } => netns.clone(),
         };
-        let _ns = NetnsGuard::enter(netns.as_deref())?;
-        match &what {
-            Shaping::Fq { iface, .. } => install_fq(iface)?,
-            Shaping::Ifb { ifb, .. } => install_ifb(ifb)?,
+        NetnsGuard::enter(netns.as_deref()).and_then(|_ns| match &what {
+            Shaping::Fq { iface, .. } => install_fq(iface),
+            Shaping::Ifb { ifb, .. } => install_ifb(ifb),
+        })
+    };
+    let forget = |reg: &mut Registry| {
+        if let Some(state) = reg.state.as_mut()
+            && let Err(e) = state.remove_shaping(&what)
+        {
+            warn!("{e}");
+        }
+    };
+    let created = match created {
+        Ok(created) => created,
+        Err(e) => {
+            forget(&mut reg);
+            return Err(e);
         }
     };
     if created {
-        let recorded = match reg.state.as_mut() {
-            Some(state) => state.add_shaping(what.clone()),
-            None => StateFile::create().and_then(|mut state| {
-                state.add_shaping(what.clone())?;
-                reg.state = Some(state);
-                Ok(())
-            }),
-        };
-        if let Err(e) = recorded {
-            let _ = undo(&what);
-            return Err(e);
-        }
         info!(?what, "installed for delay");
+    } else {
+        forget(&mut reg);
     }
     reg.holds.insert(what.clone(), (1, created));
     Ok(Hold(what))
