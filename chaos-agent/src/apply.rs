@@ -169,9 +169,16 @@ pub fn needs_fq(a: &NetworkAction) -> bool {
     )
 }
 
-/// `bpf_skb_set_tstamp`, which ingress delay needs, exists from Linux 5.18.
+/// `bpf_skb_set_tstamp` exists from Linux 5.18 (the program may call it).
 pub fn has_set_tstamp() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 18, 0))
+}
+
+/// Ingress delay redirects packets into an ifb device with `bpf_redirect`;
+/// before Linux 6.4 that helper did not mark the packet as redirected, and
+/// ifb drops every packet not so marked.
+pub fn has_ingress_delay() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 4, 0))
 }
 
 /// Refuses what this build or this kernel cannot do, before anything is
@@ -195,9 +202,9 @@ pub fn check_supported(policy: &Policy) -> Result<()> {
                 if n.direction == Direction::Egress {
                     continue;
                 }
-                if !has_set_tstamp() {
+                if !has_ingress_delay() {
                     return Err(unsupported(format!(
-                        "{action} on ingress needs bpf_skb_set_tstamp (Linux 5.18); this kernel is older (use direction: egress on the peer instead)"
+                        "{action} on ingress needs Linux 6.4: before it, ifb drops packets a BPF program redirects to it (bpf_redirect did not mark them redirected); use direction: egress on the sending side instead"
                     )));
                 }
                 if !ifb_checked {

@@ -150,15 +150,15 @@ pub fn rows() -> Vec<Row> {
         Err(e) => row("ifb", false, format!("CONFIG_IFB is missing: {e}")),
     });
     out.push(match qdisc::tstamp_writable() {
-        Ok(()) if crate::apply::has_set_tstamp() => row(
+        Ok(()) if crate::apply::has_ingress_delay() => row(
             "skb-tstamp",
             true,
-            "tc programs can set departure times, on ingress too (bpf_skb_set_tstamp)",
+            "tc programs can set departure times, on ingress too (through an ifb)",
         ),
         Ok(()) => row(
             "skb-tstamp",
             true,
-            "tc programs can set departure times on egress; ingress delay needs bpf_skb_set_tstamp (Linux 5.18)",
+            "tc programs can set departure times on egress; ingress delay needs Linux 6.4 (bpf_redirect into an ifb)",
         ),
         Err(e) => row("skb-tstamp", false, e),
     });

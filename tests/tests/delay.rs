@@ -619,6 +619,37 @@ fn delay_ingress_via_ifb() {
     let (ns, iface) = (pair.ns_b(), pair.if_b());
     let ifb = format!("chaosifb{}", ifindex(ns, iface).unwrap());
     let qdiscs_before = qdisc_show(ns, iface).unwrap();
+    if !chaos_tests::kernel_at_least(6, 4) {
+        // Before 6.4 ifb drops what BPF redirects to it: the agent must
+        // refuse, naming the version, and make nothing.
+        let (code, _, stderr) = common::agent_output(&[
+            "blast",
+            "net",
+            "--netns",
+            ns,
+            "--iface",
+            iface,
+            "--direction",
+            "ingress",
+            "--delay",
+            "20ms",
+            "--duration",
+            "5s",
+        ])
+        .unwrap();
+        assert_eq!(code, 3, "stderr:\n{stderr}");
+        assert!(stderr.contains("Linux 6.4"), "{stderr}");
+        assert!(
+            !link_names(ns)
+                .unwrap()
+                .iter()
+                .any(|l| l.starts_with("chaosifb")),
+            "an ifb was made"
+        );
+        assert_eq!(qdisc_show(ns, iface).unwrap(), qdiscs_before);
+        println!("this kernel predates 6.4: ingress delay was refused with exit 3, as it must be");
+        return;
+    }
     let o = RttOptions::new(PROBES, PROBE_PPS).one_cpu();
     let base = baseline(&pair, &o);
     let agent = blast(&pair, Side::B, "ingress", "udp", &["--delay", "20ms"]).unwrap();
