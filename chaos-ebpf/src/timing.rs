@@ -76,8 +76,10 @@ pub fn pace_departure(
     if start - now > MAX_BACKLOG_NS {
         return None;
     }
+    // A packet leaves when its last bit would have crossed a link of the
+    // rule's rate: after its own transmission time, as on a real link.
     clock.next_ns = start + ((len * rule.ns_per_byte_x65536) >> 16);
-    Some(start)
+    Some(clock.next_ns)
 }
 
 /// The time this packet was meant to leave, when the sender set one (TCP's
