@@ -411,6 +411,12 @@ mod tests {
             assert_eq!(run.sent, 200);
             assert_eq!(run.lost(), 0, "cpu {cpu:?}: {run:?}");
             assert_eq!(run.reordered(), 0);
+            // The server counts an echo once its send returned, which can be
+            // just after the client read it: wait (bounded) for the count.
+            let until = Instant::now() + Duration::from_secs(2);
+            while server.echoed() < 200 && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             assert_eq!(server.echoed(), 200);
             assert!(run.rtts_ns().iter().all(|&r| r > 0 && r < 1_000_000_000));
             assert!(run.achieved_pps() > 500.0, "{}", run.achieved_pps());
