@@ -929,15 +929,9 @@ fn blast_abort_flags_revert_early() {
     assert_eq!(got.distinct, sent.sent, "traffic did not recover");
 }
 
-/// `tc -d qdisc show dev IFACE` in ns A.
+/// `tc -d qdisc show` of a's veth.
 fn qdiscs_a(pair: &NetnsPair) -> String {
-    let out = pair
-        .exec(
-            chaos_tests::Side::A,
-            &["tc", "-d", "qdisc", "show", "dev", pair.if_a()],
-        )
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    chaos_tests::qdisc_show(pair.ns_a(), pair.if_a()).unwrap()
 }
 
 /// Polls `what` every 50 ms for at most `secs` seconds.
@@ -959,14 +953,8 @@ fn eventually(secs: u64, mut what: impl FnMut() -> bool) -> bool {
 fn daemon_delay_shares_fq_and_restores_the_default_qdisc() {
     require_root!();
     let pair = NetnsPair::new("ddly").unwrap();
-    let probe = pair
-        .exec(
-            chaos_tests::Side::A,
-            &["tc", "qdisc", "add", "dev", "lo", "root", "fq"],
-        )
-        .unwrap();
-    if !probe.status.success() {
-        println!("skipped: the fq qdisc (CONFIG_NET_SCH_FQ) is missing on this kernel");
+    if let Err(why) = chaos_tests::qdisc_kind_available(pair.ns_a(), "fq") {
+        println!("skipped: the fq qdisc (CONFIG_NET_SCH_FQ) is missing on this kernel: {why}");
         return;
     }
     let before = qdiscs_a(&pair);

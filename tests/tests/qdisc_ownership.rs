@@ -10,16 +10,14 @@ mod common;
 
 use std::time::Duration;
 
-use chaos_tests::{NetnsPair, Side, attachments_on, require_root};
+use chaos_tests::{
+    NetnsPair, Side, attachments_on, qdisc_kind_available, qdisc_show, require_root,
+};
 use common::{Blast, agent_output};
 
 /// `tc -d qdisc show dev IFACE` in ns A.
 fn qdiscs(pair: &NetnsPair, iface: &str) -> String {
-    let out = pair
-        .exec(Side::A, &["tc", "-d", "qdisc", "show", "dev", iface])
-        .unwrap();
-    assert!(out.status.success(), "tc qdisc show failed: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    qdisc_show(pair.ns_a(), iface).unwrap()
 }
 
 fn tc(pair: &NetnsPair, args: &[&str]) {
@@ -27,20 +25,16 @@ fn tc(pair: &NetnsPair, args: &[&str]) {
     assert!(out.status.success(), "{args:?}: {out:?}");
 }
 
-/// True when this kernel can make an fq qdisc (asked on ns A's `lo`, then
-/// removed again).
+/// True when this kernel can make an fq qdisc; otherwise prints the
+/// `skipped:` line naming it.
 fn has_fq(pair: &NetnsPair) -> bool {
-    let ok = pair
-        .exec(Side::A, &["tc", "qdisc", "add", "dev", "lo", "root", "fq"])
-        .unwrap()
-        .status
-        .success();
-    if ok {
-        tc(pair, &["tc", "qdisc", "del", "dev", "lo", "root"]);
-    } else {
-        println!("skipped: the fq qdisc (CONFIG_NET_SCH_FQ) is missing on this kernel");
+    match qdisc_kind_available(pair.ns_a(), "fq") {
+        Ok(()) => true,
+        Err(why) => {
+            println!("skipped: the fq qdisc (CONFIG_NET_SCH_FQ) is missing on this kernel: {why}");
+            false
+        }
     }
-    ok
 }
 
 fn delay_args<'a>(pair: &'a NetnsPair, iface: &'a str) -> Vec<&'a str> {
