@@ -306,8 +306,21 @@ fn test_all(filter: Option<String>, tally: &mut Tally) -> Result<()> {
     tally.run(&mut cmd)
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+/// Errors end the output as one line, without the backtrace anyhow would
+/// add under RUST_BACKTRACE=1 (CI sets it): a log's tail then says what
+/// went wrong.
+fn main() -> std::process::ExitCode {
+    match dispatch(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Cmd) -> Result<()> {
+    match command {
         Cmd::Setup => setup::setup(),
         Cmd::Build => {
             setup::setup()?;

@@ -815,6 +815,8 @@ struct Console {
     pending: Option<String>,
     /// The test whose captured output (`---- NAME stdout ----`) follows.
     section: Option<String>,
+    /// The test whose panic message is on the next line.
+    panicking: Option<String>,
     /// (executable, exit code, guest seconds).
     binaries: Vec<(String, i32, f64)>,
     /// (passed, failed, skipped) from the guest's own count.
@@ -851,6 +853,16 @@ impl Console {
         {
             r.outcome = Outcome::Skipped;
             r.why = why.to_owned();
+        }
+    }
+
+    /// The first panic message of a failed test, kept as its reason.
+    fn fail_reason(&mut self, test: &str, message: &str) {
+        if let Some(r) = self.tests.get_mut(&self.key(test))
+            && r.outcome == Outcome::Failed
+            && r.why.is_empty()
+        {
+            r.why = message.chars().take(300).collect();
         }
     }
 
@@ -926,6 +938,12 @@ impl Console {
             self.section = Some(name.to_owned());
         } else if matches!(line, "successes:" | "failures:") || line.starts_with("test result:") {
             self.section = None;
+        } else if let Some(test) = self.panicking.take() {
+            // libtest prints `thread 'NAME' panicked at FILE:LINE:COL:`
+            // and the message on the next line: the failure's reason.
+            self.fail_reason(&test, line.trim());
+        } else if line.starts_with("thread '") && line.contains("' panicked at ") {
+            self.panicking = self.section.clone();
         } else if let Some(why) = line.trim_start().strip_prefix("skipped:") {
             if let Some(test) = self.section.clone() {
                 self.skip(&test, why.trim());
@@ -976,6 +994,36 @@ impl KernelRun {
             && !self.timed_out
             && self.console.exit == Some(0)
             && self.failed() == 0
+    }
+
+    /// One line per failure: failed tests with their first panic message,
+    /// crashed executables, or why the run as a whole failed.
+    fn failures(&self) -> Vec<String> {
+        let c = &self.console;
+        let mut lines: Vec<String> = c
+            .order
+            .iter()
+            .filter(|key| c.tests[*key].outcome == Outcome::Failed)
+            .map(|key| match c.tests[key].why.as_str() {
+                "" => key.clone(),
+                why => format!("{key}: {why}"),
+            })
+            .collect();
+        lines.extend(
+            c.crashed()
+                .into_iter()
+                .map(|(name, rc, _)| format!("{name} exited {rc} without a failed test")),
+        );
+        if let Some(e) = &self.error {
+            lines.push(format!("error: {e}"));
+        } else if self.timed_out {
+            lines.push("timed out".to_owned());
+        } else if c.exit.is_none() {
+            lines.push("the guest never reported its exit".to_owned());
+        } else if lines.is_empty() {
+            lines.push(format!("the guest exited {:?}", c.exit));
+        }
+        lines
     }
 
     fn status(&self) -> &'static str {
@@ -1254,6 +1302,15 @@ pub fn vm_test(opts: Options) -> Result<Totals> {
     }
     let bad: Vec<&str> = runs.iter().filter(|r| !r.ok()).map(|r| r.kernel).collect();
     if !bad.is_empty() {
+        // Last in the output, where a CI log's tail shows it: what failed
+        // where, and why.
+        println!();
+        println!("failures:");
+        for r in runs.iter().filter(|r| !r.ok()) {
+            for line in r.failures() {
+                println!("  {}: {line}", r.kernel);
+            }
+        }
         bail!("vm-test failed on {}", bad.join(", "));
     }
     Ok(runs.iter().fold(Totals::default(), |t, r| Totals {
@@ -1314,6 +1371,17 @@ mod tests {
             "successes:",
             "    a",
             "    c",
+            "",
+            "failures:",
+            "",
+            "---- b stdout ----",
+            "measured 31 of 100",
+            "thread 'b' panicked at tests/tests/loss.rs:10:5:",
+            "loss 31% outside the band",
+            "note: run with `RUST_BACKTRACE=1` to see a backtrace",
+            "",
+            "failures:",
+            "    b",
             "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.00s",
             "VM_TEST_BINARY_DONE lifecycle rc=101 secs=12.5",
             "VM_SUMMARY passed=1 failed=1 skipped=1",
@@ -1325,6 +1393,7 @@ mod tests {
         assert_eq!(c.count(Outcome::Failed), 1);
         assert_eq!(c.count(Outcome::Skipped), 1);
         assert_eq!(c.tests["lifecycle::c"].why, "tcx links need Linux 6.6");
+        assert_eq!(c.tests["lifecycle::b"].why, "loss 31% outside the band");
         assert_eq!(c.binaries, vec![("lifecycle".to_owned(), 101, 12.5)]);
         assert_eq!(c.summary, Some((1, 1, 1)));
         assert_eq!(c.exit, Some(1));
