@@ -22,9 +22,9 @@ use aya::{
 };
 use chaos_common::{
     Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, GLOBAL_DEBUG, GLOBAL_GUARD_NETS,
-    GLOBAL_SET_TSTAMP, GUARD_DEFAULT, GUARD_EXTRA, GuardEntry, GuardNet, HookKey, MAP_COUNTERS,
-    MAP_GUARD_NETS, MAP_GUARD_PORTS, MAP_HOOKS, MAP_RULE_INDEX, MAP_RULES, PROG_TC_EGRESS,
-    PROG_TC_INGRESS, RuleKey, RuleRef,
+    GLOBAL_SET_TSTAMP, GUARD_DEFAULT, GUARD_EXTRA, GuardEntry, GuardNet, HookKey, HookSlot,
+    MAP_COUNTERS, MAP_GUARD_NETS, MAP_GUARD_PORTS, MAP_HOOK_SLOTS, MAP_HOOKS, MAP_RULE_INDEX,
+    MAP_RULES, PROG_TC_EGRESS, PROG_TC_INGRESS, RuleKey, RuleRef,
 };
 use tracing::{info, warn};
 
@@ -559,16 +559,33 @@ fn fill_maps(
                 .map_err(|e| map_err(MAP_RULE_INDEX, e))?;
         }
     }
-    // Hooks last: until a hook has its entry, the program passes everything.
+    fill_hooks(ebpf, enc)
+}
+
+/// Writes the hooks' shapes, last: until a hook has its entry, the program
+/// passes everything. Hooks that share a slot go into `CHAOS_HOOKS` before
+/// the slot that sends the program there.
+pub fn fill_hooks(ebpf: &mut Ebpf, enc: &rules::Encoded) -> Result<()> {
+    let (slots, shared) = enc.hook_tables();
     let mut hooks: HashMap<_, HookKey, chaos_common::HookConf> = HashMap::try_from(
         ebpf.map_mut(MAP_HOOKS)
             .ok_or_else(|| map_err(MAP_HOOKS, "missing"))?,
     )
     .map_err(|e| map_err(MAP_HOOKS, e))?;
-    for (k, conf) in &enc.hooks {
+    for (key, conf) in &shared {
         hooks
-            .insert(&k.key(), conf, 0)
+            .insert(key, conf, 0)
             .map_err(|e| map_err(MAP_HOOKS, e))?;
+    }
+    let mut table: Array<_, HookSlot> = Array::try_from(
+        ebpf.map_mut(MAP_HOOK_SLOTS)
+            .ok_or_else(|| map_err(MAP_HOOK_SLOTS, "missing"))?,
+    )
+    .map_err(|e| map_err(MAP_HOOK_SLOTS, e))?;
+    for (slot, entry) in &slots {
+        table
+            .set(*slot, entry, 0)
+            .map_err(|e| map_err(MAP_HOOK_SLOTS, e))?;
     }
     Ok(())
 }

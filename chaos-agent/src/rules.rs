@@ -13,9 +13,9 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use chaos_common::{
     ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, FAMILY_ANY,
-    FAMILY_V4, FAMILY_V6, FIELD_CGROUP, FIELD_DPORT, FIELD_PROTO, FIELD_SPORT, HookConf, HookKey,
-    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_RULE_KEYS, MAX_SHAPES, Rule,
-    RuleKey, RuleRef, Shape,
+    FAMILY_V4, FAMILY_V6, FIELD_CGROUP, FIELD_DPORT, FIELD_PROTO, FIELD_SPORT, HOOK_SLOT_SHARED,
+    HookConf, HookKey, HookSlot, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    MAX_RULE_KEYS, MAX_SHAPES, Rule, RuleKey, RuleRef, Shape,
 };
 
 use crate::policy::model::{Cidr, Match, NetworkAction, Percent, PortRange, Protocol};
@@ -62,6 +62,38 @@ impl HookKeyOrd {
             ifindex: self.0,
             direction: self.1,
         }
+    }
+}
+
+impl Encoded {
+    /// The direct-mapped hook table (`CHAOS_HOOK_SLOTS`, by slot) and the
+    /// hooks that share a slot with another, which go into `CHAOS_HOOKS`.
+    pub fn hook_tables(&self) -> (BTreeMap<u32, HookSlot>, Vec<(HookKey, HookConf)>) {
+        let mut by_slot: BTreeMap<u32, Vec<(HookKey, HookConf)>> = BTreeMap::new();
+        for (k, conf) in &self.hooks {
+            let key = k.key();
+            by_slot.entry(key.slot()).or_default().push((key, *conf));
+        }
+        let mut slots = BTreeMap::new();
+        let mut shared = Vec::new();
+        for (slot, hooks) in by_slot {
+            let entry = match hooks.as_slice() {
+                [(key, conf)] => HookSlot {
+                    ifindex: key.ifindex,
+                    _pad: 0,
+                    conf: *conf,
+                },
+                _ => {
+                    shared.extend(hooks);
+                    HookSlot {
+                        ifindex: HOOK_SLOT_SHARED,
+                        ..HookSlot::default()
+                    }
+                }
+            };
+            slots.insert(slot, entry);
+        }
+        (slots, shared)
     }
 }
 
@@ -357,7 +389,37 @@ fn shape_index(conf: &mut HookConf, shape: Shape, ifindex: u32) -> Result<u8, En
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chaos_common::{DIR_EGRESS, DIR_INGRESS};
+    use chaos_common::{DIR_EGRESS, DIR_INGRESS, HOOK_SLOTS};
+
+    #[test]
+    fn hooks_that_share_a_slot_go_to_the_hash() {
+        let conf = |n| HookConf {
+            shape_count: n,
+            ..HookConf::default()
+        };
+        let mut enc = Encoded::default();
+        // 3 and 3 + HOOK_SLOTS / 2 share a slot per direction; 4 is alone.
+        let far = 3 + HOOK_SLOTS / 2;
+        enc.hooks.insert(HookKeyOrd(3, DIR_EGRESS), conf(1));
+        enc.hooks.insert(HookKeyOrd(far, DIR_EGRESS), conf(2));
+        enc.hooks.insert(HookKeyOrd(3, DIR_INGRESS), conf(3));
+        enc.hooks.insert(HookKeyOrd(4, DIR_EGRESS), conf(4));
+        let (slots, shared) = enc.hook_tables();
+        let key = |ifindex, direction| HookKey { ifindex, direction };
+        assert_eq!(slots.len(), 3);
+        assert_eq!(slots[&key(3, DIR_EGRESS).slot()].ifindex, HOOK_SLOT_SHARED);
+        assert_eq!(slots[&key(3, DIR_INGRESS).slot()].ifindex, 3);
+        assert_eq!(slots[&key(3, DIR_INGRESS).slot()].conf, conf(3));
+        assert_eq!(slots[&key(4, DIR_EGRESS).slot()].conf, conf(4));
+        assert_eq!(
+            shared,
+            vec![
+                (key(3, DIR_EGRESS), conf(1)),
+                (key(far, DIR_EGRESS), conf(2))
+            ]
+        );
+        assert!(slots.keys().all(|&s| s < HOOK_SLOTS));
+    }
 
     fn m() -> Match {
         Match {

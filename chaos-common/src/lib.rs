@@ -16,6 +16,7 @@ pub const PROG_TC_EGRESS: &str = "chaos_tc_egress";
 
 /// Map names, used by the agent to find the maps in the loaded object.
 pub const MAP_HOOKS: &str = "CHAOS_HOOKS";
+pub const MAP_HOOK_SLOTS: &str = "CHAOS_HOOK_SLOTS";
 pub const MAP_RULE_INDEX: &str = "CHAOS_RULE_INDEX";
 pub const MAP_RULES: &str = "CHAOS_RULES";
 pub const MAP_COUNTERS: &str = "CHAOS_COUNTERS";
@@ -38,6 +39,12 @@ pub const MAX_RULES: u32 = 16_384;
 pub const MAX_RULE_KEYS: u32 = 262_144;
 /// Interfaces x directions that can carry rules at once.
 pub const MAX_HOOKS: u32 = 1_024;
+/// Entries of the direct-mapped hook table (`CHAOS_HOOK_SLOTS`), a power of
+/// two: see `HookKey::slot`.
+pub const HOOK_SLOTS: u32 = 1_024;
+/// `HookSlot::ifindex` of a slot that several hooks map to: their
+/// configurations are in `CHAOS_HOOKS` only.
+pub const HOOK_SLOT_SHARED: u32 = u32::MAX;
 /// Distinct match shapes per hook; the per-packet cost is one hash lookup
 /// per shape, whatever the number of rules.
 pub const MAX_SHAPES: usize = 8;
@@ -95,6 +102,28 @@ pub struct HookKey {
     pub direction: u32,
 }
 const _: () = assert!(core::mem::size_of::<HookKey>() == 8);
+
+impl HookKey {
+    /// The hook's entry in `CHAOS_HOOK_SLOTS`: the low bits of the ifindex
+    /// and the direction. An array lookup costs the classifier a bounds
+    /// check, where the `CHAOS_HOOKS` hash costs a hash of the key.
+    #[inline(always)]
+    pub fn slot(&self) -> u32 {
+        (self.ifindex & (HOOK_SLOTS / 2 - 1)) * 2 + u32::from(self.direction == DIR_EGRESS)
+    }
+}
+
+/// An entry of the direct-mapped hook table (`CHAOS_HOOK_SLOTS`): the one
+/// hook that maps to this slot, `HOOK_SLOT_SHARED` when several do, 0 when
+/// none does (no interface has index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookSlot {
+    pub ifindex: u32,
+    pub _pad: u32,
+    pub conf: HookConf,
+}
+const _: () = assert!(core::mem::size_of::<HookSlot>() == 8 + core::mem::size_of::<HookConf>());
 
 /// One match shape: which fields a group of rule keys uses. The program
 /// builds one masked key per shape and looks it up in the rule index.
@@ -250,6 +279,7 @@ mod pod {
     // SAFETY: all of these are #[repr(C)] plain integers with explicit padding.
     unsafe impl aya::Pod for HookKey {}
     unsafe impl aya::Pod for HookConf {}
+    unsafe impl aya::Pod for HookSlot {}
     unsafe impl aya::Pod for RuleKey {}
     unsafe impl aya::Pod for RuleRef {}
     unsafe impl aya::Pod for Rule {}

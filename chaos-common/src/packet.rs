@@ -131,6 +131,27 @@ pub struct Packet {
 }
 const _: () = assert!(core::mem::size_of::<Packet>() == 48);
 
+impl Packet {
+    /// Zeroes the addresses, ports and `has_ports`, a 64-bit word at a time.
+    /// Plain assignments get merged into one `memset` call, and the eBPF
+    /// build's `memset` is a byte loop: 180 instructions on every packet.
+    /// Volatile stores cannot be merged.
+    #[inline(always)]
+    fn clear_fields(&mut self) {
+        let words = self as *mut Packet as *mut u64;
+        // SAFETY: `Packet` is `repr(C, align(8))` and 48 bytes: words 0..4
+        // are `src` and `dst`, aligned and inside the struct.
+        unsafe {
+            for i in 0..4 {
+                core::ptr::write_volatile(words.add(i), 0);
+            }
+        }
+        self.sport = 0;
+        self.dport = 0;
+        self.has_ports = 0;
+    }
+}
+
 /// Outcome of parsing a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parsed {
@@ -158,11 +179,7 @@ pub fn parse<P: PacketBytes + ?Sized>(p: &P, pkt: &mut Packet) -> Result<Parsed,
         ethertype = p.be16_at(ETH_HLEN + 2)?;
         l3 += VLAN_HLEN;
     }
-    pkt.src = [0; 16];
-    pkt.dst = [0; 16];
-    pkt.sport = 0;
-    pkt.dport = 0;
-    pkt.has_ports = 0;
+    pkt.clear_fields();
     let l4 = match ethertype {
         ETH_P_IP => match parse_ipv4(p, l3, pkt)? {
             Some(l4) => l4,

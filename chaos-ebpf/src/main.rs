@@ -24,9 +24,9 @@ use aya_log_ebpf::debug;
 use chaos_common::{
     ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, Counters,
     DIR_EGRESS, DIR_INGRESS, FAMILY_ANY, FIELD_CGROUP, FIELD_DPORT, FIELD_PROTO, FIELD_SPORT,
-    GUARD_DEFAULT, GUARD_EXTRA, GUARD_PORT_SLOTS, GuardEntry, GuardNet, HookConf, HookKey,
-    MAX_GUARD_NETS, MAX_HOOKS, MAX_RULE_KEYS, MAX_RULES, MAX_SHAPES, Pace, Rule, RuleKey, RuleRef,
-    Shape,
+    GUARD_DEFAULT, GUARD_EXTRA, GUARD_PORT_SLOTS, GuardEntry, GuardNet, HOOK_SLOT_SHARED,
+    HOOK_SLOTS, HookConf, HookKey, HookSlot, MAX_GUARD_NETS, MAX_HOOKS, MAX_RULE_KEYS, MAX_RULES,
+    MAX_SHAPES, Pace, Rule, RuleKey, RuleRef, Shape,
 };
 use parse::{Packet, Parsed};
 
@@ -49,8 +49,14 @@ static CHAOS_HAS_SET_TSTAMP: u8 = 0;
 /// `skb->len`.
 const ETH_HLEN: u64 = 14;
 
+/// Hooks whose slot in `HOOK_SLOT_TABLE` they share with another hook.
 #[map(name = "CHAOS_HOOKS")]
 static HOOKS: HashMap<HookKey, HookConf> = HashMap::with_max_entries(MAX_HOOKS, 0);
+
+/// Every hook with rules, by `HookKey::slot`: the first lookup on every
+/// packet of a hooked interface, so an array (no hashing).
+#[map(name = "CHAOS_HOOK_SLOTS")]
+static HOOK_SLOT_TABLE: Array<HookSlot> = Array::with_max_entries(HOOK_SLOTS, 0);
 
 #[map(name = "CHAOS_RULE_INDEX")]
 static RULE_INDEX: HashMap<RuleKey, RuleRef> =
@@ -145,8 +151,8 @@ fn classify(ctx: &TcContext, direction: u32) -> Result<Decision, ()> {
     if actions::is_our_duplicate(ctx) {
         return Ok(Decision::Pass);
     }
-    // Fast path: a hook without rules costs one lookup.
-    let Some(conf) = (unsafe { HOOKS.get(&hook) }) else {
+    // Fast path: a hook without rules costs one array lookup.
+    let Some(conf) = hook_conf(&hook) else {
         return Ok(Decision::Pass);
     };
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(())?;
@@ -285,6 +291,22 @@ fn guard_kinds(pkt: &Packet) -> u32 {
         }
     }
     kinds
+}
+
+/// The shapes in use on `hook`, if it has rules: from its slot, or from
+/// `HOOKS` when the slot is shared.
+#[inline(always)]
+fn hook_conf(hook: &HookKey) -> Option<&'static HookConf> {
+    let slot = HOOK_SLOT_TABLE.get(hook.slot())?;
+    if slot.ifindex == hook.ifindex {
+        Some(&slot.conf)
+    } else if slot.ifindex == HOOK_SLOT_SHARED {
+        // SAFETY: a lookup in a map of plain values; the reference lives as
+        // long as this program run.
+        unsafe { HOOKS.get(hook) }
+    } else {
+        None
+    }
 }
 
 /// Finds the matching rule with the lowest id whose deadline has not

@@ -53,11 +53,15 @@ impl PacketBytes for Skb<'_> {
         Ok(u16::from_be_bytes(raw))
     }
 
+    /// Copies byte by byte with volatile reads: a plain copy becomes a call
+    /// to the eBPF build's `memmove`, a byte loop several times longer.
     #[inline(always)]
     fn addr_at<const N: usize>(&self, off: usize, out: &mut [u8; 16]) -> Result<(), ()> {
-        // SAFETY: ptr_at checked all N bytes lie inside the packet.
-        let raw = unsafe { core::ptr::read_unaligned(ptr_at::<[u8; N]>(self.0, off)?) };
-        out[..N].copy_from_slice(&raw);
+        let src = ptr_at::<[u8; N]>(self.0, off)? as *const u8;
+        for (i, byte) in out.iter_mut().take(N).enumerate() {
+            // SAFETY: ptr_at checked all N bytes lie inside the packet.
+            *byte = unsafe { core::ptr::read_volatile(src.add(i)) };
+        }
         Ok(())
     }
 

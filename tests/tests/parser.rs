@@ -26,9 +26,9 @@ use chaos_agent::{
     rules::{self, RuleSpec},
 };
 use chaos_common::{
-    Counters, DIR_EGRESS, DIR_INGRESS, HookConf, HookKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-    MAP_COUNTERS, MAP_HOOKS, MAP_RULE_INDEX, MAP_RULES, PROG_TC_EGRESS, PROG_TC_INGRESS, Rule,
-    RuleKey, RuleRef,
+    Counters, DIR_EGRESS, DIR_INGRESS, HookKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    MAP_COUNTERS, MAP_RULE_INDEX, MAP_RULES, PROG_TC_EGRESS, PROG_TC_INGRESS, Rule, RuleKey,
+    RuleRef,
     packet::{self, Packet, Parsed},
 };
 use chaos_tests::{monotonic_ns, require_root};
@@ -228,15 +228,7 @@ impl Loaded {
                     .expect("writing CHAOS_RULE_INDEX");
             }
         }
-        {
-            let mut hooks: HashMap<_, HookKey, HookConf> =
-                HashMap::try_from(ebpf.map_mut(MAP_HOOKS).expect(MAP_HOOKS)).expect(MAP_HOOKS);
-            for (k, conf) in &enc.hooks {
-                hooks
-                    .insert(&k.key(), conf, 0)
-                    .expect("writing CHAOS_HOOKS");
-            }
-        }
+        apply::fill_hooks(&mut ebpf, &enc).expect("writing the hook tables");
         Loaded { ebpf, rule }
     }
 
