@@ -21,10 +21,11 @@ use aya::{
     util::KernelVersion,
 };
 use chaos_common::{
-    Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, GLOBAL_DEBUG, GLOBAL_GUARD_NETS,
-    GLOBAL_SET_TSTAMP, GUARD_DEFAULT, GUARD_EXTRA, GuardEntry, GuardNet, HookKey, HookSlot,
-    MAP_COUNTERS, MAP_GUARD_NETS, MAP_GUARD_PORTS, MAP_HOOK_SLOTS, MAP_HOOKS, MAP_RULE_INDEX,
-    MAP_RULES, PROG_TC_EGRESS, PROG_TC_INGRESS, RuleKey, RuleRef,
+    Counters, DIR_EGRESS, DIR_INGRESS, DportFilter, FAMILY_V4, FAMILY_V6, GLOBAL_DEBUG,
+    GLOBAL_GUARD_NETS, GLOBAL_SET_TSTAMP, GUARD_DEFAULT, GUARD_EXTRA, GuardEntry, GuardNet,
+    HookKey, HookSlot, MAP_COUNTERS, MAP_DPORT_FILTERS, MAP_GUARD_NETS, MAP_GUARD_PORTS,
+    MAP_HOOK_SLOTS, MAP_HOOKS, MAP_RULE_INDEX, MAP_RULES, PROG_TC_EGRESS, PROG_TC_INGRESS, RuleKey,
+    RuleRef,
 };
 use tracing::{info, warn};
 
@@ -566,6 +567,16 @@ fn fill_maps(
 /// passes everything. Hooks that share a slot go into `CHAOS_HOOKS` before
 /// the slot that sends the program there.
 pub fn fill_hooks(ebpf: &mut Ebpf, enc: &rules::Encoded) -> Result<()> {
+    let mut filters: Array<_, DportFilter> = Array::try_from(
+        ebpf.map_mut(MAP_DPORT_FILTERS)
+            .ok_or_else(|| map_err(MAP_DPORT_FILTERS, "missing"))?,
+    )
+    .map_err(|e| map_err(MAP_DPORT_FILTERS, e))?;
+    for (index, filter) in (0u32..).zip(&enc.dport_filters) {
+        filters
+            .set(index, filter, 0)
+            .map_err(|e| map_err(MAP_DPORT_FILTERS, e))?;
+    }
     let (slots, shared) = enc.hook_tables();
     let mut hooks: HashMap<_, HookKey, chaos_common::HookConf> = HashMap::try_from(
         ebpf.map_mut(MAP_HOOKS)

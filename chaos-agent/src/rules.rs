@@ -12,10 +12,10 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use chaos_common::{
-    ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, FAMILY_ANY,
-    FAMILY_V4, FAMILY_V6, FIELD_CGROUP, FIELD_DPORT, FIELD_PROTO, FIELD_SPORT, HOOK_SLOT_SHARED,
-    HookConf, HookKey, HookSlot, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-    MAX_RULE_KEYS, MAX_SHAPES, Rule, RuleKey, RuleRef, Shape,
+    ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, DPORT_FILTERS,
+    DportFilter, FAMILY_ANY, FAMILY_V4, FAMILY_V6, FIELD_CGROUP, FIELD_DPORT, FIELD_PROTO,
+    FIELD_SPORT, HOOK_SLOT_SHARED, HookConf, HookKey, HookSlot, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP, IPPROTO_UDP, MAX_RULE_KEYS, MAX_SHAPES, Rule, RuleKey, RuleRef, Shape,
 };
 
 use crate::policy::model::{Cidr, Match, NetworkAction, Percent, PortRange, Protocol};
@@ -50,6 +50,8 @@ pub struct Encoded {
     pub hooks: BTreeMap<HookKeyOrd, HookConf>,
     pub keys: Vec<(RuleKey, RuleRef)>,
     pub rules: Vec<(u32, Rule)>,
+    /// `CHAOS_DPORT_FILTERS`, by index (`HookConf::dport_filter` - 1).
+    pub dport_filters: Vec<DportFilter>,
 }
 
 /// `HookKey` with an order, so encoding is deterministic.
@@ -66,6 +68,27 @@ impl HookKeyOrd {
 }
 
 impl Encoded {
+    /// Gives each hook whose shapes all match on the destination port a
+    /// filter of the ports its keys hold, up to `DPORT_FILTERS` hooks.
+    fn assign_dport_filters(&mut self) {
+        for (ord, conf) in &mut self.hooks {
+            if self.dport_filters.len() >= DPORT_FILTERS as usize {
+                break;
+            }
+            let shapes = &conf.shapes[..conf.shape_count as usize];
+            if shapes.is_empty() || shapes.iter().any(|s| s.fields & FIELD_DPORT == 0) {
+                continue;
+            }
+            let hook = ord.key();
+            let mut filter = DportFilter::default();
+            for (key, _) in self.keys.iter().filter(|(k, _)| k.hook == hook) {
+                filter.insert(key.dport);
+            }
+            self.dport_filters.push(filter);
+            conf.dport_filter = self.dport_filters.len() as u32;
+        }
+    }
+
     /// The direct-mapped hook table (`CHAOS_HOOK_SLOTS`, by slot) and the
     /// hooks that share a slot with another, which go into `CHAOS_HOOKS`.
     pub fn hook_tables(&self) -> (BTreeMap<u32, HookSlot>, Vec<(HookKey, HookConf)>) {
@@ -349,6 +372,7 @@ pub fn encode(specs: &[RuleSpec<'_>]) -> Result<Encoded, EncodeError> {
             limit: MAX_RULE_KEYS,
         });
     }
+    out.assign_dport_filters();
     Ok(out)
 }
 
@@ -540,6 +564,26 @@ mod tests {
                 ..RuleKey::default()
             }
         );
+    }
+
+    #[test]
+    fn a_hook_whose_shapes_all_name_ports_gets_a_port_filter() {
+        let mut ports = m();
+        ports.dst_ports = vec![PortRange {
+            first: 6000,
+            last: 6002,
+        }];
+        let e = encode(&[spec(1, &ports)]).unwrap();
+        let conf = e.hooks[&HookKeyOrd(7, DIR_EGRESS)];
+        assert_eq!(conf.dport_filter, 1);
+        let filter = &e.dport_filters[0];
+        assert!((6000..=6002).all(|p| filter.contains(p)));
+        assert!(!filter.contains(5999) && !filter.contains(6003) && !filter.contains(0));
+        // A second rule without ports on the same hook: any port may match.
+        let any = m();
+        let e = encode(&[spec(1, &ports), spec(2, &any)]).unwrap();
+        assert_eq!(e.hooks[&HookKeyOrd(7, DIR_EGRESS)].dport_filter, 0);
+        assert!(e.dport_filters.is_empty());
     }
 
     #[test]

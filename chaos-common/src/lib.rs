@@ -17,6 +17,7 @@ pub const PROG_TC_EGRESS: &str = "chaos_tc_egress";
 /// Map names, used by the agent to find the maps in the loaded object.
 pub const MAP_HOOKS: &str = "CHAOS_HOOKS";
 pub const MAP_HOOK_SLOTS: &str = "CHAOS_HOOK_SLOTS";
+pub const MAP_DPORT_FILTERS: &str = "CHAOS_DPORT_FILTERS";
 pub const MAP_RULE_INDEX: &str = "CHAOS_RULE_INDEX";
 pub const MAP_RULES: &str = "CHAOS_RULES";
 pub const MAP_COUNTERS: &str = "CHAOS_COUNTERS";
@@ -45,6 +46,10 @@ pub const HOOK_SLOTS: u32 = 1_024;
 /// `HookSlot::ifindex` of a slot that several hooks map to: their
 /// configurations are in `CHAOS_HOOKS` only.
 pub const HOOK_SLOT_SHARED: u32 = u32::MAX;
+/// Destination-port filters per program instance (`CHAOS_DPORT_FILTERS`):
+/// the first this many hooks whose shapes all match on the destination port
+/// get one (8 KiB each).
+pub const DPORT_FILTERS: u32 = 8;
 /// Distinct match shapes per hook; the per-packet cost is one hash lookup
 /// per shape, whatever the number of rules.
 pub const MAX_SHAPES: usize = 8;
@@ -152,10 +157,41 @@ const _: () = assert!(core::mem::size_of::<Shape>() == 8);
 pub struct HookConf {
     /// Number of valid entries in `shapes`.
     pub shape_count: u32,
-    pub _pad: u32,
+    /// 1 + the index of this hook's filter in `CHAOS_DPORT_FILTERS`; 0 when
+    /// it has none.
+    pub dport_filter: u32,
     pub shapes: [Shape; MAX_SHAPES],
 }
 const _: () = assert!(core::mem::size_of::<HookConf>() == 8 + 8 * MAX_SHAPES);
+
+/// One bit per destination port (bit `p % 64` of word `p / 64`), set for
+/// every port some rule key of the hook has. When every shape of a hook
+/// matches on the destination port, a packet to a port whose bit is clear
+/// matches no rule: the classifier stops there, without building keys and
+/// hashing them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DportFilter {
+    pub words: [u64; 1024],
+}
+const _: () = assert!(core::mem::size_of::<DportFilter>() == 8192);
+
+impl Default for DportFilter {
+    fn default() -> Self {
+        DportFilter { words: [0; 1024] }
+    }
+}
+
+impl DportFilter {
+    pub fn insert(&mut self, port: u16) {
+        self.words[usize::from(port >> 6)] |= 1 << (port & 63);
+    }
+
+    #[inline(always)]
+    pub fn contains(&self, port: u16) -> bool {
+        self.words[usize::from(port >> 6)] >> (port & 63) & 1 != 0
+    }
+}
 
 /// Key of the rule index (`CHAOS_RULE_INDEX`): a packet's fields masked by
 /// one shape. Fields the shape leaves out are zero.
@@ -280,6 +316,7 @@ mod pod {
     unsafe impl aya::Pod for HookKey {}
     unsafe impl aya::Pod for HookConf {}
     unsafe impl aya::Pod for HookSlot {}
+    unsafe impl aya::Pod for DportFilter {}
     unsafe impl aya::Pod for RuleKey {}
     unsafe impl aya::Pod for RuleRef {}
     unsafe impl aya::Pod for Rule {}

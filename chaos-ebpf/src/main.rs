@@ -23,10 +23,10 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use chaos_common::{
     ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, Counters,
-    DIR_EGRESS, DIR_INGRESS, FAMILY_ANY, FIELD_CGROUP, FIELD_DPORT, FIELD_PROTO, FIELD_SPORT,
-    GUARD_DEFAULT, GUARD_EXTRA, GUARD_PORT_SLOTS, GuardEntry, GuardNet, HOOK_SLOT_SHARED,
-    HOOK_SLOTS, HookConf, HookKey, HookSlot, MAX_GUARD_NETS, MAX_HOOKS, MAX_RULE_KEYS, MAX_RULES,
-    MAX_SHAPES, Pace, Rule, RuleKey, RuleRef, Shape,
+    DIR_EGRESS, DIR_INGRESS, DPORT_FILTERS, DportFilter, FAMILY_ANY, FIELD_CGROUP, FIELD_DPORT,
+    FIELD_PROTO, FIELD_SPORT, GUARD_DEFAULT, GUARD_EXTRA, GUARD_PORT_SLOTS, GuardEntry, GuardNet,
+    HOOK_SLOT_SHARED, HOOK_SLOTS, HookConf, HookKey, HookSlot, MAX_GUARD_NETS, MAX_HOOKS,
+    MAX_RULE_KEYS, MAX_RULES, MAX_SHAPES, Pace, Rule, RuleKey, RuleRef, Shape,
 };
 use parse::{Packet, Parsed};
 
@@ -64,6 +64,10 @@ static RULE_INDEX: HashMap<RuleKey, RuleRef> =
 
 #[map(name = "CHAOS_RULES")]
 static RULES: Array<Rule> = Array::with_max_entries(MAX_RULES, 0);
+
+/// Per-hook destination-port filters (see `DportFilter`).
+#[map(name = "CHAOS_DPORT_FILTERS")]
+static DPORT_FILTER_TABLE: Array<DportFilter> = Array::with_max_entries(DPORT_FILTERS, 0);
 
 /// Bandwidth rules' virtual clocks, by rule id.
 #[map(name = "CHAOS_PACE")]
@@ -163,6 +167,9 @@ fn classify(ctx: &TcContext, direction: u32) -> Result<Decision, ()> {
         return Ok(Decision::Pass);
     }
     let pkt = &scratch.pkt;
+    if !dport_may_match(conf, pkt) {
+        return Ok(Decision::Pass);
+    }
     let Some((rule_id, rule)) = lookup_rule(&mut scratch.key, skb, &hook, conf, pkt) else {
         return Ok(Decision::Pass);
     };
@@ -306,6 +313,24 @@ fn hook_conf(hook: &HookKey) -> Option<&'static HookConf> {
         unsafe { HOOKS.get(hook) }
     } else {
         None
+    }
+}
+
+/// False when no rule of the hook can match the packet's destination port
+/// (the hook's filter says so): most packets on a faulted interface go to
+/// ports no rule names, and this spares them the key hashing.
+#[inline(always)]
+fn dport_may_match(conf: &HookConf, pkt: &Packet) -> bool {
+    if conf.dport_filter == 0 {
+        return true;
+    }
+    // Every shape of the hook needs ports.
+    if pkt.has_ports == 0 {
+        return false;
+    }
+    match DPORT_FILTER_TABLE.get(conf.dport_filter - 1) {
+        Some(filter) => filter.contains(pkt.dport),
+        None => true,
     }
 }
 
