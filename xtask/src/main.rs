@@ -5,13 +5,15 @@
 mod bench;
 mod deb;
 mod demo;
-mod fikernel;
 mod setup;
 mod vm;
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -110,6 +112,33 @@ pub(crate) fn display(cmd: &Command) -> String {
         .map(|s| s.to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Runs a command and returns its standard output (its standard error
+/// goes to ours), failing on a non-zero exit.
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", display(cmd)))?;
+    ensure!(
+        out.status.success(),
+        "{} failed: {}",
+        display(cmd),
+        out.status
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A host tool by name: on PATH, or in the sbin directories that a
+/// non-root PATH often lacks (depmod, modprobe).
+pub(crate) fn tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 pub(crate) fn cargo() -> Command {

@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::run;
-use crate::vm::{KernelTree, apt_update, cache_dir, output};
+use super::kernels::{KernelTree, apt_update, cache_dir};
+use crate::{output, run};
 
 const SOURCE_PACKAGE: &str = "linux-source-6.12";
 
@@ -134,7 +134,7 @@ fn cached(dir: &Path, version: Option<&str>) -> Option<KernelTree> {
 
 /// The kernel, built on first use and whenever Debian publishes a newer
 /// source package; the cached one is used when apt cannot tell.
-pub fn kernel() -> Result<KernelTree> {
+pub(super) fn kernel() -> Result<KernelTree> {
     let dir = cache_dir()?.join("fi-6.12");
     let mut version = candidate_version()?;
     if version.is_none() {
