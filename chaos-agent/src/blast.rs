@@ -1,26 +1,27 @@
 //! `blast`: apply a policy in the foreground, show live counters once a
-//! second, revert at the end of the duration, on Ctrl-C or on SIGTERM.
-//!
-//! The loop ([`drive`]) is shared by `blast net` and `blast syscall`; what
-//! each of them holds in force between apply and revert is an [`InForce`].
+//! second, revert at the end of the duration, on Ctrl-C or SIGTERM, or when
+//! the steady-state guard fails. Network and syscall faults, alone or mixed
+//! in one policy, go through the same engine and the same loop.
 
 use std::{
     io::{IsTerminal, Write},
     process::ExitCode,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use serde_json::json;
+use serde_json::{Value, json};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+    time::{Instant, sleep_until},
+};
 
 use crate::{
-    apply::{self, Applied, FaultCounters, Options},
+    engine::{Engine, FaultId},
     error::{Error, Result},
-    metrics::MetricsServer,
-    policy::model::{AbortWhen, Direction, Policy},
+    fault::{Counts, Hook, Row, monotonic_ns},
+    metrics::{Metrics, Tally},
+    policy::{model::Policy, values},
     steady,
 };
 
@@ -43,274 +44,248 @@ macro_rules! err {
     }};
 }
 
-const TICK: Duration = Duration::from_millis(50);
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
-/// What a blast holds in force between apply and revert: the parts of
-/// the run loop that differ between network faults and syscall faults.
-pub(crate) trait InForce {
-    /// One entry per fault (or row), in the order of the fault list.
-    type Counters;
-    /// Whether the live line on a terminal starts with a progress bar.
-    const PROGRESS_BAR: bool;
-
-    /// What the announcing line counts: "2 fault(s)".
-    fn count_label(&self) -> String;
-    /// How the faults are attached: the `mode` of the `applied` event.
-    fn mode(&self) -> String;
-    /// CLOCK_MONOTONIC nanoseconds at which the kernel stops acting.
-    fn deadline_ns(&self) -> u64;
-    /// Time left until that deadline.
-    fn remaining(&self) -> Duration;
-    fn counters(&self) -> Vec<Self::Counters>;
-    /// The `faults` array of the `counters` and `reverted` events.
-    fn counters_json(&self, counters: &[Self::Counters]) -> serde_json::Value;
-    /// The human counter line, faults separated by ` | `.
-    fn human_line(&self, counters: &[Self::Counters]) -> String;
-    /// Registers the faults with the metrics server, once after apply.
-    fn publish_faults(&self, metrics: &MetricsServer);
-    /// Refreshes the metrics snapshot with these counters.
-    fn publish_counters(&self, metrics: &MetricsServer, counters: &[Self::Counters]);
-    /// Called at every tick of the loop.
-    fn tick(&mut self) {}
-    /// Removes everything applied; returns what could not be removed.
-    fn revert(self) -> Vec<String>;
+/// The faults a blast holds in force, with their rows in fault order.
+struct InForce {
+    ids: Vec<FaultId>,
 }
 
-fn direction_label(d: Direction) -> &'static str {
-    match d {
-        Direction::Egress => "egress",
-        Direction::Ingress => "ingress",
-        Direction::Both => "both",
-    }
-}
-
-/// Share of matched packets or calls that were injected, in percent.
-pub(crate) fn share(matched: u64, injected: u64) -> f64 {
-    if matched > 0 {
-        100.0 * injected as f64 / matched as f64
-    } else {
-        0.0
-    }
-}
-
-impl InForce for Applied {
-    type Counters = FaultCounters;
-    const PROGRESS_BAR: bool = true;
-
-    fn count_label(&self) -> String {
-        format!("{} fault(s)", self.faults.len())
+impl InForce {
+    fn rows<'e>(&self, engine: &'e Engine) -> Vec<&'e Row> {
+        self.ids.iter().flat_map(|id| engine.rows(*id)).collect()
     }
 
-    fn mode(&self) -> String {
-        self.mode.to_owned()
-    }
-
-    fn deadline_ns(&self) -> u64 {
-        self.deadline_ns
-    }
-
-    fn remaining(&self) -> Duration {
-        Applied::remaining(self)
-    }
-
-    fn counters(&self) -> Vec<FaultCounters> {
-        Applied::counters(self)
-    }
-
-    fn counters_json(&self, counters: &[FaultCounters]) -> serde_json::Value {
-        let faults: Vec<_> = self
-            .faults
+    fn counters(&self, engine: &Engine) -> Vec<Counts> {
+        self.ids
             .iter()
-            .zip(counters)
-            .map(|(f, c)| {
-                json!({
-                    "policy": f.policy, "fault": f.fault, "action": f.action,
-                    "interface": f.interface, "netns": f.netns, "direction": direction_label(f.direction),
-                    "matched": c.matched, "injected": c.injected, "guard_passed": c.guard_passed,
-                })
-            })
-            .collect();
-        json!(faults)
+            .flat_map(|id| engine.counters(*id))
+            .collect()
     }
+}
 
-    fn human_line(&self, counters: &[FaultCounters]) -> String {
-        self.faults
-            .iter()
-            .zip(counters)
-            .map(|(f, c)| {
-                let share = share(c.matched, c.injected);
-                let verb = match f.action {
-                    "corrupt" => "corrupted",
-                    "duplicate" => "duplicated",
-                    _ => "dropped",
-                };
-                format!(
-                    "{} {} {}: matched {} {verb} {} ({share:.1}%) guard-passed {}",
-                    f.interface,
-                    direction_label(f.direction),
-                    f.fault,
+fn errno_text(errno: i32) -> String {
+    values::errno_name(errno)
+        .map(str::to_owned)
+        .unwrap_or_else(|| errno.to_string())
+}
+
+/// The `faults` array of the `counters` and `reverted` events.
+fn counters_json(rows: &[&Row], counters: &[Counts]) -> Value {
+    let rows: Vec<Value> = rows
+        .iter()
+        .zip(counters)
+        .map(|(r, c)| {
+            let mut v = json!({
+                "policy": r.policy, "fault": r.fault, "action": r.action.to_string(),
+                "backend": r.backend.to_string(),
+                "matched": c.matched, "injected": c.injected,
+            });
+            match &r.hook {
+                Hook::Net {
+                    interface,
+                    netns,
+                    direction,
+                } => {
+                    v["interface"] = json!(interface);
+                    v["netns"] = json!(netns);
+                    v["direction"] = json!(direction.to_string());
+                    v["guard_passed"] = json!(c.guard_passed);
+                }
+                Hook::Syscall {
+                    names,
+                    errno,
+                    target,
+                } => {
+                    v["syscall"] = json!(names);
+                    v["errno"] = json!(errno);
+                    v["errno_name"] = json!(values::errno_name(*errno));
+                    v["target"] = json!(target);
+                }
+            }
+            v
+        })
+        .collect();
+    json!(rows)
+}
+
+/// The human counter line, rows separated by ` | `.
+fn human_line(rows: &[&Row], counters: &[Counts]) -> String {
+    rows.iter()
+        .zip(counters)
+        .map(|(r, c)| {
+            let share = c.share();
+            let verb = r.action.verb();
+            match &r.hook {
+                Hook::Net {
+                    interface,
+                    direction,
+                    ..
+                } => format!(
+                    "{interface} {direction} {}: matched {} {verb} {} ({share:.1}%) guard-passed {}",
+                    r.fault, c.matched, c.injected, c.guard_passed
+                ),
+                Hook::Syscall { names, errno, .. } => format!(
+                    "{} {names} via {}: matched {} {verb} {} ({share:.1}%) with {}",
+                    r.fault,
+                    r.backend,
                     c.matched,
                     c.injected,
-                    c.guard_passed
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" | ")
-    }
-
-    fn publish_faults(&self, metrics: &MetricsServer) {
-        metrics.set_faults(&self.faults);
-    }
-
-    fn publish_counters(&self, metrics: &MetricsServer, counters: &[FaultCounters]) {
-        metrics.update(&self.faults, counters);
-    }
-
-    /// Forwards the kernel's log records (`--debug-kernel`).
-    fn tick(&mut self) {
-        self.flush_logs();
-    }
-
-    fn revert(self) -> Vec<String> {
-        Applied::revert(self)
-    }
-}
-
-/// Runs the network blast; the exit code follows CONTRACT section 2.
-/// With `metrics`, its snapshot is refreshed at every report (once a second)
-/// and at the end.
-pub fn run(
-    policy: &Policy,
-    opts: &Options,
-    json_out: bool,
-    metrics: Option<&MetricsServer>,
-) -> Result<ExitCode> {
-    drive(policy, json_out, metrics, policy.abort_when.clone(), || {
-        apply::apply(policy, opts)
-    })
-}
-
-/// The blast lifecycle: waits out `startAfter`, applies, reports counters
-/// once a second (JSON events, a live line on a terminal, or a line per
-/// second), and reverts at the deadline, on SIGINT or SIGTERM, or when the
-/// steady-state `guard` fails. The exit code follows CONTRACT section 2.
-pub(crate) fn drive<A: InForce>(
-    policy: &Policy,
-    json_out: bool,
-    metrics: Option<&MetricsServer>,
-    guard: Option<AbortWhen>,
-    apply: impl FnOnce() -> Result<A>,
-) -> Result<ExitCode> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .map_err(|e| Error::Runtime(format!("cannot install signal handler: {e}")))?;
-    }
-    if policy.start_after > Duration::ZERO {
-        let until = Instant::now() + policy.start_after;
-        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(TICK);
-        }
-        if stop.load(Ordering::Relaxed) {
-            return Ok(ExitCode::SUCCESS);
-        }
-    }
-    let mut applied = apply()?;
-    let aborted: Arc<Mutex<Option<String>>> = Arc::default();
-    let _prober = guard.map(|guard| {
-        let aborted = Arc::clone(&aborted);
-        steady::Prober::spawn(policy.name.clone(), guard, move |reason| {
-            if let Ok(mut a) = aborted.lock() {
-                *a = Some(reason);
+                    errno_text(*errno)
+                ),
             }
         })
-    });
-    if let Some(m) = metrics {
-        applied.publish_faults(m);
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// How a blast reports and what it serves.
+pub struct Output {
+    /// JSON lines on stdout instead of the human report.
+    pub json: bool,
+    /// The metrics listener, bound before anything is applied.
+    pub metrics: Option<Metrics>,
+}
+
+/// Why the run loop ended.
+enum End {
+    Signal,
+    Deadline,
+    Guard(String),
+}
+
+impl End {
+    fn reason(&self) -> &'static str {
+        match self {
+            End::Signal => "signal",
+            End::Deadline => "deadline",
+            End::Guard(_) => "steady-state guard",
+        }
     }
+}
+
+/// Runs a blast of `policy` through `engine`: waits out `startAfter`,
+/// applies every fault, reports, reverts. The exit code follows
+/// docs/cli.md: 0 when everything was reverted.
+pub async fn run(policy: &Policy, mut engine: Engine, output: Output) -> Result<ExitCode> {
+    let Output { json, metrics } = output;
+    let mut sigint = signal(SignalKind::interrupt())
+        .map_err(|e| Error::Runtime(format!("cannot install signal handler: {e}")))?;
+    let mut sigterm = signal(SignalKind::terminate())
+        .map_err(|e| Error::Runtime(format!("cannot install signal handler: {e}")))?;
+    // What this kernel cannot do is said before any waiting.
+    for f in &policy.faults {
+        engine.check(policy, f)?;
+    }
+    if !policy.start_after.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(policy.start_after) => {}
+            _ = sigint.recv() => return Ok(ExitCode::SUCCESS),
+            _ = sigterm.recv() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+    let deadline_ns = monotonic_ns() + policy.duration.as_nanos() as u64;
+    let all: Vec<&crate::policy::model::Fault> = policy.faults.iter().collect();
+    let force = InForce {
+        ids: engine.apply(policy, &all, deadline_ns)?,
+    };
+    let (abort_tx, mut abort_rx) = mpsc::unbounded_channel::<String>();
+    let _prober = policy.abort_when.clone().map(|guard| {
+        steady::Prober::spawn(policy.name.clone(), guard, move |reason| {
+            let _ = abort_tx.send(reason);
+        })
+    });
+    let rows: Vec<Row> = force.rows(&engine).into_iter().cloned().collect();
+    let row_refs: Vec<&Row> = rows.iter().collect();
+    let publish = |counters: &[Counts], active: bool| {
+        if let Some(m) = &metrics {
+            let mut tally = Tally::default();
+            for (r, c) in rows.iter().zip(counters) {
+                tally.add(r, *c, active);
+            }
+            m.set(tally);
+        }
+    };
+    publish(&vec![Counts::default(); rows.len()], true);
+    let mode = engine.mode(&force.ids);
     let total = policy.duration;
-    let tty = std::io::stderr().is_terminal() && !json_out;
-    if json_out {
+    let tty = std::io::stderr().is_terminal() && !json;
+    if json {
         out!(
             "{}",
-            json!({"event": "applied", "policy": policy.name, "mode": applied.mode(),
-                   "deadline_ns": applied.deadline_ns(), "pid": std::process::id()})
+            json!({"event": "applied", "policy": policy.name, "mode": mode,
+                   "deadline_ns": deadline_ns, "pid": std::process::id()})
         );
     } else {
         err!(
-            "chaos-agent: {} of {} in force via {}; reverting in {} (Ctrl-C to stop now)",
-            applied.count_label(),
+            "chaos-agent: {} fault(s) of {} in force via {mode}; reverting in {} (Ctrl-C to stop now)",
+            policy.faults.len(),
             policy.name,
-            applied.mode(),
             humantime::format_duration(total)
         );
     }
     let started = Instant::now();
+    let deadline = started + total;
     let mut next_report = started + REPORT_EVERY;
-    let reason = loop {
-        if stop.load(Ordering::Relaxed) {
-            break "signal";
+    let bar = rows.iter().any(|r| matches!(r.hook, Hook::Net { .. }));
+    let end = loop {
+        tokio::select! {
+            _ = sigint.recv() => break End::Signal,
+            _ = sigterm.recv() => break End::Signal,
+            Some(why) = abort_rx.recv() => break End::Guard(why),
+            _ = sleep_until(deadline.min(next_report)) => {}
         }
-        if let Some(why) = aborted.lock().ok().and_then(|a| a.clone()) {
-            err!("chaos-agent: steady-state guard failed: {why}; reverting");
-            break "steady-state guard";
+        engine.flush_logs();
+        if Instant::now() >= deadline {
+            break End::Deadline;
         }
-        if applied.remaining().is_zero() {
-            break "deadline";
+        if Instant::now() < next_report {
+            continue;
         }
-        std::thread::sleep(TICK);
-        applied.tick();
-        if Instant::now() >= next_report {
-            next_report += REPORT_EVERY;
-            let counters = applied.counters();
-            if let Some(m) = metrics {
-                applied.publish_counters(m, &counters);
-            }
-            let elapsed = started.elapsed().min(total);
-            if json_out {
-                out!(
-                    "{}",
-                    json!({"event": "counters", "elapsed_ms": elapsed.as_millis() as u64,
-                           "faults": applied.counters_json(&counters)})
-                );
-            } else if tty {
-                err!(raw
-                    "\r\x1b[K{}",
-                    live_line(A::PROGRESS_BAR, elapsed, total, &applied.human_line(&counters))
-                );
-            } else {
-                err!(
-                    "[{:.0}s/{}s] {}",
-                    elapsed.as_secs_f64(),
-                    total.as_secs(),
-                    applied.human_line(&counters)
-                );
-            }
-            let _ = std::io::stdout().flush();
+        next_report += REPORT_EVERY;
+        let counters = force.counters(&engine);
+        publish(&counters, true);
+        let elapsed = started.elapsed().min(total);
+        if json {
+            out!(
+                "{}",
+                json!({"event": "counters", "elapsed_ms": elapsed.as_millis() as u64,
+                       "faults": counters_json(&row_refs, &counters)})
+            );
+        } else if tty {
+            err!(raw
+                "\r\x1b[K{}",
+                live_line(bar, elapsed, total, &human_line(&row_refs, &counters))
+            );
+        } else {
+            err!(
+                "[{:.0}s/{}s] {}",
+                elapsed.as_secs_f64(),
+                total.as_secs(),
+                human_line(&row_refs, &counters)
+            );
         }
+        let _ = std::io::stdout().flush();
     };
-    let counters = applied.counters();
-    let final_json = applied.counters_json(&counters);
-    let final_text = applied.human_line(&counters);
+    if let End::Guard(why) = &end {
+        err!("chaos-agent: steady-state guard failed: {why}; reverting");
+    }
+    let counters = force.counters(&engine);
     if tty {
         err!();
     }
-    if let Some(m) = metrics {
-        applied.publish_counters(m, &counters);
-    }
-    let failures = applied.revert();
-    if let Some(m) = metrics {
-        m.clear_active();
-    }
-    if json_out {
+    let failures = engine.revert_all();
+    publish(&counters, false);
+    let reason = end.reason();
+    if json {
         out!(
             "{}",
-            json!({"event": "reverted", "reason": reason, "faults": final_json, "left": failures})
+            json!({"event": "reverted", "reason": reason,
+                   "faults": counters_json(&row_refs, &counters), "left": failures})
         );
     } else {
         err!("chaos-agent: reverted ({reason})");
-        out!("{final_text}");
+        out!("{}", human_line(&row_refs, &counters));
     }
     if failures.is_empty() {
         Ok(ExitCode::SUCCESS)
@@ -345,6 +320,10 @@ fn live_line(bar: bool, elapsed: Duration, total: Duration, counters: &str) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        fault::Backend,
+        policy::model::{ActionKind, Direction},
+    };
 
     #[test]
     fn live_line_with_and_without_bar() {
@@ -352,5 +331,44 @@ mod tests {
         assert_eq!(line, "[##########----------]     5s/10s  x");
         let line = live_line(false, Duration::from_secs(5), Duration::from_secs(10), "x");
         assert_eq!(line, "[    5s/10s] x");
+    }
+
+    #[test]
+    fn one_line_for_both_kinds() {
+        let net = Row {
+            policy: "p".into(),
+            fault: "net".into(),
+            action: ActionKind::Loss,
+            backend: Backend::Tcx,
+            hook: Hook::Net {
+                interface: "eth0".into(),
+                netns: None,
+                direction: Direction::Egress,
+            },
+        };
+        let sys = Row {
+            policy: "p".into(),
+            fault: "refuse".into(),
+            action: ActionKind::Errno,
+            backend: Backend::Cgroup,
+            hook: Hook::Syscall {
+                names: "connect".into(),
+                errno: 111,
+                target: "cgroup /x".into(),
+            },
+        };
+        let c = Counts {
+            matched: 10,
+            injected: 3,
+            guard_passed: 1,
+        };
+        assert_eq!(
+            human_line(&[&net, &sys], &[c, c]),
+            "eth0 egress net: matched 10 dropped 3 (30.0%) guard-passed 1 | refuse connect via cgroup: matched 10 failed 3 (30.0%) with ECONNREFUSED"
+        );
+        let v = counters_json(&[&net, &sys], &[c, c]);
+        assert_eq!(v[0]["direction"], "egress");
+        assert_eq!(v[1]["errno_name"], "ECONNREFUSED");
+        assert_eq!(v[1]["backend"], "cgroup");
     }
 }

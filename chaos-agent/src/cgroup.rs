@@ -10,8 +10,15 @@ use std::{
 use crate::{
     error::{Error, Result},
     policy::model::CgroupSelector,
-    rules::ResolvedCgroup,
 };
+
+/// A cgroup resolved to what the kernel compares: its id (the inode number
+/// of its directory) and its depth below the cgroup2 root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolvedCgroup {
+    pub id: u64,
+    pub level: u8,
+}
 
 /// The cgroup v2 mount: `/sys/fs/cgroup` on unified hosts,
 /// `/sys/fs/cgroup/unified` on the hybrid layout.

@@ -5,10 +5,12 @@ use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, tim
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    apply::{AttachMode, Options},
     blast,
+    engine::{self, Engine},
     error::{Error, Result},
-    metrics::MetricsServer,
+    fault::Backend,
+    metrics::Metrics,
+    net::{AttachMode, NetOptions},
     policy::{
         self,
         model::{
@@ -19,8 +21,25 @@ use crate::{
         values,
     },
     probe,
-    syscall::{self, SyscallOptions, backend::Backend},
 };
+
+/// `blast syscall --backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SyscallBackend {
+    Kprobe,
+    Lsm,
+    Cgroup,
+}
+
+impl From<SyscallBackend> for Backend {
+    fn from(b: SyscallBackend) -> Backend {
+        match b {
+            SyscallBackend::Kprobe => Backend::Kprobe,
+            SyscallBackend::Lsm => Backend::Lsm,
+            SyscallBackend::Cgroup => Backend::Cgroup,
+        }
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -266,7 +285,7 @@ pub struct SyscallArgs {
     pub max_injections: Option<u64>,
     /// Use this backend for every syscall instead of the most precise available one.
     #[arg(long, value_enum)]
-    pub backend: Option<Backend>,
+    pub backend: Option<SyscallBackend>,
     /// How long the fault lasts; the kernel stops acting at start + duration.
     #[arg(long, value_parser = values::parse_positive_duration)]
     pub duration: Duration,
@@ -326,7 +345,7 @@ pub fn net_policy(a: &NetArgs) -> Result<Policy> {
     let action = if let Some(percent) = a.loss {
         NetworkAction::Loss { percent }
     } else if let Some(latency) = a.delay {
-        crate::qdisc::check_horizon(latency, a.jitter.unwrap_or_default())
+        crate::net::qdisc::check_horizon(latency, a.jitter.unwrap_or_default())
             .map_err(|e| Error::Invalid(format!("--delay/--jitter: {e}")))?;
         NetworkAction::Delay {
             latency,
@@ -421,6 +440,18 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The event loop of `blast` and `run`: one thread. Its end does not wait
+/// for work still in flight (a steady-state probe's name lookup).
+fn block_on<F: std::future::Future<Output = Result<ExitCode>>>(f: F) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Runtime(format!("cannot start the event loop: {e}")))?;
+    let out = rt.block_on(f);
+    rt.shutdown_timeout(Duration::from_millis(100));
+    out
+}
+
 fn dispatch(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Validate { paths } => Ok(validate(paths)),
@@ -429,22 +460,22 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
             policies,
             metrics_addr,
             attach,
-        } => crate::daemon::run(crate::daemon::DaemonArgs {
+        } => block_on(crate::daemon::run(crate::daemon::DaemonArgs {
             policies: policies.clone(),
             metrics_addr: *metrics_addr,
             attach: *attach,
-        }),
-        Command::Status { json } => crate::control::status(*json),
-        Command::Stop { policies, all } => crate::control::stop(policies, *all),
+        })),
+        Command::Status { json } => crate::control::client::status(*json),
+        Command::Stop { policies, all } => crate::control::client::stop(policies, *all),
         Command::Blast(b) => {
-            let mut syscall_opts = SyscallOptions::default();
+            let mut backend = None;
             let policy = match (&b.policy, &b.kind) {
                 (Some(path), None) => {
                     policy::load_file(path).map_err(|e| Error::Invalid(e.to_string()))?
                 }
                 (None, Some(BlastKind::Net(net))) => net_policy(net)?,
                 (None, Some(BlastKind::Syscall(s))) => {
-                    syscall_opts.backend = s.backend;
+                    backend = s.backend.map(Backend::from);
                     syscall_policy(s)?
                 }
                 _ => {
@@ -453,32 +484,27 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
                     ));
                 }
             };
-            let syscalls = policy
-                .faults
-                .iter()
-                .filter(|f| matches!(f.kind, FaultKind::Syscall(_)))
-                .count();
-            if syscalls > 0 && syscalls < policy.faults.len() {
-                return Err(Error::Invalid(format!(
-                    "{}: a blast runs either network or syscall faults, not both yet; split the policy",
-                    policy.origin
-                )));
-            }
-            // Bound before anything is applied, so a busy port fails early.
-            let metrics = b
-                .run
-                .metrics_addr
-                .map(|addr| MetricsServer::start(addr, &policy.name))
-                .transpose()?;
-            let opts = Options {
-                attach: b.run.attach,
-                debug_kernel: b.run.debug_kernel,
-                extra_default_ports: metrics.iter().map(|m| m.local_addr().port()).collect(),
-            };
-            if syscalls > 0 {
-                return syscall::run::run(&policy, &syscall_opts, b.run.json, metrics.as_ref());
-            }
-            blast::run(&policy, &opts, b.run.json, metrics.as_ref())
+            block_on(async {
+                // Bound before anything is applied, so a busy port fails
+                // early; its port joins the built-in guard.
+                let metrics = b.run.metrics_addr.map(Metrics::bind).transpose()?;
+                let engine = Engine::new(engine::Options {
+                    net: NetOptions {
+                        attach: b.run.attach,
+                        debug_kernel: b.run.debug_kernel,
+                        extra_default_ports: metrics
+                            .iter()
+                            .map(|m| m.local_addr().port())
+                            .collect(),
+                    },
+                    syscall_backend: backend,
+                });
+                let output = blast::Output {
+                    json: b.run.json,
+                    metrics,
+                };
+                blast::run(&policy, engine, output).await
+            })
         }
     }
 }

@@ -5,7 +5,7 @@ use std::{path::Path, process::ExitCode};
 use aya::{programs::SchedClassifier, util::KernelVersion};
 use serde::Serialize;
 
-use crate::{cgroup, error::Result, qdisc};
+use crate::{cgroup, error::Result, net::qdisc};
 
 #[derive(Serialize)]
 pub struct Row {
@@ -26,7 +26,7 @@ fn row(feature: &'static str, supported: bool, detail: impl Into<String>) -> Row
 /// the verifier and the kernel's BPF support accept them.
 fn load_classifiers() -> std::result::Result<(), String> {
     let mut ebpf = aya::EbpfLoader::new()
-        .load(crate::apply::object())
+        .load(crate::net::object())
         .map_err(|e| format!("loading the object failed: {e}"))?;
     for name in [chaos_common::PROG_TC_INGRESS, chaos_common::PROG_TC_EGRESS] {
         let prog: &mut SchedClassifier = ebpf
@@ -105,17 +105,17 @@ pub fn rows() -> Vec<Row> {
     for (feature, backend, yes) in [
         (
             "syscall-kprobe",
-            crate::syscall::backend::Backend::Kprobe,
+            crate::fault::Backend::Kprobe,
             "bpf_override_return at the syscall entry: any syscall, any target",
         ),
         (
             "syscall-lsm",
-            crate::syscall::backend::Backend::Lsm,
+            crate::fault::Backend::Lsm,
             "BPF LSM programs load: file, socket, inode, mmap, task and exec hooks; pid, comm and cgroup targets",
         ),
         (
             "syscall-cgroup",
-            crate::syscall::backend::Backend::Cgroup,
+            crate::fault::Backend::Cgroup,
             "cgroup socket hooks with bpf_set_retval: connect, bind, UDP sendmsg, socket, get/setsockopt; cgroup and unit targets",
         ),
     ] {
@@ -150,7 +150,7 @@ pub fn rows() -> Vec<Row> {
         Err(e) => row("ifb", false, format!("CONFIG_IFB is missing: {e}")),
     });
     out.push(match qdisc::tstamp_writable() {
-        Ok(()) if crate::apply::has_ingress_delay() => row(
+        Ok(()) if crate::net::has_ingress_delay() => row(
             "skb-tstamp",
             true,
             "tc programs can set departure times, on ingress too (through an ifb)",

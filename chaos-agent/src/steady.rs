@@ -1,91 +1,76 @@
 //! The steady-state guard (`spec.abortWhen`, or a blast's `--abort-*`
-//! flags): a thread per active policy probes an HTTP URL (expecting a
-//! status) or a TCP address every `interval`; after `failures` consecutive
-//! failures it calls its `on_abort` with the reason (the daemon and the
-//! blast loop then revert the policy) and ends. Dropping the [`Prober`]
-//! stops the thread at its next wake-up.
+//! flags): a task per active policy probes an HTTP URL (expecting a
+//! status) or a TCP address every `interval`, each probe bounded in time;
+//! after `failures` consecutive failures it calls its `on_abort` with the
+//! reason (the daemon and the blast loop then revert the policy) and ends.
+//! Dropping the [`Prober`] cancels the task.
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream, ToSocketAddrs},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
+use std::{net::SocketAddr, time::Duration};
+
+use http_body_util::Empty;
+use hyper::{
+    Request,
+    body::Bytes,
+    header::{HOST, USER_AGENT},
 };
-
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpStream, task::JoinHandle, time::timeout};
 use tracing::{debug, warn};
 
 use crate::policy::model::{AbortWhen, Probe};
 
 /// Longest a single probe may take, whatever the interval.
 const MAX_PROBE_TIME: Duration = Duration::from_secs(5);
-/// How often the thread checks whether it was dropped while sleeping.
-const STOP_CHECK: Duration = Duration::from_millis(50);
 
 pub struct Prober {
-    stop: Arc<AtomicBool>,
+    task: JoinHandle<()>,
 }
 
 impl Drop for Prober {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.task.abort();
     }
 }
 
 impl Prober {
+    /// Starts probing on the current tokio runtime.
     pub fn spawn(
         policy: String,
         guard: AbortWhen,
         on_abort: impl FnOnce(String) + Send + 'static,
     ) -> Prober {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread_stop = Arc::clone(&stop);
-        let spawned = std::thread::Builder::new()
-            .name(format!("probe-{policy}"))
-            .spawn(move || {
-                let mut failed = 0u32;
-                let mut last_error = String::new();
-                loop {
-                    let next = Instant::now() + guard.interval;
-                    match probe_once(&guard.probe, guard.interval.min(MAX_PROBE_TIME)) {
-                        Ok(()) => {
-                            if failed > 0 {
-                                debug!(policy = %policy, "steady-state probe recovered");
-                            }
-                            failed = 0;
+        let task = tokio::spawn(async move {
+            let mut failed = 0u32;
+            let mut last_error = String::new();
+            let mut ticks = tokio::time::interval(guard.interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let limit = guard.interval.min(MAX_PROBE_TIME);
+                match probe_once(&guard.probe, limit).await {
+                    Ok(()) => {
+                        if failed > 0 {
+                            debug!(policy = %policy, "steady-state probe recovered");
                         }
-                        Err(e) => {
-                            failed += 1;
-                            warn!(policy = %policy, failed, of = guard.failures, "steady-state probe failed: {e}");
-                            last_error = e;
-                        }
+                        failed = 0;
                     }
-                    if thread_stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    if failed >= guard.failures {
-                        let reason = format!(
-                            "{} failed {} times in a row (last: {last_error})",
-                            describe(&guard.probe),
-                            failed
-                        );
-                        on_abort(reason);
-                        return;
-                    }
-                    while Instant::now() < next {
-                        if thread_stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        std::thread::sleep(STOP_CHECK.min(next.saturating_duration_since(Instant::now())));
+                    Err(e) => {
+                        failed += 1;
+                        warn!(policy = %policy, failed, of = guard.failures, "steady-state probe failed: {e}");
+                        last_error = e;
                     }
                 }
-            });
-        if let Err(e) = spawned {
-            warn!("cannot start the steady-state probe: {e}");
-        }
-        Prober { stop }
+                if failed >= guard.failures {
+                    on_abort(format!(
+                        "{} failed {} times in a row (last: {last_error})",
+                        describe(&guard.probe),
+                        failed
+                    ));
+                    return;
+                }
+            }
+        });
+        Prober { task }
     }
 }
 
@@ -98,91 +83,89 @@ pub fn describe(p: &Probe) -> String {
     }
 }
 
-fn resolve(hostport: &str) -> Result<SocketAddr, String> {
-    hostport
-        .to_socket_addrs()
+async fn resolve(hostport: &str) -> Result<SocketAddr, String> {
+    tokio::net::lookup_host(hostport)
+        .await
         .map_err(|e| format!("{hostport}: {e}"))?
         .next()
         .ok_or_else(|| format!("{hostport}: no address"))
 }
 
-/// One probe; `Err` says what failed.
-pub fn probe_once(p: &Probe, timeout: Duration) -> Result<(), String> {
-    match p {
-        Probe::Tcp { addr } => {
-            let sa = resolve(addr)?;
-            TcpStream::connect_timeout(&sa, timeout)
-                .map(drop)
-                .map_err(|e| format!("connect {addr}: {e}"))
-        }
-        Probe::Http { url, expect_status } => {
-            let status = http_status(url, timeout)?;
-            if status == *expect_status {
-                Ok(())
-            } else {
-                Err(format!("{url} answered {status}"))
+/// One probe, within `limit`; `Err` says what failed.
+pub async fn probe_once(p: &Probe, limit: Duration) -> Result<(), String> {
+    let attempt = async {
+        match p {
+            Probe::Tcp { addr } => {
+                let sa = resolve(addr).await?;
+                TcpStream::connect(sa)
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("connect {addr}: {e}"))
+            }
+            Probe::Http { url, expect_status } => {
+                let status = http_status(url).await?;
+                if status == *expect_status {
+                    Ok(())
+                } else {
+                    Err(format!("{url} answered {status}"))
+                }
             }
         }
-    }
+    };
+    timeout(limit, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("{} timed out after {limit:?}", describe(p))))
 }
 
-/// `GET url` over plain HTTP/1.0; returns the status code.
-fn http_status(url: &str, timeout: Duration) -> Result<u16, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// URLs are probed"))?;
-    let (hostport, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let with_port = if hostport
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        hostport.to_owned()
-    } else {
-        format!("{hostport}:80")
-    };
-    let sa = resolve(&with_port)?;
-    let deadline = Instant::now() + timeout;
-    let mut s =
-        TcpStream::connect_timeout(&sa, timeout).map_err(|e| format!("connect {hostport}: {e}"))?;
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(10));
-    s.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(left)).map_err(|e| e.to_string())?;
-    // One write: a server may answer (and close) after the first segment.
-    let request = format!(
-        "GET {path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: chaos-agent\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(request.as_bytes())
-        .map_err(|e| format!("{url}: {e}"))?;
-    let mut head = [0u8; 64];
-    let mut got = 0;
-    while got < 12 {
-        let n = s
-            .read(&mut head[got..])
-            .map_err(|e| format!("{url}: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        got += n;
+/// `GET url` over plain HTTP/1.1 (hyper's client); returns the status code.
+async fn http_status(url: &str) -> Result<u16, String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("{url}: only http:// URLs are probed"));
     }
-    let line = String::from_utf8_lossy(&head[..got]);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("{url}: not an HTTP answer"))
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{url}: no host"))?
+        .clone();
+    let hostport = format!(
+        "{}:{}",
+        authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']'),
+        authority.port_u16().unwrap_or(80)
+    );
+    let sa = resolve(&hostport).await?;
+    let stream = TcpStream::connect(sa)
+        .await
+        .map_err(|e| format!("connect {authority}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let req = Request::get(path)
+        .header(HOST, authority.as_str())
+        .header(USER_AGENT, "chaos-agent")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("{url}: {e}"))?;
+    let answer = sender.send_request(req).await;
+    conn.abort();
+    answer
+        .map(|r| r.status().as_u16())
+        .map_err(|e| format!("{url}: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
+    use std::{
+        io::{Read, Write},
+        net::TcpListener,
+    };
 
-    #[test]
-    fn http_probe_reads_the_status() {
+    #[tokio::test(flavor = "current_thread")]
+    async fn http_probe_reads_the_status() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let t = std::thread::spawn(move || {
@@ -204,14 +187,14 @@ mod tests {
             url: format!("http://127.0.0.1:{port}/health"),
             expect_status: 200,
         };
-        assert_eq!(probe_once(&p, Duration::from_secs(2)), Ok(()));
-        let e = probe_once(&p, Duration::from_secs(2)).unwrap_err();
+        assert_eq!(probe_once(&p, Duration::from_secs(2)).await, Ok(()));
+        let e = probe_once(&p, Duration::from_secs(2)).await.unwrap_err();
         assert!(e.contains("503"), "{e}");
         t.join().unwrap();
     }
 
-    #[test]
-    fn tcp_probe_fails_on_a_closed_port() {
+    #[tokio::test(flavor = "current_thread")]
+    async fn tcp_probe_fails_on_a_closed_port() {
         let port = {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -219,6 +202,6 @@ mod tests {
         let p = Probe::Tcp {
             addr: format!("127.0.0.1:{port}"),
         };
-        assert!(probe_once(&p, Duration::from_secs(1)).is_err());
+        assert!(probe_once(&p, Duration::from_secs(1)).await.is_err());
     }
 }

@@ -24,11 +24,10 @@ pub const MAP_COUNTERS: &str = "CHAOS_COUNTERS";
 pub const MAP_GUARD_PORTS: &str = "CHAOS_GUARD_PORTS";
 pub const MAP_GUARD_NETS: &str = "CHAOS_GUARD_NETS";
 pub const MAP_PACE: &str = "CHAOS_PACE";
+pub const MAP_CONFIG: &str = "CHAOS_CONFIG";
 
 /// Name of the read-only global that switches kernel-side debug logging on.
 pub const GLOBAL_DEBUG: &str = "CHAOS_DEBUG";
-/// Read-only global: 1 when the guard has address entries.
-pub const GLOBAL_GUARD_NETS: &str = "CHAOS_GUARD_NETS_USED";
 /// Read-only global: 1 when the kernel has `bpf_skb_set_tstamp` (5.18+),
 /// needed for delay on ingress; 0 keeps the call out of the verified code.
 pub const GLOBAL_SET_TSTAMP: &str = "CHAOS_HAS_SET_TSTAMP";
@@ -65,6 +64,9 @@ pub const DIR_EGRESS: u32 = 1;
 pub const FAMILY_ANY: u8 = 0;
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
+/// The family of a shape slot that is not in use (between used ones): no
+/// packet has it, so the classifier skips the slot.
+pub const FAMILY_NONE: u8 = 0xff;
 
 /// IP protocol numbers used in keys.
 pub const IPPROTO_ICMP: u8 = 1;
@@ -241,8 +243,10 @@ pub struct Rule {
     pub threshold: u64,
     /// `ACTION_*`.
     pub action: u32,
-    /// 1 when the built-in guard (port 22, SSH peer, metrics port) applies.
-    pub default_guard: u32,
+    /// The guards that protect this rule's packets: `GUARD_DEFAULT` for the
+    /// built-in guard (port 22, SSH peer, metrics port), and the bit of its
+    /// policy's own guard entries, if any (see `GuardEntry`).
+    pub guard_mask: u32,
     /// `ACTION_DELAY`: the delay, and the half-width of the uniform jitter
     /// around it, in nanoseconds.
     pub latency_ns: u64,
@@ -253,7 +257,10 @@ pub struct Rule {
     /// On ingress, delayed packets go through this ifb device (its fq
     /// releases them); 0 on egress, where the interface's own fq does.
     pub ifb_ifindex: u32,
-    pub _pad: u32,
+    /// When several rules match a packet, the one with the lowest priority
+    /// acts (then the lowest rule id). The agent gives rules their order of
+    /// policy file name, then fault order within the file.
+    pub priority: u32,
 }
 const _: () = assert!(core::mem::size_of::<Rule>() == 56);
 
@@ -283,18 +290,35 @@ const _: () = assert!(core::mem::size_of::<Pace>() == 8);
 
 /// Value of both guard maps (`CHAOS_GUARD_PORTS` is indexed by TCP/UDP
 /// port, host byte order): which guards cover the port or prefix, 0 none.
+/// A matched packet is left alone when its entries share a bit with the
+/// rule's `guard_mask`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GuardEntry {
-    /// `GUARD_DEFAULT` and/or `GUARD_EXTRA` bits.
+    /// `GUARD_DEFAULT` and/or the bits of policy guards (`GUARD_SETS`).
     pub kinds: u32,
 }
 const _: () = assert!(core::mem::size_of::<GuardEntry>() == 4);
 
-/// The built-in guard: applies only to rules with `default_guard == 1`.
+/// The built-in guard's bit: port 22, the SSH peer, the agent's metrics
+/// port. Rules of policies with `disableDefaults` do not carry it.
 pub const GUARD_DEFAULT: u32 = 1 << 0;
-/// Guard entries added by policies: apply to every rule.
-pub const GUARD_EXTRA: u32 = 1 << 1;
+/// Bits 1..32 of a guard mask: one per distinct `spec.guard` of the policies
+/// in force in one program instance (so one policy's guard entries protect
+/// only its own rules).
+pub const GUARD_SETS: u32 = 31;
+
+/// The program instance's settings that change while it runs
+/// (`CHAOS_CONFIG`, index 0). Read only once a packet matched a rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// 1 when `CHAOS_GUARD_NETS` has entries: the LPM trie lookups are the
+    /// dearest part of the guard, so they are skipped when it is empty.
+    pub guard_nets: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 8);
 
 /// Data of the guard's LPM trie key: an address of either family.
 #[repr(C)]
@@ -324,4 +348,5 @@ mod pod {
     unsafe impl aya::Pod for GuardEntry {}
     unsafe impl aya::Pod for GuardNet {}
     unsafe impl aya::Pod for Pace {}
+    unsafe impl aya::Pod for Config {}
 }

@@ -22,9 +22,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use chaos_common::{
-    ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, Counters,
-    DIR_EGRESS, DIR_INGRESS, DPORT_FILTERS, DportFilter, FAMILY_ANY, FIELD_CGROUP, FIELD_DPORT,
-    FIELD_PROTO, FIELD_SPORT, GUARD_DEFAULT, GUARD_EXTRA, GUARD_PORT_SLOTS, GuardEntry, GuardNet,
+    ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, Config,
+    Counters, DIR_EGRESS, DIR_INGRESS, DPORT_FILTERS, DportFilter, FAMILY_ANY, FIELD_CGROUP,
+    FIELD_DPORT, FIELD_PROTO, FIELD_SPORT, GUARD_PORT_SLOTS, GuardEntry, GuardNet,
     HOOK_SLOT_SHARED, HOOK_SLOTS, HookConf, HookKey, HookSlot, MAX_GUARD_NETS, MAX_HOOKS,
     MAX_RULE_KEYS, MAX_RULES, MAX_SHAPES, Pace, Rule, RuleKey, RuleRef, Shape,
 };
@@ -34,11 +34,6 @@ use parse::{Packet, Parsed};
 /// read-only global: the verifier drops the logging code when it is 0.
 #[unsafe(no_mangle)]
 static CHAOS_DEBUG: u8 = 0;
-
-/// Set to 1 by the agent when the guard has addresses (`CHAOS_GUARD_NETS`
-/// is not empty): LPM trie lookups are the dearest part of the guard.
-#[unsafe(no_mangle)]
-static CHAOS_GUARD_NETS_USED: u8 = 0;
 
 /// Set to 1 by the agent when the kernel has `bpf_skb_set_tstamp` (5.18+);
 /// at 0 the verifier never sees the call, so older kernels still load us.
@@ -95,6 +90,10 @@ static GUARD_PORTS: Array<GuardEntry> = Array::with_max_entries(GUARD_PORT_SLOTS
 #[map(name = "CHAOS_GUARD_NETS")]
 static GUARD_NETS: LpmTrie<GuardNet, GuardEntry> =
     LpmTrie::with_max_entries(MAX_GUARD_NETS, BPF_F_NO_PREALLOC);
+
+/// Settings the agent changes while the instance runs (one entry).
+#[map(name = "CHAOS_CONFIG")]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[classifier]
 fn chaos_tc_ingress(ctx: TcContext) -> i32 {
@@ -182,9 +181,9 @@ fn classify(ctx: &TcContext, direction: u32) -> Result<Decision, ()> {
     // preempt each other on one CPU for the same map slot in tc context.
     let counters = unsafe { &mut *counters };
     counters.matched += 1;
-    let guarded =
-        guard & GUARD_EXTRA != 0 || (rule.default_guard != 0 && guard & GUARD_DEFAULT != 0);
-    if guarded {
+    // The built-in guard protects the rules that keep it; a policy's own
+    // guard entries protect that policy's rules.
+    if guard & rule.guard_mask != 0 {
         counters.guard_passed += 1;
         return Ok(Decision::Pass);
     }
@@ -264,7 +263,8 @@ fn hold(ctx: &TcContext, rule_id: u32, rule: &Rule, direction: u32) -> Result<De
     Ok(Decision::Redirect(rule.ifb_ifindex))
 }
 
-/// Which guards cover this packet: `GUARD_DEFAULT` and/or `GUARD_EXTRA`.
+/// Which guards cover this packet: `GUARD_DEFAULT` and the bits of the
+/// policy guards whose ports or prefixes it has.
 #[inline(always)]
 fn guard_kinds(pkt: &Packet) -> u32 {
     let mut kinds = 0;
@@ -275,9 +275,8 @@ fn guard_kinds(pkt: &Packet) -> u32 {
             }
         }
     }
-    // SAFETY: plain read of a read-only global the agent sets at load time;
-    // with no guard addresses the verifier drops the trie lookups entirely.
-    if unsafe { core::ptr::read_volatile(&CHAOS_GUARD_NETS_USED) } == 0 {
+    // With no guard addresses, the trie lookups are skipped.
+    if CONFIG.get(0).is_none_or(|c| c.guard_nets == 0) {
         return kinds;
     }
     for addr in [pkt.src, pkt.dst] {
@@ -334,9 +333,9 @@ fn dport_may_match(conf: &HookConf, pkt: &Packet) -> bool {
     }
 }
 
-/// Finds the matching rule with the lowest id whose deadline has not
-/// passed. One hash lookup per shape in use on the hook (at most
-/// `MAX_SHAPES`), independent of the number of rules.
+/// Finds the matching rule with the lowest priority (then the lowest id)
+/// whose deadline has not passed. One hash lookup per shape in use on the
+/// hook (at most `MAX_SHAPES`), independent of the number of rules.
 #[inline(always)]
 fn lookup_rule(
     key: &mut RuleKey,
@@ -360,14 +359,14 @@ fn lookup_rule(
             continue;
         };
         let id = found.rule_id;
-        if let Some((best_id, _)) = best
-            && best_id <= id
-        {
-            continue;
-        }
         let Some(rule) = RULES.get(id) else {
             continue;
         };
+        if let Some((best_id, best_rule)) = best
+            && (best_rule.priority, best_id) <= (rule.priority, id)
+        {
+            continue;
+        }
         if now == 0 {
             // SAFETY: helper without arguments.
             now = unsafe { bpf_ktime_get_ns() };

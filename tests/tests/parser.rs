@@ -21,9 +21,8 @@ use aya::{
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions},
 };
 use chaos_agent::{
-    apply,
+    net::{self, RuleSpec},
     policy::model::{Match, NetworkAction, Percent, PortRange, Protocol},
-    rules::{self, RuleSpec},
 };
 use chaos_common::{
     Counters, DIR_EGRESS, DIR_INGRESS, HookKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
@@ -168,7 +167,7 @@ impl Loaded {
     /// for TCP and UDP to TARGET, on lo at ingress and egress.
     fn new() -> Loaded {
         let mut ebpf = EbpfLoader::new()
-            .load(apply::object())
+            .load(net::object())
             .expect("loading the agent's eBPF object");
         for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
             let prog: &mut SchedClassifier = ebpf
@@ -191,44 +190,26 @@ impl Loaded {
             src_cidrs: vec![],
             cgroup: None,
         };
-        let rule = rules::kernel_rule(
+        let rule = net::kernel_rule(
             &NetworkAction::Loss {
                 percent: Percent(100.0),
             },
             monotonic_ns() + 60_000_000_000,
-            false,
+            0,
+            0,
         );
-        let enc = rules::encode(&[RuleSpec {
-            id: RULE_ID,
+        let spec = RuleSpec {
             hooks: [DIR_INGRESS, DIR_EGRESS]
                 .map(|direction| HookKey {
                     ifindex: IFINDEX_LO,
                     direction,
                 })
                 .to_vec(),
-            matcher: &matcher,
+            matcher,
             cgroup: None,
-            rule,
-        }])
-        .expect("encoding the rule");
-        {
-            let mut rules_map: Array<_, Rule> =
-                Array::try_from(ebpf.map_mut(MAP_RULES).expect(MAP_RULES)).expect(MAP_RULES);
-            for (id, rule) in &enc.rules {
-                rules_map.set(*id, rule, 0).expect("writing CHAOS_RULES");
-            }
-        }
-        {
-            let mut index: HashMap<_, RuleKey, RuleRef> =
-                HashMap::try_from(ebpf.map_mut(MAP_RULE_INDEX).expect(MAP_RULE_INDEX))
-                    .expect(MAP_RULE_INDEX);
-            for (key, value) in &enc.keys {
-                index
-                    .insert(key, value, 0)
-                    .expect("writing CHAOS_RULE_INDEX");
-            }
-        }
-        apply::fill_hooks(&mut ebpf, &enc).expect("writing the hook tables");
+        };
+        let id = net::fill_one_rule(&mut ebpf, &spec, rule).expect("filling the maps");
+        assert_eq!(id, RULE_ID, "a fresh table's first rule");
         Loaded { ebpf, rule }
     }
 

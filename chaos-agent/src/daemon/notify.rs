@@ -66,7 +66,7 @@ impl Notifier {
     /// `RELOADING=1` carries the monotonic time systemd uses to match the
     /// reload with its `READY=1`.
     pub fn reloading(&self) {
-        let usec = crate::apply::monotonic_ns() / 1000;
+        let usec = crate::fault::monotonic_ns() / 1000;
         self.send(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
     }
 

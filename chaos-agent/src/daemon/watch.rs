@@ -1,36 +1,42 @@
-//! Watches the policies directory with inotify and turns bursts of events
-//! into one reload request: after the first event it waits until the
-//! directory has been quiet for `QUIET` (at most `MAX_WAIT`), so an editor's
-//! write-rename-chmod sequence or a Kubernetes ConfigMap swap (a new
-//! `..data` symlink renamed into place) is one reload, and the reload still
-//! starts within a few tens of milliseconds of the change.
+//! Watches the policies directory with inotify (an `AsyncFd` on the
+//! daemon's runtime) and turns bursts of events into one reload request:
+//! after the first event it waits until the directory has been quiet for
+//! `QUIET` (at most `MAX_WAIT`), so an editor's write-rename-chmod sequence
+//! or a Kubernetes ConfigMap swap (a new `..data` symlink renamed into
+//! place) is one reload, and the reload still starts within a few tens of
+//! milliseconds of the change.
 
 use std::{
     ffi::CString,
-    os::unix::ffi::OsStrExt,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
     path::Path,
-    sync::mpsc::Sender,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
+use tokio::{io::unix::AsyncFd, sync::mpsc, time::Instant};
 use tracing::{debug, warn};
 
-use super::Event;
 use crate::error::{Error, Result};
 
 const QUIET: Duration = Duration::from_millis(15);
 const MAX_WAIT: Duration = Duration::from_millis(50);
 
-/// Starts the watcher thread. The directory must exist.
-pub fn spawn(dir: &Path, events: Sender<Event>) -> Result<()> {
+/// Starts watching `dir` (which must exist); a message on the returned
+/// channel asks for a reload.
+pub fn spawn(dir: &Path) -> Result<mpsc::Receiver<()>> {
     // SAFETY: plain syscall.
-    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
-    if fd < 0 {
+    let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+    if raw < 0 {
         return Err(Error::Runtime(format!(
             "inotify: {}",
             std::io::Error::last_os_error()
         )));
     }
+    // SAFETY: a descriptor we just opened and own alone.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let path = CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| Error::Invalid(format!("--policies {}: bad path", dir.display())))?;
     let mask = libc::IN_CLOSE_WRITE
@@ -41,80 +47,71 @@ pub fn spawn(dir: &Path, events: Sender<Event>) -> Result<()> {
         | libc::IN_ATTRIB
         | libc::IN_MODIFY;
     // SAFETY: valid fd and NUL-terminated path.
-    if unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) } < 0 {
-        let e = std::io::Error::last_os_error();
-        // SAFETY: our fd.
-        unsafe { libc::close(fd) };
+    if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) } < 0 {
         return Err(Error::Runtime(format!(
-            "cannot watch {}: {e}",
-            dir.display()
+            "cannot watch {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
         )));
     }
-    std::thread::Builder::new()
-        .name("policy-watch".into())
-        .spawn(move || watch(fd, events))
-        .map_err(|e| Error::Runtime(format!("cannot start the watcher: {e}")))?;
-    Ok(())
-}
-
-/// Waits up to `timeout` for the fd to become readable; drains it if so.
-fn wait_and_drain(fd: i32, timeout: Option<Duration>) -> std::io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.kind() == std::io::ErrorKind::Interrupted {
-            Ok(false)
-        } else {
-            Err(e)
-        };
-    }
-    if n == 0 {
-        return Ok(false);
-    }
-    let mut buf = [0u8; 4096];
-    // SAFETY: buffer of the given length. The events themselves are not
-    // needed: any change means "read the directory again".
-    let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(true)
-}
-
-fn watch(fd: i32, events: Sender<Event>) {
-    loop {
-        match wait_and_drain(fd, None) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                warn!("policy watcher stopped: {e}; SIGHUP still reloads");
-                return;
-            }
+    // SAFETY: an OwnedFd keeps its descriptor open and the same for as
+    // long as the AsyncFd holds it.
+    let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| Error::Runtime(format!("cannot watch {}: {e}", dir.display())))?;
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        if let Err(e) = watch(fd, tx).await {
+            warn!("policy watcher stopped: {e}; SIGHUP still reloads");
         }
+    });
+    Ok(rx)
+}
+
+/// Waits until the fd is readable and drains it. The events themselves are
+/// not needed: any change means "read the directory again".
+async fn drain(fd: &AsyncFd<OwnedFd>) -> std::io::Result<()> {
+    loop {
+        let mut guard = fd.readable().await?;
+        let mut buf = [0u8; 4096];
+        let read = guard.try_io(|inner| {
+            // SAFETY: a buffer of the given length.
+            let r = unsafe { libc::read(inner.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if r < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        });
+        match read {
+            Ok(result) => return result,
+            // Spurious readiness: wait again.
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+async fn watch(fd: AsyncFd<OwnedFd>, tx: mpsc::Sender<()>) -> std::io::Result<()> {
+    loop {
+        drain(&fd).await?;
         let first = Instant::now();
         loop {
             let left = MAX_WAIT.saturating_sub(first.elapsed());
             if left.is_zero() {
                 break;
             }
-            match wait_and_drain(fd, Some(QUIET.min(left))) {
-                Ok(true) => continue,
-                _ => break,
+            match tokio::time::timeout(QUIET.min(left), drain(&fd)).await {
+                Ok(r) => r?,
+                Err(_quiet) => break,
             }
         }
         debug!(
             waited_ms = first.elapsed().as_millis() as u64,
             "policy directory changed"
         );
-        if events.send(Event::Reload("file change")).is_err() {
-            return;
+        // A reload already asked for covers this change too.
+        match tx.try_send(()) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
+            Err(mpsc::error::TrySendError::Closed(())) => return Ok(()),
         }
     }
 }

@@ -159,3 +159,71 @@ pub enum SyscallTarget {
     Cgroup(String),
     Unit(String),
 }
+
+/// What a fault does, as users and metrics name it (the `action` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ActionKind {
+    Loss,
+    Delay,
+    Corrupt,
+    Duplicate,
+    Bandwidth,
+    /// A syscall fault: the call fails with an errno.
+    Errno,
+}
+
+impl std::fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ActionKind::Loss => "loss",
+            ActionKind::Delay => "delay",
+            ActionKind::Corrupt => "corrupt",
+            ActionKind::Duplicate => "duplicate",
+            ActionKind::Bandwidth => "bandwidth",
+            ActionKind::Errno => "errno",
+        })
+    }
+}
+
+impl ActionKind {
+    /// The past participle of the live counter line: "dropped 30 (30.1%)".
+    pub fn verb(self) -> &'static str {
+        match self {
+            ActionKind::Loss => "dropped",
+            ActionKind::Delay => "delayed",
+            ActionKind::Corrupt => "corrupted",
+            ActionKind::Duplicate => "duplicated",
+            ActionKind::Bandwidth => "shaped",
+            ActionKind::Errno => "failed",
+        }
+    }
+}
+
+impl NetworkAction {
+    pub fn kind(&self) -> ActionKind {
+        match self {
+            NetworkAction::Loss { .. } => ActionKind::Loss,
+            NetworkAction::Delay { .. } => ActionKind::Delay,
+            NetworkAction::Corrupt { .. } => ActionKind::Corrupt,
+            NetworkAction::Duplicate { .. } => ActionKind::Duplicate,
+            NetworkAction::Bandwidth { .. } => ActionKind::Bandwidth,
+        }
+    }
+
+    /// Delay and bandwidth hold packets back: an fq qdisc releases them.
+    pub fn needs_fq(&self) -> bool {
+        matches!(
+            self,
+            NetworkAction::Delay { .. } | NetworkAction::Bandwidth { .. }
+        )
+    }
+}
+
+impl FaultKind {
+    pub fn action_kind(&self) -> ActionKind {
+        match self {
+            FaultKind::Network(n) => n.action.kind(),
+            FaultKind::Syscall(_) => ActionKind::Errno,
+        }
+    }
+}

@@ -226,7 +226,7 @@ fn network(n: RawNetwork, path: &FieldPath) -> Result<NetworkFault, Invalid> {
     }
     if let Some(a) = n.delay {
         let jitter = a.jitter.as_ref().map_or(Duration::ZERO, |j| j.0);
-        crate::qdisc::check_horizon(a.latency.0, jitter)
+        crate::net::qdisc::check_horizon(a.latency.0, jitter)
             .map_err(|e| invalid(path.key("delay"), Anchor::Value, e))?;
         actions.push((
             "delay",

@@ -13,33 +13,7 @@ use std::{fs, path::Path};
 
 use aya::util::KernelVersion;
 
-use crate::policy::model::SyscallTarget;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
-pub enum Backend {
-    Kprobe,
-    Lsm,
-    Cgroup,
-}
-
-impl Backend {
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Kprobe => "kprobe",
-            Backend::Lsm => "lsm",
-            Backend::Cgroup => "cgroup",
-        }
-    }
-
-    /// How the backend is named in messages: what the user would need.
-    pub fn need(self) -> &'static str {
-        match self {
-            Backend::Kprobe => "kprobe override",
-            Backend::Lsm => "the BPF LSM",
-            Backend::Cgroup => "the cgroup socket hooks",
-        }
-    }
-}
+use crate::{fault::Backend, policy::model::SyscallTarget};
 
 /// Whether each backend can run on this kernel; `Err` holds the reason.
 #[derive(Clone, Debug)]
@@ -50,11 +24,12 @@ pub struct Availability {
 }
 
 impl Availability {
-    pub fn of(&self, b: Backend) -> &Result<(), String> {
+    pub fn of(&self, b: Backend) -> Result<(), String> {
         match b {
-            Backend::Kprobe => &self.kprobe,
-            Backend::Lsm => &self.lsm,
-            Backend::Cgroup => &self.cgroup,
+            Backend::Kprobe => self.kprobe.clone(),
+            Backend::Lsm => self.lsm.clone(),
+            Backend::Cgroup => self.cgroup.clone(),
+            Backend::Tcx | Backend::Netlink => Err(format!("{b} is not a syscall backend")),
         }
     }
 
@@ -151,6 +126,9 @@ enum NotServed {
 /// Whether `backend` has a hook for `name` with this kind of target.
 fn serves(backend: Backend, name: &str, target: &SyscallTarget) -> Result<(), NotServed> {
     match backend {
+        Backend::Tcx | Backend::Netlink => Err(NotServed::NoHook(format!(
+            "{backend} attaches network faults, not syscall faults"
+        ))),
         // Every syscall has an entry symbol; it is looked up in
         // /proc/kallsyms when the probe is attached.
         Backend::Kprobe => Ok(()),
@@ -185,12 +163,12 @@ pub fn choose(
     avail: &Availability,
     forced: Option<Backend>,
 ) -> Result<Backend, String> {
+    let forced_one;
     let candidates: &[Backend] = match forced {
-        Some(b) => match b {
-            Backend::Kprobe => &[Backend::Kprobe],
-            Backend::Lsm => &[Backend::Lsm],
-            Backend::Cgroup => &[Backend::Cgroup],
-        },
+        Some(b) => {
+            forced_one = [b];
+            &forced_one
+        }
         None => &[Backend::Kprobe, Backend::Lsm, Backend::Cgroup],
     };
     let mut why = Vec::new();

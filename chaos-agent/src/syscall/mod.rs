@@ -1,16 +1,17 @@
 //! Syscall error faults: make chosen system calls of chosen processes fail
-//! with a chosen errno (CONTRACT sections 1 and 3).
+//! with a chosen errno.
 //!
-//! One copy of the `chaos-syscall` object is loaded per fault: its maps
-//! hold the fault's rule (target, errno, percent, budget, deadline), the
-//! budget counter and per-hook counters. Each syscall of the fault is served
-//! by one backend ([`backend::choose`]); only the programs those backends
-//! need are loaded and attached. `apply` is all or nothing: names, targets
-//! and backends are checked for every fault before the kernel is touched,
-//! and the rule is in its map before any program is attached.
+//! One copy of the `chaos-syscall` object is loaded per fault ([`SysFault`]):
+//! its maps hold the fault's rule (target, errno, percent, budget,
+//! deadline), the budget counter and per-hook counters. Each syscall of the
+//! fault is served by one backend ([`backend::choose`]); only the programs
+//! those backends need are loaded and attached. [`SysHost`] holds what
+//! faults share: which backends this kernel runs, asked once. `apply` is
+//! all or nothing: names, targets and backends are checked for every fault
+//! before the kernel is touched, and the rule is in its map before any
+//! program is attached.
 
 pub mod backend;
-pub mod run;
 pub mod table;
 
 use std::{collections::BTreeMap, fs::File, path::PathBuf};
@@ -27,16 +28,17 @@ use chaos_common::syscall::{
 use tracing::info;
 
 use crate::{
-    apply::monotonic_ns,
     cgroup,
     error::{Error, Result, chain, map_err},
+    fault::{Active, Backend, Counts, Hook, Row, threshold},
     policy::{
-        model::{CgroupSelector, FaultKind, Policy, SyscallFault, SyscallTarget},
+        model::{
+            ActionKind, CgroupSelector, Fault, FaultKind, Policy, SyscallFault, SyscallTarget,
+        },
         values,
     },
-    rules,
 };
-use backend::{Availability, Backend};
+use backend::Availability;
 
 /// The embedded object, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos-syscall"));
@@ -46,43 +48,23 @@ pub fn object() -> &'static [u8] {
     OBJECT
 }
 
-/// Options of a syscall blast beyond the policy.
-#[derive(Clone, Debug, Default)]
-pub struct SyscallOptions {
-    /// Use this backend for every syscall instead of choosing.
-    pub backend: Option<Backend>,
+/// What syscall faults share in this process.
+pub struct SysHost {
+    /// Use this backend for every syscall instead of choosing (`--backend`).
+    forced: Option<Backend>,
+    /// What this kernel runs, detected on first use (it loads programs).
+    avail: Option<Availability>,
 }
 
-/// One line of the report: the syscalls of one fault that one backend
-/// serves through the same hooks, and where their counters are.
-#[derive(Clone, Debug)]
-pub struct Row {
-    pub policy: String,
-    pub fault: String,
-    /// The syscall names, comma-separated (`sendmsg,sendto` share hooks).
-    pub syscall: String,
-    pub backend: Backend,
-    pub errno: i32,
-    /// The target as given: `cgroup /x`, `unit a.service`, `pid 42`, `comm a`.
-    pub target: String,
-    instance: usize,
-    slots: Vec<u32>,
-}
-
-/// Summed per-CPU counters of one row.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RowCounters {
-    pub matched: u64,
-    pub injected: u64,
-}
-
-/// Syscall faults in force. Dropping it detaches every program (cgroup
-/// links are owned by the object's file descriptors).
-pub struct SyscallApplied {
-    instances: Vec<Ebpf>,
-    pub rows: Vec<Row>,
-    /// CLOCK_MONOTONIC nanoseconds at which the kernel stops acting.
-    pub deadline_ns: u64,
+/// One syscall fault in force: its own object, maps and links. Dropping it
+/// detaches every program (the links are owned by its file descriptors).
+pub struct SysFault {
+    ebpf: Ebpf,
+    rows: Vec<Row>,
+    /// Per row: its counter slots.
+    slots: Vec<Vec<u32>>,
+    fault: SyscallFault,
+    rule: SysRule,
 }
 
 /// Kernel programs and their counter slots.
@@ -156,8 +138,22 @@ fn hooks_of(name: &str, backend: Backend) -> Hooks {
         Backend::Cgroup => table::cgroup_hooks(name).map(<[_]>::to_vec),
         Backend::Lsm => table::lsm_hooks(name).map(<[_]>::to_vec),
         Backend::Kprobe => Some(vec![(PROG_KPROBE_OVERRIDE, SLOT_KPROBE)]),
+        Backend::Tcx | Backend::Netlink => None,
     }
     .unwrap_or_default()
+}
+
+/// The kernel's view of a fault's selection and action: its rule.
+fn kernel_rule(f: &SyscallFault, deadline_ns: u64) -> SysRule {
+    SysRule {
+        deadline_ns,
+        threshold: threshold(f.percent),
+        max_injections: f.max_injections.unwrap_or(NO_BUDGET),
+        errno: f.errno as u32,
+        neg_errno: -i64::from(f.errno),
+        agent_tgid: std::process::id(),
+        ..SysRule::default()
+    }
 }
 
 fn plan<'a>(
@@ -165,20 +161,10 @@ fn plan<'a>(
     name: &'a str,
     f: &'a SyscallFault,
     avail: &Availability,
-    opts: &SyscallOptions,
+    forced: Option<Backend>,
     deadline_ns: u64,
 ) -> Result<Planned<'a>> {
     let at = |msg: String| format!("{}: fault {name}: {msg}", policy.origin);
-    for n in &f.names {
-        if !table::is_syscall(n) {
-            let hint = table::suggest(n)
-                .map(|s| format!(" (did you mean {s}?)"))
-                .unwrap_or_default();
-            return Err(Error::Invalid(at(format!(
-                "unknown syscall {n}{hint}; expected a name as in man 2 on x86_64"
-            ))));
-        }
-    }
     if !(1..=values::MAX_ERRNO).contains(&f.errno) {
         return Err(Error::Invalid(at(format!(
             "errno {} is out of range; expected 1 to {}",
@@ -186,23 +172,15 @@ fn plan<'a>(
             values::MAX_ERRNO
         ))));
     }
-    let mut rule = SysRule {
-        deadline_ns,
-        threshold: rules::threshold(f.percent),
-        max_injections: f.max_injections.unwrap_or(NO_BUDGET),
-        errno: f.errno as u32,
-        neg_errno: -i64::from(f.errno),
-        agent_tgid: std::process::id(),
-        ..SysRule::default()
-    };
+    let mut rule = kernel_rule(f, deadline_ns);
     let cgroup_dir = resolve_target(&f.target, &mut rule).map_err(|e| match e {
         Error::Invalid(m) => Error::Invalid(at(m)),
         other => other,
     })?;
     let mut hooks = HooksByBackend::new();
     for n in &f.names {
-        let b = backend::choose(n, &f.target, avail, opts.backend)
-            .map_err(|e| Error::Unsupported(at(e)))?;
+        let b =
+            backend::choose(n, &f.target, avail, forced).map_err(|e| Error::Unsupported(at(e)))?;
         if b == Backend::Lsm {
             rule.perm_mask |= table::perm_bits(n);
         }
@@ -372,69 +350,94 @@ pub(crate) fn trial_load_lsm() -> std::result::Result<(), String> {
     })
 }
 
-/// Applies every syscall fault of `policy` (network faults are left to
-/// `apply::apply`).
-pub fn apply(policy: &Policy, opts: &SyscallOptions) -> Result<SyscallApplied> {
-    let avail = Availability::detect();
-    let deadline_ns = monotonic_ns() + policy.duration.as_nanos() as u64;
-    // 1. Check and resolve everything before touching the kernel.
-    let mut planned = Vec::new();
-    for f in &policy.faults {
-        if let FaultKind::Syscall(s) = &f.kind {
-            planned.push(plan(policy, &f.name, s, &avail, opts, deadline_ns)?);
+impl SysHost {
+    pub fn new(forced: Option<Backend>) -> SysHost {
+        SysHost {
+            forced,
+            avail: None,
         }
     }
-    if planned.is_empty() {
-        return Err(Error::Invalid(format!(
-            "{}: no syscall faults to apply",
-            policy.origin
-        )));
+
+    fn avail(&mut self) -> &Availability {
+        self.avail.get_or_insert_with(Availability::detect)
     }
-    // 2. Load, fill, attach. On any error `applied` drops and detaches.
-    let mut applied = SyscallApplied {
-        instances: Vec::new(),
-        rows: Vec::new(),
-        deadline_ns,
-    };
-    for p in planned {
-        let mut ebpf = EbpfLoader::new()
-            .load(OBJECT)
-            .map_err(|e| refused("creating the syscall fault maps", &e))?;
-        {
-            let mut rule: Array<_, SysRule> = Array::try_from(
-                ebpf.map_mut(MAP_SYS_RULE)
-                    .ok_or_else(|| map_err(MAP_SYS_RULE, "missing"))?,
-            )
-            .map_err(|e| map_err(MAP_SYS_RULE, e))?;
-            rule.set(0, &p.rule, 0)
-                .map_err(|e| map_err(MAP_SYS_RULE, e))?;
+
+    /// Whether this kernel has a backend for every syscall of `f` (the
+    /// message says what is missing). Nothing is touched.
+    pub fn check(&mut self, f: &SyscallFault) -> std::result::Result<(), String> {
+        let forced = self.forced;
+        let avail = self.avail();
+        for n in &f.names {
+            backend::choose(n, &f.target, avail, forced)?;
         }
-        let instance = applied.instances.len();
-        for (backend, calls) in &p.hooks {
-            // Syscalls served by the same hooks share one row.
-            let mut by_slots: BTreeMap<Vec<u32>, Vec<&str>> = BTreeMap::new();
-            for (name, hooks) in calls {
-                let slots = hooks.iter().map(|(_, s)| *s).collect();
-                by_slots.entry(slots).or_default().push(name);
+        Ok(())
+    }
+
+    /// Applies the syscall faults among `faults` of `policy`. All or
+    /// nothing: a failure drops (detaches) the faults already loaded.
+    pub fn apply(
+        &mut self,
+        policy: &Policy,
+        faults: &[&Fault],
+        deadline_ns: u64,
+    ) -> Result<Vec<SysFault>> {
+        let forced = self.forced;
+        let avail = self.avail().clone();
+        // 1. Check and resolve everything before touching the kernel.
+        let mut planned = Vec::new();
+        for f in faults {
+            if let FaultKind::Syscall(s) = &f.kind {
+                planned.push(plan(policy, &f.name, s, &avail, forced, deadline_ns)?);
             }
-            for (slots, names) in by_slots {
-                applied.rows.push(Row {
-                    policy: policy.name.clone(),
-                    fault: p.name.to_owned(),
-                    syscall: names.join(","),
-                    backend: *backend,
+        }
+        // 2. Load, fill, attach.
+        let mut applied = Vec::new();
+        for p in planned {
+            applied.push(load(policy, p)?);
+        }
+        if !applied.is_empty() {
+            info!(policy = %policy.name, faults = applied.len(), deadline_ns, "syscall faults applied");
+        }
+        Ok(applied)
+    }
+}
+
+/// Loads one fault's object, writes its rule, attaches its programs.
+fn load(policy: &Policy, p: Planned<'_>) -> Result<SysFault> {
+    let mut ebpf = EbpfLoader::new()
+        .load(OBJECT)
+        .map_err(|e| refused("creating the syscall fault maps", &e))?;
+    write_rule(&mut ebpf, &p.rule)?;
+    let mut rows = Vec::new();
+    let mut row_slots = Vec::new();
+    for (backend, calls) in &p.hooks {
+        // Syscalls served by the same hooks share one row.
+        let mut by_slots: BTreeMap<Vec<u32>, Vec<&str>> = BTreeMap::new();
+        for (name, hooks) in calls {
+            let slots = hooks.iter().map(|(_, s)| *s).collect();
+            by_slots.entry(slots).or_default().push(name);
+        }
+        for (slots, names) in by_slots {
+            rows.push(Row {
+                policy: policy.name.clone(),
+                fault: p.name.to_owned(),
+                action: ActionKind::Errno,
+                backend: *backend,
+                hook: Hook::Syscall {
+                    names: names.join(","),
                     errno: p.fault.errno,
                     target: target_text(&p.fault.target),
-                    instance,
-                    slots,
-                });
-            }
-            if *backend == Backend::Kprobe {
+                },
+            });
+            row_slots.push(slots);
+        }
+        match backend {
+            Backend::Kprobe => {
                 for (name, _) in calls {
                     attach_kprobe(&mut ebpf, name)?;
                 }
             }
-            if *backend == Backend::Lsm {
+            Backend::Lsm => {
                 let btf = Btf::from_sys_fs()
                     .map_err(|e| Error::Unsupported(format!("reading the kernel BTF: {e}")))?;
                 for (_, hooks) in calls {
@@ -443,7 +446,7 @@ pub fn apply(policy: &Policy, opts: &SyscallOptions) -> Result<SyscallApplied> {
                     }
                 }
             }
-            if *backend == Backend::Cgroup {
+            Backend::Cgroup => {
                 let dir = p
                     .cgroup_dir
                     .as_ref()
@@ -456,36 +459,51 @@ pub fn apply(policy: &Policy, opts: &SyscallOptions) -> Result<SyscallApplied> {
                     }
                 }
             }
+            Backend::Tcx | Backend::Netlink => {}
         }
-        applied.instances.push(ebpf);
     }
-    info!(
-        policy = %policy.name,
-        rows = applied.rows.len(),
-        deadline_ns,
-        "syscall faults applied"
-    );
-    Ok(applied)
+    Ok(SysFault {
+        ebpf,
+        rows,
+        slots: row_slots,
+        fault: p.fault.clone(),
+        rule: p.rule,
+    })
 }
 
-impl SyscallApplied {
-    /// Current counters of every row, in `rows` order.
-    pub fn counters(&self) -> Vec<RowCounters> {
-        self.rows
+fn write_rule(ebpf: &mut Ebpf, rule: &SysRule) -> Result<()> {
+    let mut map: Array<_, SysRule> = Array::try_from(
+        ebpf.map_mut(MAP_SYS_RULE)
+            .ok_or_else(|| map_err(MAP_SYS_RULE, "missing"))?,
+    )
+    .map_err(|e| map_err(MAP_SYS_RULE, e))?;
+    map.set(0, rule, 0).map_err(|e| map_err(MAP_SYS_RULE, e))
+}
+
+impl Active for SysFault {
+    type Host = SysHost;
+
+    fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+
+    fn deadline_ns(&self) -> u64 {
+        self.rule.deadline_ns
+    }
+
+    fn counters(&self, _host: &SysHost) -> Vec<Counts> {
+        let array = self
+            .ebpf
+            .map(MAP_SYS_COUNTERS)
+            .and_then(|m| PerCpuArray::<_, SysCounters>::try_from(m).ok());
+        self.slots
             .iter()
-            .map(|r| {
-                let Some(map) = self
-                    .instances
-                    .get(r.instance)
-                    .and_then(|e| e.map(MAP_SYS_COUNTERS))
-                else {
-                    return RowCounters::default();
+            .map(|slots| {
+                let mut sum = Counts::default();
+                let Some(array) = &array else {
+                    return sum;
                 };
-                let Ok(array) = PerCpuArray::<_, SysCounters>::try_from(map) else {
-                    return RowCounters::default();
-                };
-                let mut sum = RowCounters::default();
-                for slot in &r.slots {
+                for slot in slots {
                     if let Ok(values) = array.get(slot, 0) {
                         for c in values.iter() {
                             sum.matched += c.matched;
@@ -498,22 +516,38 @@ impl SyscallApplied {
             .collect()
     }
 
-    /// The backends in use, comma-separated (`cgroup`, `lsm,cgroup`).
-    pub fn backends(&self) -> String {
-        let mut b: Vec<&str> = self.rows.iter().map(|r| r.backend.name()).collect();
-        b.sort();
-        b.dedup();
-        b.join(",")
+    /// A new errno, percent or budget for the same syscalls and target:
+    /// one map write (the calls failed so far still count to the budget).
+    fn set_action(&mut self, _host: &mut SysHost, to: &Fault) -> Result<()> {
+        let FaultKind::Syscall(s) = &to.kind else {
+            return Err(Error::Invalid("not a syscall fault".into()));
+        };
+        if s.names != self.fault.names || s.target != self.fault.target {
+            return Err(Error::Invalid(
+                "other syscalls or another target is a new fault".into(),
+            ));
+        }
+        let rule = SysRule {
+            threshold: threshold(s.percent),
+            max_injections: s.max_injections.unwrap_or(NO_BUDGET),
+            errno: s.errno as u32,
+            neg_errno: -i64::from(s.errno),
+            ..self.rule
+        };
+        write_rule(&mut self.ebpf, &rule)?;
+        self.rule = rule;
+        self.fault = s.clone();
+        for row in &mut self.rows {
+            if let Hook::Syscall { errno, .. } = &mut row.hook {
+                *errno = s.errno;
+            }
+        }
+        Ok(())
     }
 
-    /// Time until the kernel deadline.
-    pub fn remaining(&self) -> std::time::Duration {
-        std::time::Duration::from_nanos(self.deadline_ns.saturating_sub(monotonic_ns()))
-    }
-
-    /// Detaches everything: closing the objects closes their links.
-    pub fn revert(mut self) -> Vec<String> {
-        self.instances.clear();
+    /// Closing the object closes its links.
+    fn revert(self, _host: &mut SysHost) -> Vec<String> {
+        drop(self.ebpf);
         Vec::new()
     }
 }

@@ -15,43 +15,26 @@
 //! under its queues), so start-up clean-up can tell ours from anyone
 //! else's after a crash.
 //!
-//! Within one process, interfaces are shared by reference count: two faults
-//! (or two daemon policies) on one interface install fq once and remove it
-//! when the last goes.
+//! Within one process ([`Shaper`], owned by the network host), interfaces
+//! are shared by reference count: two faults (or two daemon policies) on
+//! one interface install fq once and remove it when the last goes.
 
-use std::{
-    collections::BTreeMap,
-    process::Command,
-    sync::{Mutex, PoisonError},
-};
+use std::{collections::BTreeMap, process::Command};
 
 use chaos_common::{FQ_HANDLE_MAJOR, IFB_PREFIX};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tracing::{info, warn};
 
-use crate::{
-    error::{Error, Result},
-    leftovers::StateFile,
+use super::{
+    journal::{Journal, Shaping},
     netns::{self, NetnsGuard},
 };
+use crate::error::{Error, Result};
 
 /// fq's defaults hold 100 packets per flow and 10,000 in all: one UDP flow
 /// at 5,000 packets per second delayed by 100 ms is 500 packets in flight,
 /// and fq would drop most of them. These hold 10,000 per flow.
 const FQ_ARGS: &[&str] = &["fq", "limit", "100000", "flow_limit", "10000"];
-
-/// Something we changed to make delay work, recorded in the state file so
-/// that a later start can undo it after a crash.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Shaping {
-    /// Our fq replaced the kernel's default root qdisc of `iface`.
-    Fq {
-        netns: Option<String>,
-        iface: String,
-    },
-    /// We created the ifb device `ifb`.
-    Ifb { netns: Option<String>, ifb: String },
-}
 
 /// One qdisc as `tc -j qdisc show` prints it.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -256,97 +239,72 @@ pub fn clean_namespace(interfaces: &[String]) {
     }
 }
 
-/// This process's holds on shaped interfaces, with the state file that
-/// records what we installed.
-struct Registry {
+/// This process's holds on shaped interfaces: how many faults use each,
+/// and whether we installed it (and so must undo it).
+#[derive(Default)]
+pub struct Shaper {
     holds: BTreeMap<Shaping, (usize, bool)>,
-    state: Option<StateFile>,
 }
 
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
-    holds: BTreeMap::new(),
-    state: None,
-});
-
-/// A hold on one shaped interface or ifb; released by `release`.
+/// A hold on one shaped interface or ifb; given back with
+/// [`Shaper::release`].
 #[derive(Debug)]
 pub struct Hold(Shaping);
 
-/// Makes sure `what` is in place (in its namespace), counting holds.
-pub fn acquire(what: Shaping) -> Result<Hold> {
-    let mut reg = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some((count, _)) = reg.holds.get_mut(&what) {
-        *count += 1;
-        return Ok(Hold(what));
-    }
-    // Recorded before it is made, so no crash can leave it unrecorded; the
-    // record goes again if it turns out to be someone else's.
-    match reg.state.as_mut() {
-        Some(state) => state.add_shaping(what.clone())?,
-        None => {
-            let mut state = StateFile::create()?;
-            state.add_shaping(what.clone())?;
-            reg.state = Some(state);
+impl Shaper {
+    /// Makes sure `what` is in place (in its namespace), counting holds.
+    /// Recorded in `journal` before it is made, so no crash can leave it
+    /// unrecorded; the record goes again if it turns out to be someone
+    /// else's.
+    pub fn acquire(&mut self, what: Shaping, journal: &mut Journal) -> Result<Hold> {
+        if let Some((count, _)) = self.holds.get_mut(&what) {
+            *count += 1;
+            return Ok(Hold(what));
         }
-    }
-    let created = {
-        let netns = match &what {
-            Shaping::Fq { netns, .. } | Shaping::Ifb { netns, .. } => netns.clone(),
-        };
-        NetnsGuard::enter(netns.as_deref()).and_then(|_ns| match &what {
+        journal.add_shaping(what.clone())?;
+        let created = NetnsGuard::enter(what.netns()).and_then(|_ns| match &what {
             Shaping::Fq { iface, .. } => install_fq(iface),
             Shaping::Ifb { ifb, .. } => install_ifb(ifb),
-        })
-    };
-    let forget = |reg: &mut Registry| {
-        if let Some(state) = reg.state.as_mut()
-            && let Err(e) = state.remove_shaping(&what)
-        {
+        });
+        let created = match created {
+            Ok(created) => created,
+            Err(e) => {
+                if let Err(e) = journal.remove_shaping(&what) {
+                    warn!("{e}");
+                }
+                return Err(e);
+            }
+        };
+        if created {
+            info!(?what, "installed for delay");
+        } else if let Err(e) = journal.remove_shaping(&what) {
             warn!("{e}");
         }
-    };
-    let created = match created {
-        Ok(created) => created,
-        Err(e) => {
-            forget(&mut reg);
-            return Err(e);
-        }
-    };
-    if created {
-        info!(?what, "installed for delay");
-    } else {
-        forget(&mut reg);
+        self.holds.insert(what.clone(), (1, created));
+        Ok(Hold(what))
     }
-    reg.holds.insert(what.clone(), (1, created));
-    Ok(Hold(what))
-}
 
-/// Drops a hold; the last one undoes what we installed.
-pub fn release(hold: Hold) -> std::result::Result<(), String> {
-    let mut reg = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
-    let Some((count, created)) = reg.holds.get_mut(&hold.0) else {
-        return Ok(());
-    };
-    *count -= 1;
-    if *count > 0 {
-        return Ok(());
+    /// Gives a hold back; the last one undoes what we installed.
+    pub fn release(
+        &mut self,
+        hold: Hold,
+        journal: &mut Journal,
+    ) -> std::result::Result<(), String> {
+        let Some((count, created)) = self.holds.get_mut(&hold.0) else {
+            return Ok(());
+        };
+        *count -= 1;
+        if *count > 0 {
+            return Ok(());
+        }
+        let created = *created;
+        self.holds.remove(&hold.0);
+        if !created {
+            return Ok(());
+        }
+        undo(&hold.0)?;
+        journal.remove_shaping(&hold.0).map_err(|e| e.to_string())
     }
-    let created = *created;
-    reg.holds.remove(&hold.0);
-    if !created {
-        return Ok(());
-    }
-    undo(&hold.0)?;
-    if let Some(state) = reg.state.as_mut() {
-        state.remove_shaping(&hold.0)?;
-    }
-    // Nothing of ours left: no state file either.
-    if reg.holds.values().all(|&(_, created)| !created)
-        && let Some(state) = reg.state.take()
-    {
-        state.remove();
-    }
-    Ok(())
 }
 
 #[cfg(test)]
