@@ -1,5 +1,10 @@
-//! Rules that span several fields, checked after serde has read the file;
-//! and the conversion into the validated model.
+//! Rules that span several fields, checked after serde has read the file
+//! (or the blast flags' document); and the conversion into the validated
+//! model. Besides the rules between fields, this is where a policy is held
+//! against what the host side knows without the kernel: syscall names of
+//! this architecture (`syscalls`), and what the kernel maps can hold
+//! (`limits`: keys per fault and per policy, shapes per hook, dst/src
+//! prefixes with a family in common).
 
 use std::{collections::HashMap, time::Duration};
 
