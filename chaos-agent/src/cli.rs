@@ -13,12 +13,8 @@ use crate::{
     net::{AttachMode, NetOptions},
     policy::{
         self,
-        model::{
-            AbortWhen, CgroupSelector, Cidr, Direction, Fault, FaultKind, Guard, Match,
-            NetworkAction, NetworkFault, Percent, Policy, PortRange, Probe, Protocol, SyscallFault,
-            SyscallTarget,
-        },
-        values,
+        flags::{self, AbortFlags, NetFlags, SyscallFlags},
+        model::Policy,
     },
     probe,
 };
@@ -146,9 +142,12 @@ pub enum BlastKind {
     /// A network fault on one interface.
     Net(Box<NetArgs>),
     /// Make chosen syscalls of chosen processes fail with an errno.
-    Syscall(SyscallArgs),
+    Syscall(Box<SyscallArgs>),
 }
 
+/// `blast net`: every value is kept as typed and read by the policy loader
+/// ([`policy::flags`]), so flags and policy files accept the same values
+/// with the same messages. clap checks only which flags go together.
 #[derive(Args, Debug)]
 #[command(group = clap::ArgGroup::new("action").required(true).multiple(false))]
 pub struct NetArgs {
@@ -158,253 +157,187 @@ pub struct NetArgs {
     /// Named network namespace (ip netns) holding the interface.
     #[arg(long)]
     pub netns: Option<String>,
-    /// egress, ingress or both.
-    #[arg(long, default_value = "egress", value_parser = parse_with::<Direction>)]
-    pub direction: Direction,
-    /// tcp, udp, icmp (ICMP and ICMPv6) or any.
-    #[arg(long, default_value = "any", value_parser = parse_with::<Protocol>)]
-    pub proto: Protocol,
+    /// egress (the default), ingress or both.
+    #[arg(long)]
+    pub direction: Option<String>,
+    /// tcp, udp, icmp (ICMP and ICMPv6) or any (the default).
+    #[arg(long)]
+    pub proto: Option<String>,
     /// Destination port or range A-B; repeatable.
-    #[arg(long, value_parser = parse_with::<PortRange>)]
-    pub dport: Vec<PortRange>,
+    #[arg(long)]
+    pub dport: Vec<String>,
     /// Source port or range A-B; repeatable.
-    #[arg(long, value_parser = parse_with::<PortRange>)]
-    pub sport: Vec<PortRange>,
+    #[arg(long)]
+    pub sport: Vec<String>,
     /// Destination CIDR; repeatable.
-    #[arg(long, value_parser = parse_with::<Cidr>)]
-    pub dst: Vec<Cidr>,
+    #[arg(long)]
+    pub dst: Vec<String>,
     /// Source CIDR; repeatable.
-    #[arg(long, value_parser = parse_with::<Cidr>)]
-    pub src: Vec<Cidr>,
+    #[arg(long)]
+    pub src: Vec<String>,
     /// Only packets from this systemd unit's processes (egress).
-    #[arg(long, conflicts_with = "cgroup", value_parser = values::parse_unit)]
+    #[arg(long, conflicts_with = "cgroup")]
     pub unit: Option<String>,
     /// Only packets from this cgroup (path under the cgroup2 mount; egress).
-    #[arg(long, value_parser = values::parse_cgroup_path)]
+    #[arg(long)]
     pub cgroup: Option<String>,
     /// Drop this share of matching packets.
-    #[arg(long, group = "action", value_parser = parse_with::<Percent>)]
-    pub loss: Option<Percent>,
+    #[arg(long, group = "action")]
+    pub loss: Option<String>,
     /// Delay matching packets (egress; needs the fq qdisc).
-    #[arg(long, group = "action", value_parser = values::parse_duration)]
-    pub delay: Option<Duration>,
+    #[arg(long, group = "action")]
+    pub delay: Option<String>,
     /// Jitter around --delay.
-    #[arg(long, requires = "delay", value_parser = values::parse_duration)]
-    pub jitter: Option<Duration>,
+    #[arg(long)]
+    pub jitter: Option<String>,
     /// Flip one bit in the payload of this share of matching packets (the
     /// L4 checksum is fixed, so applications receive the corrupted data).
-    #[arg(long, group = "action", value_parser = parse_with::<Percent>)]
-    pub corrupt: Option<Percent>,
+    #[arg(long, group = "action")]
+    pub corrupt: Option<String>,
     /// Send this share of matching packets twice.
-    #[arg(long, group = "action", value_parser = parse_with::<Percent>)]
-    pub duplicate: Option<Percent>,
+    #[arg(long, group = "action")]
+    pub duplicate: Option<String>,
     /// Limit matching traffic to this rate (needs the fq qdisc).
-    #[arg(long, group = "action", value_parser = values::parse_rate)]
-    pub rate: Option<u64>,
+    #[arg(long, group = "action")]
+    pub rate: Option<String>,
     /// How long the fault lasts; the kernel stops acting at start + duration.
-    #[arg(long, value_parser = values::parse_positive_duration)]
-    pub duration: Duration,
+    #[arg(long)]
+    pub duration: String,
+    #[command(flatten)]
+    pub abort: AbortArgs,
+}
+
+/// The steady-state guard of a blast (a policy's `spec.abortWhen`).
+#[derive(Args, Debug)]
+pub struct AbortArgs {
     /// Steady-state guard: revert early when GET URL (http://...) stops
     /// answering --abort-expect-status.
-    #[arg(long, value_name = "URL", conflicts_with = "abort_tcp")]
-    pub abort_http: Option<String>,
-    /// Status the --abort-http probe expects.
-    #[arg(long, default_value_t = 200, value_name = "CODE")]
-    pub abort_expect_status: u16,
+    #[arg(
+        id = "abort_http",
+        long = "abort-http",
+        value_name = "URL",
+        conflicts_with = "abort_tcp"
+    )]
+    pub http: Option<String>,
+    /// Status the --abort-http probe expects (default 200).
+    #[arg(
+        id = "abort_expect_status",
+        long = "abort-expect-status",
+        value_name = "CODE"
+    )]
+    pub expect_status: Option<String>,
     /// Steady-state guard: revert early when HOST:PORT stops accepting TCP.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub abort_tcp: Option<String>,
-    /// How often the steady-state probe runs.
-    #[arg(long, default_value = "1s", value_parser = values::parse_positive_duration)]
-    pub abort_interval: Duration,
-    /// Consecutive probe failures that revert the fault.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    pub abort_failures: u32,
+    #[arg(id = "abort_tcp", long = "abort-tcp", value_name = "HOST:PORT")]
+    pub tcp: Option<String>,
+    /// How often the steady-state probe runs (default 1s).
+    #[arg(
+        id = "abort_interval",
+        long = "abort-interval",
+        value_name = "DURATION"
+    )]
+    pub interval: Option<String>,
+    /// Consecutive probe failures that revert the fault (default 3).
+    #[arg(id = "abort_failures", long = "abort-failures", value_name = "N")]
+    pub failures: Option<String>,
 }
 
-/// The steady-state guard the `--abort-*` flags describe, if any.
-fn abort_when(a: &NetArgs) -> Result<Option<AbortWhen>> {
-    let probe = match (&a.abort_http, &a.abort_tcp) {
-        (Some(url), _) => {
-            if !url.starts_with("http://") || url.len() <= "http://".len() {
-                return Err(Error::Invalid(format!(
-                    "--abort-http: expected an http:// URL such as http://127.0.0.1:8080/health, found {url:?}"
-                )));
-            }
-            Probe::Http {
-                url: url.clone(),
-                expect_status: a.abort_expect_status,
-            }
+impl From<&AbortArgs> for AbortFlags {
+    fn from(a: &AbortArgs) -> Self {
+        AbortFlags {
+            http: a.http.clone(),
+            expect_status: a.expect_status.clone(),
+            tcp: a.tcp.clone(),
+            interval: a.interval.clone(),
+            failures: a.failures.clone(),
         }
-        (None, Some(addr)) => {
-            if !addr
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
-            {
-                return Err(Error::Invalid(format!(
-                    "--abort-tcp: expected HOST:PORT such as 127.0.0.1:5432, found {addr:?}"
-                )));
-            }
-            Probe::Tcp { addr: addr.clone() }
-        }
-        (None, None) => return Ok(None),
-    };
-    Ok(Some(AbortWhen {
-        probe,
-        interval: a.abort_interval,
-        failures: a.abort_failures,
-    }))
+    }
 }
 
+impl From<&NetArgs> for NetFlags {
+    fn from(a: &NetArgs) -> Self {
+        NetFlags {
+            iface: a.iface.clone(),
+            netns: a.netns.clone(),
+            direction: a.direction.clone(),
+            proto: a.proto.clone(),
+            dport: a.dport.clone(),
+            sport: a.sport.clone(),
+            dst: a.dst.clone(),
+            src: a.src.clone(),
+            unit: a.unit.clone(),
+            cgroup: a.cgroup.clone(),
+            loss: a.loss.clone(),
+            delay: a.delay.clone(),
+            jitter: a.jitter.clone(),
+            corrupt: a.corrupt.clone(),
+            duplicate: a.duplicate.clone(),
+            rate: a.rate.clone(),
+            duration: a.duration.clone(),
+            abort: (&a.abort).into(),
+        }
+    }
+}
+
+/// `blast syscall`; values are read by the policy loader, as for `blast net`.
 #[derive(Args, Debug)]
 #[command(group = clap::ArgGroup::new("target").required(true).multiple(false))]
 pub struct SyscallArgs {
     /// Syscall names as in man 2 (connect, openat, ...); comma-separated or repeated.
-    #[arg(long = "syscall", required = true, value_delimiter = ',', value_parser = values::parse_syscall_name)]
+    #[arg(long = "syscall", required = true, value_delimiter = ',')]
     pub syscalls: Vec<String>,
     /// Errno to fail with: a name (ECONNREFUSED) or a number 1..4095.
-    #[arg(long, value_parser = values::parse_errno)]
-    pub errno: i32,
+    #[arg(long)]
+    pub errno: String,
     /// Share of the target's calls that fail (default 100).
-    #[arg(long, default_value = "100", value_parser = parse_with::<Percent>)]
-    pub percent: Percent,
+    #[arg(long)]
+    pub percent: Option<String>,
     /// Target: a process (the whole thread group).
-    #[arg(long, group = "target", value_parser = values::parse_pid)]
-    pub pid: Option<u32>,
+    #[arg(long, group = "target")]
+    pub pid: Option<String>,
     /// Target: processes with this command name (comm).
-    #[arg(long, group = "target", value_parser = values::parse_comm)]
+    #[arg(long, group = "target")]
     pub comm: Option<String>,
     /// Target: processes in this cgroup (path under the cgroup2 mount) and its children.
-    #[arg(long, group = "target", value_parser = values::parse_cgroup_path)]
+    #[arg(long, group = "target")]
     pub cgroup: Option<String>,
     /// Target: the processes of this systemd unit.
-    #[arg(long, group = "target", value_parser = values::parse_unit)]
+    #[arg(long, group = "target")]
     pub unit: Option<String>,
     /// Fail at most this many calls in total (enforced in the kernel).
     #[arg(long)]
-    pub max_injections: Option<u64>,
+    pub max_injections: Option<String>,
     /// Use this backend for every syscall instead of the most precise available one.
     #[arg(long, value_enum)]
     pub backend: Option<SyscallBackend>,
     /// How long the fault lasts; the kernel stops acting at start + duration.
-    #[arg(long, value_parser = values::parse_positive_duration)]
-    pub duration: Duration,
+    #[arg(long)]
+    pub duration: String,
+}
+
+impl From<&SyscallArgs> for SyscallFlags {
+    fn from(a: &SyscallArgs) -> Self {
+        SyscallFlags {
+            syscalls: a.syscalls.clone(),
+            errno: a.errno.clone(),
+            percent: a.percent.clone(),
+            pid: a.pid.clone(),
+            comm: a.comm.clone(),
+            cgroup: a.cgroup.clone(),
+            unit: a.unit.clone(),
+            max_injections: a.max_injections.clone(),
+            duration: a.duration.clone(),
+        }
+    }
 }
 
 /// Builds the policy a `blast syscall` stands for.
 pub fn syscall_policy(a: &SyscallArgs) -> Result<Policy> {
-    let target = match (&a.pid, &a.comm, &a.cgroup, &a.unit) {
-        (Some(p), ..) => SyscallTarget::Pid(*p),
-        (_, Some(c), ..) => SyscallTarget::Comm(c.clone()),
-        (_, _, Some(c), _) => SyscallTarget::Cgroup(c.clone()),
-        (.., Some(u)) => SyscallTarget::Unit(u.clone()),
-        _ => {
-            return Err(Error::Invalid(
-                "a target is required: one of --pid, --comm, --cgroup, --unit".into(),
-            ));
-        }
-    };
-    let mut names: Vec<String> = Vec::new();
-    for n in &a.syscalls {
-        if names.contains(n) {
-            return Err(Error::Invalid(format!("--syscall: {n} is given twice")));
-        }
-        names.push(n.clone());
-    }
-    Ok(Policy {
-        name: "blast".into(),
-        origin: "<flags>".into(),
-        duration: a.duration,
-        start_after: Duration::ZERO,
-        abort_when: None,
-        guard: Guard::default(),
-        faults: vec![Fault {
-            name: "syscall".into(),
-            kind: FaultKind::Syscall(SyscallFault {
-                names,
-                errno: a.errno,
-                percent: a.percent,
-                target,
-                max_injections: a.max_injections,
-            }),
-        }],
-    })
-}
-
-fn parse_with<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, String> {
-    s.parse()
+    flags::syscall_policy(&a.into()).map_err(|e| Error::Invalid(e.to_string()))
 }
 
 /// Builds the policy a `blast net` stands for.
 pub fn net_policy(a: &NetArgs) -> Result<Policy> {
-    // clap's `requires` does not hold once the action group is satisfied
-    // by another flag, so this is checked here.
-    if a.jitter.is_some() && a.delay.is_none() {
-        return Err(Error::Invalid("--jitter needs --delay".into()));
-    }
-    let action = if let Some(percent) = a.loss {
-        NetworkAction::Loss { percent }
-    } else if let Some(latency) = a.delay {
-        crate::net::qdisc::check_horizon(latency, a.jitter.unwrap_or_default())
-            .map_err(|e| Error::Invalid(format!("--delay/--jitter: {e}")))?;
-        NetworkAction::Delay {
-            latency,
-            jitter: a.jitter.unwrap_or_default(),
-        }
-    } else if let Some(percent) = a.corrupt {
-        NetworkAction::Corrupt { percent }
-    } else if let Some(percent) = a.duplicate {
-        NetworkAction::Duplicate { percent }
-    } else if let Some(rate_bps) = a.rate {
-        NetworkAction::Bandwidth { rate_bps }
-    } else {
-        return Err(Error::Invalid("no action given".into()));
-    };
-    let cgroup = match (&a.unit, &a.cgroup) {
-        (Some(u), _) => Some(CgroupSelector::Unit(u.clone())),
-        (_, Some(c)) => Some(CgroupSelector::Path(c.clone())),
-        _ => None,
-    };
-    if cgroup.is_some() && a.direction != Direction::Egress {
-        return Err(Error::Invalid(
-            "--unit and --cgroup select the sending process, so they need --direction egress"
-                .into(),
-        ));
-    }
-    if (!a.dport.is_empty() || !a.sport.is_empty()) && a.proto == Protocol::Icmp {
-        return Err(Error::Invalid(
-            "--dport and --sport need --proto tcp, udp or any (ICMP has no ports)".into(),
-        ));
-    }
-    values::parse_interface(&a.iface).map_err(|e| Error::Invalid(format!("--iface: {e}")))?;
-    if let Some(ns) = &a.netns {
-        values::parse_netns(ns).map_err(|e| Error::Invalid(format!("--netns: {e}")))?;
-    }
-    Ok(Policy {
-        name: "blast".into(),
-        origin: "<flags>".into(),
-        duration: a.duration,
-        start_after: Duration::ZERO,
-        abort_when: abort_when(a)?,
-        guard: Guard::default(),
-        faults: vec![Fault {
-            name: "net".into(),
-            kind: FaultKind::Network(NetworkFault {
-                interface: a.iface.clone(),
-                netns: a.netns.clone(),
-                direction: a.direction,
-                matcher: Match {
-                    protocol: a.proto,
-                    dst_ports: a.dport.clone(),
-                    src_ports: a.sport.clone(),
-                    dst_cidrs: a.dst.clone(),
-                    src_cidrs: a.src.clone(),
-                    cgroup,
-                },
-                action,
-            }),
-        }],
-    })
+    flags::net_policy(&a.into()).map_err(|e| Error::Invalid(e.to_string()))
 }
 
 fn init_logging(cli: &Cli) {
@@ -529,5 +462,177 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::policy::model::FaultKind;
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// The policy (or the refusal, exit 2) that a `blast ...` command line
+    /// stands for; nothing is applied.
+    fn blast(args: &[&str]) -> Result<Policy> {
+        let cli = Cli::try_parse_from([&["chaos-agent", "blast"], args].concat()).unwrap();
+        let Command::Blast(b) = cli.command else {
+            panic!("a blast")
+        };
+        match b.kind {
+            Some(BlastKind::Net(n)) => net_policy(&n),
+            Some(BlastKind::Syscall(s)) => syscall_policy(&s),
+            None => panic!("net or syscall"),
+        }
+    }
+
+    #[track_caller]
+    fn refused(args: &[&str], want: &str) {
+        match blast(args) {
+            Err(e @ Error::Invalid(_)) => {
+                assert_eq!(e.to_string(), want);
+                assert_eq!(e.exit_code(), ExitCode::from(2));
+            }
+            other => panic!("{args:?}: expected exit 2, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_reach_the_policy_loader_as_typed() {
+        let net = ["net", "--iface", "eth0", "--duration", "5s"];
+        let p = blast(&[&net[..], &["--loss", "30%", "--dport", " 80 "]].concat()).unwrap();
+        assert_eq!((p.name.as_str(), p.origin.as_str()), ("blast", "<flags>"));
+        refused(
+            &[&net[..], &["--loss", "30", "--dport", "70000"]].concat(),
+            r#"--dport: expected a port (1-65535) or a range A-B, found "70000""#,
+        );
+        refused(
+            &[&net[..], &["--jitter", "5ms", "--loss", "1"]].concat(),
+            "--jitter: needs --delay too",
+        );
+        refused(
+            &[&net[..], &["--loss", "1", "--abort-tcp", "nope"]].concat(),
+            r#"--abort-tcp: expected HOST:PORT such as 127.0.0.1:5432 or [::1]:5432, found "nope""#,
+        );
+        refused(
+            &[&net[..], &["--loss", "1", "--abort-interval", "2s"]].concat(),
+            "--abort-interval: needs --abort-http or --abort-tcp too",
+        );
+        refused(
+            &[&net[..], &["--loss", "1", "--abort-http", "ftp://x/"]].concat(),
+            r#"--abort-http: expected an http:// URL such as http://127.0.0.1:8080/health, found "ftp://x/""#,
+        );
+        // Whitespace and '/' in probe targets: the validator's rules.
+        refused(
+            &[&net[..], &["--loss", "1", "--abort-tcp", "my host:80"]].concat(),
+            r#"--abort-tcp: expected HOST:PORT such as 127.0.0.1:5432 or [::1]:5432, found "my host:80""#,
+        );
+        refused(
+            &[&net[..], &["--loss", "1", "--abort-tcp", "a/b:80"]].concat(),
+            r#"--abort-tcp: expected HOST:PORT such as 127.0.0.1:5432 or [::1]:5432, found "a/b:80""#,
+        );
+        refused(
+            &[
+                &net[..],
+                &["--loss", "1", "--proto", "icmp", "--sport", "53"],
+            ]
+            .concat(),
+            "--sport, --proto: ports need protocol tcp, udp or any (ICMP has no ports), found icmp",
+        );
+        refused(
+            &[
+                &net[..],
+                &["--loss", "1", "--unit", "a.service", "--direction", "both"],
+            ]
+            .concat(),
+            "--unit, --direction: unit needs direction egress (cgroups only see the packets they send), found direction both",
+        );
+        refused(
+            &[&net[..], &["--rate", "1000"]].concat(),
+            r#"--rate: expected a rate such as 100bit, 500kbit, 1mbit, 10gbit (bits/s) or 100bps, 1kbps, 1mbps (bytes/s), found "1000""#,
+        );
+    }
+
+    #[test]
+    fn syscall_flags_reach_the_policy_loader() {
+        let sys = [
+            "syscall",
+            "--errno",
+            "EIO",
+            "--pid",
+            "42",
+            "--duration",
+            "5s",
+        ];
+        let p = blast(&[&sys[..], &["--syscall", "connect,openat"]].concat()).unwrap();
+        let FaultKind::Syscall(s) = &p.faults[0].kind else {
+            panic!("a syscall fault")
+        };
+        assert_eq!(s.names, ["connect", "openat"]);
+        assert_eq!(p.faults[0].name, "syscall");
+        refused(
+            &[&sys[..], &["--syscall", "connect,nosuchcall"]].concat(),
+            &format!(
+                "--syscall: unknown syscall \"nosuchcall\"; expected a name as in man 2 on {}",
+                std::env::consts::ARCH
+            ),
+        );
+        refused(
+            &[&sys[..], &["--syscall", "connect", "--syscall", "connect"]].concat(),
+            "--syscall: duplicate syscall name \"connect\"; expected each name once",
+        );
+        refused(
+            &[&sys[..], &["--syscall", "read", "--max-injections", "0"]].concat(),
+            r#"--max-injections: expected a whole number of at least 1, found "0""#,
+        );
+    }
+
+    #[test]
+    fn clap_still_checks_which_flags_go_together() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["chaos-agent", "blast", "net"], args].concat())
+                .map(|_| ())
+                .map_err(|e| e.kind())
+        };
+        let base = ["--iface", "eth0", "--duration", "5s"];
+        use clap::error::ErrorKind as K;
+        assert_eq!(
+            parse(&[&base[..], &["--loss", "1", "--corrupt", "2"]].concat()),
+            Err(K::ArgumentConflict)
+        );
+        assert_eq!(parse(&base), Err(K::MissingRequiredArgument));
+        assert_eq!(
+            parse(
+                &[
+                    &base[..],
+                    &["--loss", "1", "--unit", "a.service", "--cgroup", "/x"]
+                ]
+                .concat()
+            ),
+            Err(K::ArgumentConflict)
+        );
+        assert_eq!(
+            parse(
+                &[
+                    &base[..],
+                    &[
+                        "--loss",
+                        "1",
+                        "--abort-http",
+                        "http://x/",
+                        "--abort-tcp",
+                        "x:1"
+                    ]
+                ]
+                .concat()
+            ),
+            Err(K::ArgumentConflict)
+        );
+        assert_eq!(parse(&[&base[..], &["--loss", "1"]].concat()), Ok(()));
     }
 }

@@ -12,6 +12,8 @@
 //!   [`tcp_transfer`], ...) that are bounded in count and in time and only
 //!   ever send to the addresses they are given (the callers use the
 //!   namespace addresses or loopback).
+//! * [`policygen`]: seeded random policy files, at and past the limits of
+//!   what the kernel side holds, each with what the loader should say.
 //! * Inspection helpers ([`tc_filters`], [`tcx_query`], [`bpf_links_on`],
 //!   [`loaded_prog_names`], [`snmp_counters`]) so a test can check what is
 //!   attached and what the kernel counted.
@@ -25,6 +27,7 @@ pub mod ethtool;
 pub mod inspect;
 pub mod netns;
 pub mod payload;
+pub mod policygen;
 pub mod qdisc;
 pub mod rtt;
 pub mod snmp;

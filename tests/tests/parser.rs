@@ -17,7 +17,7 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, PerCpuArray},
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions},
 };
 use chaos_agent::{
@@ -26,8 +26,7 @@ use chaos_agent::{
 };
 use chaos_common::{
     Counters, DIR_EGRESS, DIR_INGRESS, HookKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-    MAP_COUNTERS, MAP_RULE_INDEX, MAP_RULES, PROG_TC_EGRESS, PROG_TC_INGRESS, Rule, RuleKey,
-    RuleRef,
+    MAP_COUNTERS, MAP_RULES, PROG_TC_EGRESS, PROG_TC_INGRESS, Rule,
     packet::{self, Packet, Parsed},
 };
 use chaos_tests::{monotonic_ns, require_root};

@@ -23,12 +23,11 @@ use chaos_common::{
 pub use crate::cgroup::ResolvedCgroup;
 use crate::{
     fault::threshold,
-    policy::model::{Cidr, Match, NetworkAction, Percent, PortRange, Protocol},
+    policy::{
+        limits::{self, MAX_KEYS_PER_RULE},
+        model::{Cidr, Match, NetworkAction, Percent, PortRange, Protocol},
+    },
 };
-
-/// Most keys one rule may expand to; beyond this a rule is refused (exit 2)
-/// rather than filling the kernel map.
-pub const MAX_KEYS_PER_RULE: usize = 65_536;
 
 /// One rule's selection, resolved: what to expand.
 #[derive(Clone, Debug)]
@@ -159,10 +158,6 @@ fn ports(list: &[PortRange]) -> Option<Vec<u16>> {
     Some(out)
 }
 
-fn count_of<T>(list: &Option<Vec<T>>) -> usize {
-    list.as_ref().map_or(1, Vec::len)
-}
-
 /// Every key of a rule, with its shape, on each of its hooks.
 pub fn expand(spec: &RuleSpec) -> Result<Vec<Expanded>, EncodeError> {
     let m = &spec.matcher;
@@ -173,11 +168,8 @@ pub fn expand(spec: &RuleSpec) -> Result<Vec<Expanded>, EncodeError> {
         (!m.dst_cidrs.is_empty()).then(|| m.dst_cidrs.iter().map(prefix).collect());
     let srcs: Option<Vec<Prefix>> =
         (!m.src_cidrs.is_empty()).then(|| m.src_cidrs.iter().map(prefix).collect());
-    let keys = protos.len().max(1)
-        * count_of(&dports)
-        * count_of(&sports)
-        * count_of(&dsts)
-        * count_of(&srcs);
+    // The validator's count: a policy it accepted is never refused here.
+    let keys = limits::key_count(m);
     if keys > MAX_KEYS_PER_RULE {
         return Err(EncodeError::TooManyKeys {
             keys,

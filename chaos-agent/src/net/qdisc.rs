@@ -9,7 +9,7 @@
 //! there on its `lo`; nothing outside that namespace is touched, and it
 //! disappears with the child.
 
-use std::{os::unix::process::CommandExt, process::Command, time::Duration};
+use std::{os::unix::process::CommandExt, process::Command};
 
 use aya::util::KernelVersion;
 
@@ -77,36 +77,5 @@ pub fn missing(action: &str, kind: &str, why: &str) -> String {
     )
 }
 
-/// fq's default horizon: a packet whose departure time lies further ahead
-/// is dropped by fq (Linux 5.7+), so a delay must stay within it.
-pub const FQ_HORIZON: Duration = Duration::from_secs(10);
-
-/// Refuses a delay whose largest departure offset, latency + jitter, lies
-/// beyond fq's horizon.
-pub fn check_horizon(latency: Duration, jitter: Duration) -> Result<(), String> {
-    let max = latency.saturating_add(jitter);
-    if max > FQ_HORIZON {
-        return Err(format!(
-            "latency + jitter is {}, beyond the fq qdisc's horizon of {} (fq drops packets scheduled further ahead); use at most {} in total",
-            humantime::format_duration(max),
-            humantime::format_duration(FQ_HORIZON),
-            humantime::format_duration(FQ_HORIZON)
-        ));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn horizon() {
-        let ms = Duration::from_millis;
-        assert!(check_horizon(ms(100), ms(20)).is_ok());
-        assert!(check_horizon(ms(9_000), ms(1_000)).is_ok());
-        let e = check_horizon(ms(9_000), ms(1_001)).unwrap_err();
-        assert!(e.contains("horizon"), "{e}");
-        assert!(check_horizon(Duration::MAX, Duration::MAX).is_err());
-    }
-}
+// fq's horizon is a limit on the policy, checked at validation.
+pub use crate::policy::limits::{FQ_HORIZON, check_horizon};

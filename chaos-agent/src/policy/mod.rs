@@ -6,16 +6,28 @@
 //!   -> locate::check_structure   (YAML syntax, one document, depth <= 64; no alias expansion)
 //!   -> serde_norway + serde_path_to_error into raw::RawPolicy (unknown fields refused,
 //!      single values parsed by `values`)
-//!   -> validate::validate        (rules across fields) -> model::Policy
+//!   -> validate::validate        (rules across fields, syscall names, what the
+//!                                 kernel maps can hold: limits) -> model::Policy
 //! ```
 //!
 //! Every error is a [`PolicyError`] whose position comes from
 //! [`locate::locate`] (the field path looked up in the YAML event stream).
+//!
+//! The `blast net` / `blast syscall` flags take the same path from serde on
+//! ([`flags`]): they are put into a raw document, and an error names the
+//! flags instead of a position.
+//!
+//! Nothing here touches the kernel or imports the agent's other modules, so
+//! whatever this module accepts only fails later for what the host lacks
+//! (an interface, a cgroup, a kernel feature).
 
 mod error;
+pub mod flags;
+pub mod limits;
 mod locate;
 pub mod model;
 mod raw;
+pub mod syscalls;
 mod validate;
 pub mod values;
 
@@ -34,7 +46,7 @@ pub use values::{
 
 use error::{FieldPath, Seg};
 use locate::{Located, Pos, StructureError};
-use validate::Anchor;
+use validate::{Anchor, Invalid};
 
 /// Files larger than this are refused before parsing.
 pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
@@ -133,6 +145,23 @@ pub fn load_str(origin: &str, text: &str) -> Result<model::Policy, PolicyError> 
         let (pos, path) = position(text, &inv.path, inv.anchor, 1, None);
         at(pos, Some(&path), ErrorKind::Invalid, inv.message)
     })
+}
+
+/// Reads a policy document built in memory (the blast flags) the way a
+/// file is read from serde on: into the raw model, then `validate`. The
+/// refusal keeps its field path (and the other fields it is about) for the
+/// caller to name.
+pub(crate) fn from_document(
+    origin: &str,
+    doc: serde_norway::Value,
+) -> Result<model::Policy, Invalid> {
+    let raw: raw::RawPolicy = serde_path_to_error::deserialize(doc).map_err(|e| {
+        let path = FieldPath::from_serde(e.path());
+        let (mut inv, _) = describe_serde(path, e.into_inner().to_string());
+        inv.message = cap(&inv.message);
+        inv
+    })?;
+    validate::validate(raw, origin)
 }
 
 /// Loads policy files: files as given, directories expanded to their
@@ -277,7 +306,7 @@ fn serde_error(
     text: &str,
     e: serde_path_to_error::Error<serde_norway::Error>,
 ) -> PolicyError {
-    let mut path = FieldPath::from_serde(e.path());
+    let path = FieldPath::from_serde(e.path());
     let inner = e.into_inner();
     let serde_loc = inner.location().map(|l| Pos {
         line: l.line(),
@@ -296,7 +325,22 @@ fn serde_error(
     {
         message.replace_range(..i + 2, "");
     }
+    let (inv, nth) = describe_serde(path, message);
+    let (pos, path) = position(text, &inv.path, inv.anchor, nth, serde_loc);
+    PolicyError {
+        file: origin.to_string(),
+        line: Some(pos.line),
+        column: Some(pos.column),
+        path: (!path.is_root()).then(|| path.to_string()),
+        message: cap(&inv.message),
+        kind: ErrorKind::Invalid,
+    }
+}
 
+/// serde's message about the field at `path`, in our words: the field it
+/// is about (a missing or unknown field is a key below `path`), which part
+/// of it to point at, and which occurrence (a duplicate key is the 2nd).
+fn describe_serde(mut path: FieldPath, mut message: String) -> (Invalid, usize) {
     let mut anchor = Anchor::Value;
     let mut nth = 1;
     if let Some(field) = backticked_after(&message, "missing field ") {
@@ -338,15 +382,13 @@ fn serde_error(
             .replace("expected a sequence", "expected a list")
             .replace("expected field identifier", "expected a field name");
     }
-    let (pos, path) = position(text, &path, anchor, nth, serde_loc);
-    PolicyError {
-        file: origin.to_string(),
-        line: Some(pos.line),
-        column: Some(pos.column),
-        path: (!path.is_root()).then(|| path.to_string()),
-        message: cap(&message),
-        kind: ErrorKind::Invalid,
-    }
+    let inv = Invalid {
+        path,
+        anchor,
+        message,
+        also: Vec::new(),
+    };
+    (inv, nth)
 }
 
 /// serde quotes whole values back; keep messages to a readable length.
@@ -812,8 +854,250 @@ spec:
             13,
             11,
             "spec.faults[0].network.match.dstPorts",
-            "ports need protocol tcp, udp or any, found icmp",
+            "ports need protocol tcp, udp or any (ICMP has no ports), found icmp",
         );
+    }
+
+    #[test]
+    fn unknown_syscall_name() {
+        let e = check(
+            &edit("names: [connect]", "names: [connect, nosuchcall]"),
+            17,
+            26,
+            "spec.faults[1].syscall.names[1]",
+            "unknown syscall \"nosuchcall\"; expected a name as in man 2 on ",
+        );
+        assert!(e.message.ends_with(std::env::consts::ARCH), "{e}");
+        check(
+            &edit("names: [connect]", "names: [sys_connect]"),
+            17,
+            17,
+            "spec.faults[1].syscall.names[0]",
+            "unknown syscall \"sys_connect\" (did you mean connect?); expected a name as in man 2 on",
+        );
+        check(
+            &edit("names: [connect]", "names: [__x64_sys_connect]"),
+            17,
+            17,
+            "spec.faults[1].syscall.names[0]",
+            "(did you mean connect?)",
+        );
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn legacy_syscalls_exist_on_x86_64() {
+        load_str(
+            "ok.yaml",
+            &edit("names: [connect]", "names: [open, fork, rename]"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_fault_with_too_many_keys() {
+        let e = check(
+            &edit(
+                "dstPorts: [5432, \"6000-6100\"]",
+                "dstPorts: [\"1-40000\"]\n          srcPorts: [1-3]",
+            ),
+            11,
+            9,
+            "spec.faults[0].network.match",
+            "this match expands to 120000 kernel keys (1 protocol x 40000 destination ports x 3 source ports), more than the 65536 one fault may have; use fewer or narrower port ranges and CIDR lists, or split the fault",
+        );
+        assert_eq!(e.kind, ErrorKind::Invalid);
+        // At the limit: 2 protocols (any with ports) x 32768 ports.
+        load_str(
+            "ok.yaml",
+            &edit(
+                "protocol: tcp\n          dstPorts: [5432, \"6000-6100\"]",
+                "protocol: any\n          dstPorts: [\"1-32768\"]",
+            ),
+        )
+        .unwrap();
+        check(
+            &edit(
+                "protocol: tcp\n          dstPorts: [5432, \"6000-6100\"]",
+                "protocol: any\n          dstPorts: [\"1-32768\", 40000]",
+            ),
+            11,
+            9,
+            "spec.faults[0].network.match",
+            "expands to 65538 kernel keys (2 protocols x 32769 destination ports)",
+        );
+        // Overlapping ranges count once; CIDR pairs only within a family.
+        load_str(
+            "ok.yaml",
+            &edit(
+                "dstPorts: [5432, \"6000-6100\"]",
+                "dstPorts: [\"1-30000\", \"1-30000\"]\n          dstCidrs: [10.0.0.0/8, \"fd00::/8\"]\n          srcCidrs: [192.0.2.0/24, \"2001:db8::/32\"]",
+            ),
+        )
+        .unwrap();
+    }
+
+    /// The faults of `BASE` plus `extra` (block-indented fault entries)
+    /// before the syscall fault.
+    fn with_faults(extra: &str) -> String {
+        edit("    - name: sys\n", &format!("{extra}    - name: sys\n"))
+    }
+
+    #[test]
+    fn a_policy_with_too_many_keys() {
+        // 65535 keys, twice for both directions, two faults: 262140 keys.
+        let big = edit(
+            "interface: eth0\n        match:\n          protocol: tcp\n          dstPorts: [5432, \"6000-6100\"]",
+            "interface: eth0\n        direction: both\n        match:\n          protocol: tcp\n          dstPorts: [\"1-65535\"]",
+        );
+        let second = "    - name: net2\n      network: {interface: eth1, direction: both, match: {protocol: udp, dstPorts: [\"1-65535\"]}, loss: {percent: 1}}\n";
+        let text = big.replacen(
+            "    - name: sys\n",
+            &format!("{second}    - name: sys\n"),
+            1,
+        );
+        load_str("ok.yaml", &text).unwrap();
+        // Five more keys are too many.
+        let third = "    - name: net3\n      network: {interface: eth2, match: {protocol: udp, dstPorts: [\"1-5\"]}, loss: {percent: 1}}\n";
+        let text = text.replacen("    - name: sys\n", &format!("{third}    - name: sys\n"), 1);
+        check(
+            &text,
+            7,
+            3,
+            "spec.faults",
+            "the faults expand to 262145 kernel keys in all (a fault with direction both counts twice), more than the 262144 one policy may have",
+        );
+    }
+
+    fn cidr_faults(iface: &str, direction: &str, prefixes: std::ops::RangeInclusive<u8>) -> String {
+        prefixes
+            .map(|n| {
+                format!(
+                    "    - name: {iface}-{direction}-{n}\n      network: {{interface: {iface}, direction: {direction}, match: {{dstCidrs: [10.0.0.0/{n}]}}, loss: {{percent: 1}}}}\n"
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn too_many_shapes_on_one_hook() {
+        // BASE's first fault is one shape on eth0 egress; 7 more fill it.
+        load_str(
+            "ok.yaml",
+            &with_faults(&cidr_faults("eth0", "egress", 8..=14)),
+        )
+        .unwrap();
+        // The 9th shape: faults[8], at its match.
+        let e = check(
+            &with_faults(&cidr_faults("eth0", "egress", 8..=15)),
+            30,
+            53,
+            "spec.faults[8].network.match",
+            "interface eth0, egress, would need 9 lookup shapes with this match (it adds 1), more than the 8 the classifier looks up per interface and direction",
+        );
+        assert!(e.message.contains("fewer kinds of match"), "{e}");
+        // Other hooks have their own shapes: ingress, another interface,
+        // the same interface in a namespace.
+        let mut many = cidr_faults("eth0", "egress", 8..=14);
+        many.push_str(&cidr_faults("eth0", "ingress", 8..=15));
+        many.push_str(&cidr_faults("eth1", "egress", 8..=15));
+        many.push_str(
+            "    - name: in-ns\n      network: {interface: eth0, netns: ns1, match: {dstCidrs: [10.0.0.0/20]}, loss: {percent: 1}}\n",
+        );
+        load_str("ok.yaml", &with_faults(&many)).unwrap();
+        // Direction both counts on ingress and egress.
+        let mut both = cidr_faults("eth0", "ingress", 8..=15);
+        both.push_str(&cidr_faults("eth0", "both", 16..=16));
+        check(
+            &with_faults(&both),
+            32,
+            51,
+            "spec.faults[9].network.match",
+            "interface eth0, ingress, would need 9 lookup shapes",
+        );
+        // A fault without a match is a shape too; the position is its network.
+        let mut no_match = cidr_faults("eth0", "egress", 8..=14);
+        no_match
+            .push_str("    - name: all\n      network: {interface: eth0, loss: {percent: 1}}\n");
+        check(
+            &with_faults(&no_match),
+            30,
+            7,
+            "spec.faults[8].network.match",
+            "interface eth0, egress, would need 9 lookup shapes",
+        );
+        // One fault can need more than 8 shapes by itself.
+        check(
+            &edit(
+                "dstPorts: [5432, \"6000-6100\"]",
+                "dstCidrs: [10.0.0.0/8, 10.0.0.0/9, 10.0.0.0/10, 10.0.0.0/11, 10.0.0.0/12, 10.0.0.0/13, 10.0.0.0/14, 10.0.0.0/15, 10.0.0.0/16]",
+            ),
+            11,
+            9,
+            "spec.faults[0].network.match",
+            "would need 9 lookup shapes with this match (it adds 9)",
+        );
+    }
+
+    #[test]
+    fn cgroup_levels_are_shapes() {
+        // Paths of one depth share a shape; each unit counts on its own.
+        let faults: String = (0..10)
+            .map(|i| format!("    - name: c{i}\n      network: {{interface: eth0, match: {{cgroup: /a/c{i}}}, loss: {{percent: 1}}}}\n"))
+            .collect();
+        load_str("ok.yaml", &with_faults(&faults)).unwrap();
+        let faults: String = (0..8)
+            .map(|i| format!("    - name: u{i}\n      network: {{interface: eth0, match: {{unit: u{i}.service}}, loss: {{percent: 1}}}}\n"))
+            .collect();
+        check(
+            &with_faults(&faults),
+            30,
+            34,
+            "spec.faults[8].network.match",
+            "would need 9 lookup shapes",
+        );
+    }
+
+    #[test]
+    fn cidrs_without_a_common_family() {
+        let e = check(
+            &edit(
+                "protocol: tcp\n",
+                "protocol: tcp\n          dstCidrs: [10.0.0.0/8, 192.0.2.0/24]\n          srcCidrs: [\"fd00::/8\"]\n",
+            ),
+            14,
+            11,
+            "spec.faults[0].network.match.srcCidrs",
+            "the destination prefixes are all IPv4 and the source prefixes all IPv6, so this fault matches nothing; use prefixes of one address family on both sides, or split the fault",
+        );
+        assert_eq!(e.kind, ErrorKind::Invalid);
+        check(
+            &edit(
+                "protocol: tcp\n",
+                "protocol: tcp\n          dstCidrs: [\"fd00::/8\"]\n          srcCidrs: [10.0.0.0/8]\n",
+            ),
+            14,
+            11,
+            "spec.faults[0].network.match.srcCidrs",
+            "the destination prefixes are all IPv6 and the source prefixes all IPv4",
+        );
+        // One family in common is enough; one side alone is never refused.
+        load_str(
+            "ok.yaml",
+            &edit(
+                "protocol: tcp\n",
+                "protocol: tcp\n          dstCidrs: [10.0.0.0/8, \"fd00::/8\"]\n          srcCidrs: [\"2001:db8::/32\"]\n",
+            ),
+        )
+        .unwrap();
+        load_str(
+            "ok.yaml",
+            &edit(
+                "protocol: tcp\n",
+                "protocol: tcp\n          srcCidrs: [\"2001:db8::/32\", 10.0.0.0/8]\n",
+            ),
+        )
+        .unwrap();
     }
 
     #[test]

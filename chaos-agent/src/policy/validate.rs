@@ -1,15 +1,22 @@
-//! Rules that span several fields, checked after serde has read the file;
-//! and the conversion into the validated model.
+//! Rules that span several fields, checked after serde has read the file
+//! (or the blast flags' document); and the conversion into the validated
+//! model. Besides the rules between fields, this is where a policy is held
+//! against what the host side knows without the kernel: syscall names of
+//! this architecture (`syscalls`), and what the kernel maps can hold
+//! (`limits`: keys per fault and per policy, shapes per hook, dst/src
+//! prefixes with a family in common).
 
 use std::{collections::HashMap, time::Duration};
 
 use super::{
     error::FieldPath,
+    limits::{self, Expansion, MAX_KEYS_PER_POLICY, MAX_KEYS_PER_RULE, MAX_SHAPES_PER_HOOK, Shape},
     model::{
         AbortWhen, CgroupSelector, Direction, Fault, FaultKind, Guard, Match, NetworkAction,
         NetworkFault, Percent, Policy, Probe, Protocol, SyscallFault, SyscallTarget,
     },
     raw::{RawFault, RawMatch, RawNetwork, RawPolicy, RawProbe, RawSyscall, RawTarget},
+    syscalls,
     values::quoted,
 };
 
@@ -27,9 +34,14 @@ pub(crate) enum Anchor {
 /// A rule broken by an otherwise well-formed file.
 #[derive(Debug)]
 pub(crate) struct Invalid {
+    /// The field the position points at.
     pub path: FieldPath,
     pub anchor: Anchor,
     pub message: String,
+    /// Other fields the rule is about (the protocol that rules out ports,
+    /// the direction that rules out a cgroup), so a message about flags can
+    /// name every flag involved.
+    pub also: Vec<FieldPath>,
 }
 
 fn invalid(path: FieldPath, anchor: Anchor, message: impl Into<String>) -> Invalid {
@@ -37,8 +49,19 @@ fn invalid(path: FieldPath, anchor: Anchor, message: impl Into<String>) -> Inval
         path,
         anchor,
         message: message.into(),
+        also: Vec::new(),
     }
 }
+
+impl Invalid {
+    fn also(mut self, path: FieldPath) -> Self {
+        self.also.push(path);
+        self
+    }
+}
+
+/// One hook as far as validation can tell: (netns, interface, direction).
+type HookId = (Option<String>, String, Direction);
 
 /// Defaults for `abortWhen` when the fields are left out.
 const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -90,6 +113,8 @@ pub(crate) fn validate(raw: RawPolicy, origin: &str) -> Result<Policy, Invalid> 
     let faults_path = spec_path.key("faults");
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut faults = Vec::with_capacity(spec.faults.0.len());
+    let mut hooks: HashMap<HookId, Vec<Shape>> = HashMap::new();
+    let mut total_keys = 0usize;
     for (i, f) in spec.faults.0.into_iter().enumerate() {
         let path = faults_path.index(i);
         if let Some(first) = names.insert(f.name.0.clone(), i) {
@@ -102,7 +127,26 @@ pub(crate) fn validate(raw: RawPolicy, origin: &str) -> Result<Policy, Invalid> 
                 ),
             ));
         }
-        faults.push(fault(f, &path)?);
+        let has_match = f.network.as_ref().is_some_and(|n| n.matcher.is_some());
+        let fault = fault(f, &path)?;
+        if let FaultKind::Network(n) = &fault.kind {
+            let match_path = path.key("network").key("match");
+            check_shapes(&mut hooks, n)
+                .map_err(|m| invalid(match_path, match_anchor(has_match), m))?;
+            total_keys = total_keys.saturating_add(
+                limits::key_count(&n.matcher).saturating_mul(limits::hook_count(n.direction)),
+            );
+        }
+        faults.push(fault);
+    }
+    if total_keys > MAX_KEYS_PER_POLICY {
+        return Err(invalid(
+            faults_path,
+            Anchor::Key,
+            format!(
+                "the faults expand to {total_keys} kernel keys in all (a fault with direction both counts twice), more than the {MAX_KEYS_PER_POLICY} one policy may have; narrow their port ranges and CIDR lists, or split the faults into several policies"
+            ),
+        ));
     }
 
     Ok(Policy {
@@ -114,6 +158,43 @@ pub(crate) fn validate(raw: RawPolicy, origin: &str) -> Result<Policy, Invalid> 
         guard,
         faults,
     })
+}
+
+/// Where a refusal about a fault's match points: its `match:` key, or the
+/// fault's `network:` when it has none (it matches everything).
+fn match_anchor(has_match: bool) -> Anchor {
+    if has_match {
+        Anchor::Key
+    } else {
+        Anchor::Missing
+    }
+}
+
+/// Adds a network fault's shapes to its hooks; the message when a hook
+/// would need more than the classifier looks up.
+fn check_shapes(hooks: &mut HashMap<HookId, Vec<Shape>>, n: &NetworkFault) -> Result<(), String> {
+    let shapes = limits::shapes(&n.matcher);
+    for &direction in limits::hook_directions(n.direction) {
+        let id = (n.netns.clone(), n.interface.clone(), direction);
+        let known = hooks.entry(id).or_default();
+        let new: Vec<&Shape> = shapes.iter().filter(|s| !known.contains(s)).collect();
+        let count = known.len() + new.len();
+        if count > MAX_SHAPES_PER_HOOK {
+            let netns = n
+                .netns
+                .as_ref()
+                .map(|ns| format!(" in netns {ns}"))
+                .unwrap_or_default();
+            return Err(format!(
+                "interface {}{netns}, {direction}, would need {count} lookup shapes with this match (it adds {}), more than the {MAX_SHAPES_PER_HOOK} the classifier looks up per interface and direction; give the faults there fewer kinds of match (the same fields, CIDR prefix lengths and cgroup)",
+                n.interface,
+                new.len()
+            ));
+        }
+        let new: Vec<Shape> = new.into_iter().cloned().collect();
+        known.extend(new);
+    }
+    Ok(())
 }
 
 fn probe(p: RawProbe, path: &FieldPath) -> Result<Probe, Invalid> {
@@ -153,7 +234,8 @@ fn probe(p: RawProbe, path: &FieldPath) -> Result<Probe, Invalid> {
                     path.key("expectStatus"),
                     Anchor::Key,
                     "expectStatus only goes with an http probe, not tcp",
-                ));
+                )
+                .also(path.key("tcp")));
             }
             if !valid_host_port(&addr) {
                 return Err(invalid(
@@ -226,7 +308,7 @@ fn network(n: RawNetwork, path: &FieldPath) -> Result<NetworkFault, Invalid> {
     }
     if let Some(a) = n.delay {
         let jitter = a.jitter.as_ref().map_or(Duration::ZERO, |j| j.0);
-        crate::net::qdisc::check_horizon(a.latency.0, jitter)
+        limits::check_horizon(a.latency.0, jitter)
             .map_err(|e| invalid(path.key("delay"), Anchor::Value, e))?;
         actions.push((
             "delay",
@@ -277,6 +359,7 @@ fn network(n: RawNetwork, path: &FieldPath) -> Result<NetworkFault, Invalid> {
         ));
     };
 
+    let has_match = n.matcher.is_some();
     let matcher = match n.matcher {
         None => Match {
             protocol: Protocol::Any,
@@ -288,6 +371,17 @@ fn network(n: RawNetwork, path: &FieldPath) -> Result<NetworkFault, Invalid> {
         },
         Some(m) => matcher(m, direction, &path.key("match"))?,
     };
+    let expansion = Expansion::of(&matcher);
+    let keys = expansion.keys();
+    if keys > MAX_KEYS_PER_RULE {
+        return Err(invalid(
+            path.key("match"),
+            match_anchor(has_match),
+            format!(
+                "this match expands to {keys} kernel keys ({expansion}), more than the {MAX_KEYS_PER_RULE} one fault may have; use fewer or narrower port ranges and CIDR lists, or split the fault"
+            ),
+        ));
+    }
 
     Ok(NetworkFault {
         interface: n.interface.0,
@@ -314,8 +408,9 @@ fn matcher(m: RawMatch, direction: Direction, path: &FieldPath) -> Result<Match,
                 return Err(invalid(
                     path.key(field),
                     Anchor::Key,
-                    "ports need protocol tcp, udp or any, found icmp",
-                ));
+                    "ports need protocol tcp, udp or any (ICMP has no ports), found icmp",
+                )
+                .also(path.key("protocol")));
             }
         }
     }
@@ -340,20 +435,40 @@ fn matcher(m: RawMatch, direction: Direction, path: &FieldPath) -> Result<Match,
             format!(
                 "{field} needs direction egress (cgroups only see the packets they send), found direction {direction}"
             ),
-        ));
+        )
+        .also(path.parent().key("direction")));
+    }
+    let dst_cidrs: Vec<_> = m
+        .dst_cidrs
+        .map(|l| l.0.into_iter().map(|c| c.0).collect())
+        .unwrap_or_default();
+    let src_cidrs: Vec<_> = m
+        .src_cidrs
+        .map(|l| l.0.into_iter().map(|c| c.0).collect())
+        .unwrap_or_default();
+    if !dst_cidrs.is_empty() && !src_cidrs.is_empty() {
+        let (d4, d6) = limits::families(&dst_cidrs);
+        let (s4, s6) = limits::families(&src_cidrs);
+        if !(d4 && s4 || d6 && s6) {
+            let name = |v4: bool| if v4 { "IPv4" } else { "IPv6" };
+            return Err(invalid(
+                path.key("srcCidrs"),
+                Anchor::Key,
+                format!(
+                    "the destination prefixes are all {} and the source prefixes all {}, so this fault matches nothing; use prefixes of one address family on both sides, or split the fault",
+                    name(d4),
+                    name(s4)
+                ),
+            )
+            .also(path.key("dstCidrs")));
+        }
     }
     Ok(Match {
         protocol,
         dst_ports,
         src_ports,
-        dst_cidrs: m
-            .dst_cidrs
-            .map(|l| l.0.into_iter().map(|c| c.0).collect())
-            .unwrap_or_default(),
-        src_cidrs: m
-            .src_cidrs
-            .map(|l| l.0.into_iter().map(|c| c.0).collect())
-            .unwrap_or_default(),
+        dst_cidrs,
+        src_cidrs,
         cgroup: cgroup.map(|(_, c)| c),
     })
 }
@@ -361,6 +476,7 @@ fn matcher(m: RawMatch, direction: Direction, path: &FieldPath) -> Result<Match,
 fn syscall(s: RawSyscall, path: &FieldPath) -> Result<SyscallFault, Invalid> {
     let mut names: Vec<String> = Vec::with_capacity(s.names.0.len());
     for (i, n) in s.names.0.into_iter().enumerate() {
+        syscalls::check(&n.0).map_err(|m| invalid(path.key("names").index(i), Anchor::Value, m))?;
         if names.contains(&n.0) {
             return Err(invalid(
                 path.key("names").index(i),
