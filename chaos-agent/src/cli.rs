@@ -6,11 +6,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     blast,
-    engine::{self, Engine},
+    engine::{self, AttachMode, Engine, NetOptions},
     error::{Error, Result},
     fault::Backend,
     metrics::Metrics,
-    net::{AttachMode, NetOptions},
     policy::{
         self,
         flags::{self, AbortFlags, NetFlags, SyscallFlags},

@@ -15,10 +15,11 @@ use std::collections::BTreeMap;
 
 use tracing::warn;
 
+pub use crate::net::{AttachMode, NetOptions};
 use crate::{
     error::{Error, Result},
     fault::{Active, Backend, Counts, Row},
-    net::{NetFault, NetHost, NetOptions},
+    net::{NetFault, NetHost},
     policy::model::{Fault, FaultKind, Policy},
     syscall::{SysFault, SysHost},
 };
@@ -59,15 +60,19 @@ impl Engine {
         }
     }
 
-    /// Refuses what this kernel cannot do for `fault` (exit 3 naming the
-    /// missing feature). Nothing is touched.
+    /// Refuses what cannot be done for `fault`, nothing touched: what it
+    /// names that is not there (an interface, a cgroup, a process: exit 2),
+    /// then what this kernel lacks (exit 3 naming the feature).
     pub fn check(&mut self, policy: &Policy, fault: &Fault) -> Result<()> {
-        let why = match &fault.kind {
+        let checked = match &fault.kind {
             FaultKind::Network(n) => self.net.check(n),
             FaultKind::Syscall(s) => self.sys.check(s),
         };
-        why.map_err(|why| {
-            Error::Unsupported(format!("{}: fault {}: {why}", policy.origin, fault.name))
+        let at = |m: String| format!("{}: fault {}: {m}", policy.origin, fault.name);
+        checked.map_err(|e| match e {
+            Error::Invalid(m) => Error::Invalid(at(m)),
+            Error::Unsupported(m) => Error::Unsupported(at(m)),
+            Error::Runtime(m) => Error::Runtime(at(m)),
         })
     }
 

@@ -13,29 +13,11 @@ use chaos_tests::{
     require_root,
     syscaller::{Call, Placement, run_calls, spawn_calls},
 };
-use common::{Blast, agent_output};
-
-/// The probe's verdict on one feature: Ok, or Err(reason).
-fn probe(feature: &str) -> Result<(), String> {
-    let (code, out, err) = agent_output(&["probe", "--json"]).unwrap();
-    assert_eq!(code, 0, "{err}");
-    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["feature"] == feature)
-        .unwrap_or_else(|| panic!("probe has no {feature} row: {out}"));
-    if row["supported"] == true {
-        Ok(())
-    } else {
-        Err(row["detail"].as_str().unwrap_or_default().to_owned())
-    }
-}
+use common::{Blast, agent_output, probe_row};
 
 macro_rules! require_lsm {
     () => {
-        if let Err(why) = probe("syscall-lsm") {
+        if let Err(why) = probe_row("syscall-lsm") {
             println!("skipped: BPF LSM programs do not run here: {why}");
             return;
         }
@@ -140,7 +122,7 @@ fn syscall_lsm_write_fails_for_one_pid_only() {
 #[test]
 fn syscall_kprobe_fails_getpid_and_openat_for_one_comm_only() {
     require_root!();
-    if let Err(why) = probe("syscall-kprobe") {
+    if let Err(why) = probe_row("syscall-kprobe") {
         println!("skipped: kprobe override is not available here: {why}");
         return;
     }
@@ -190,7 +172,7 @@ fn syscall_kprobe_fails_getpid_and_openat_for_one_comm_only() {
 #[test]
 fn syscall_kprobe_only_request_names_the_config() {
     require_root!();
-    match probe("syscall-kprobe") {
+    match probe_row("syscall-kprobe") {
         Err(why) if why.contains("CONFIG_BPF_KPROBE_OVERRIDE") => {}
         other => {
             println!(

@@ -39,10 +39,9 @@ use crate::{
         proto::{Reply, Request, Status},
         server::{Asked, Server},
     },
-    engine::{self, Engine},
+    engine::{self, AttachMode, Engine, NetOptions},
     error::{Error, Result},
     metrics::Metrics,
-    net::{AttachMode, NetOptions},
 };
 use files::Files;
 use runs::Runs;
@@ -136,8 +135,8 @@ pub async fn run(args: DaemonArgs) -> Result<ExitCode> {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
-            _ = sighup.recv() => d.reload("SIGHUP").await,
-            Some(()) = changes.recv() => d.reload("file change").await,
+            _ = sighup.recv() => d.reload_notified("SIGHUP").await,
+            Some(()) = changes.recv() => d.reload_notified("file change").await,
             Some(asked) = asks.recv() => {
                 let reply = d.control(asked.request);
                 let _ = asked.reply.send(reply);
@@ -175,9 +174,15 @@ pub async fn run(args: DaemonArgs) -> Result<ExitCode> {
 }
 
 impl Daemon {
+    /// A reload the service manager hears about (RELOADING, then READY).
+    async fn reload_notified(&mut self, cause: &str) {
+        self.notifier.reloading();
+        self.reload(cause).await;
+        self.notifier.ready();
+    }
+
     /// Reads the directory and brings what is in force in line with it.
     async fn reload(&mut self, cause: &str) {
-        self.notifier.reloading();
         let started = std::time::Instant::now();
         let mut rejected = self.files.read(&self.dir);
         let (desired, clashes) = self.files.desired();
@@ -193,7 +198,6 @@ impl Daemon {
             elapsed_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
             "reloaded"
         );
-        self.notifier.ready();
     }
 
     fn publish(&mut self) {

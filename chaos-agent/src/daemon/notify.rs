@@ -29,6 +29,9 @@ impl Notifier {
                 SocketAddr::from_pathname(&path).ok()?
             };
             let sock = UnixDatagram::unbound().ok()?;
+            // Never wait for the listener: a full queue (nobody reading)
+            // loses a notification instead of stopping the daemon's loop.
+            sock.set_nonblocking(true).ok()?;
             Some((sock, addr))
         });
         let for_us = std::env::var("WATCHDOG_PID")
@@ -46,8 +49,9 @@ impl Notifier {
         }
     }
 
-    /// Sends `state` (lines of `KEY=VALUE`); failures are only logged: the
-    /// daemon works the same without a service manager listening.
+    /// Sends `state` (lines of `KEY=VALUE`) without waiting; failures are
+    /// only logged: the daemon works the same without a service manager
+    /// listening.
     pub fn send(&self, state: &str) {
         if let Some((sock, addr)) = &self.target
             && let Err(e) = sock.send_to_addr(state.as_bytes(), addr)

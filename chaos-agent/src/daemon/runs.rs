@@ -324,9 +324,17 @@ impl Runs {
                 continue;
             }
             if let Err(e) = self.engine.check(&run.policy, &f.fault) {
-                let p = Problem::Unsupported(e.to_string());
+                // What is missing in the kernel stays missing; what is
+                // missing on the host (an interface) may come.
+                let (p, what) = match e {
+                    Error::Unsupported(_) => (Problem::Unsupported(e.to_string()), "unsupported"),
+                    _ => (
+                        Problem::Failed(format!("apply failed: {e}")),
+                        "apply failed",
+                    ),
+                };
                 if f.problem.as_ref() != Some(&p) {
-                    warn!(policy = %name, fault = %f.fault.name, "unsupported: {e}");
+                    warn!(policy = %name, fault = %f.fault.name, "{what}: {e}");
                 }
                 f.problem = Some(p);
                 continue;

@@ -104,6 +104,22 @@ fn ssh_peer() -> Option<IpAddr> {
     v.split_whitespace().next()?.parse().ok()
 }
 
+/// The index of a fault's interface, in its namespace (exit 2 when either
+/// is not there).
+fn resolve_interface(n: &NetworkFault) -> Result<u32> {
+    let _ns = NetnsGuard::enter(n.netns.as_deref())?;
+    netns::ifindex(&n.interface).ok_or_else(|| {
+        Error::Invalid(format!(
+            "interface {} not found{}",
+            n.interface,
+            n.netns
+                .as_deref()
+                .map(|s| format!(" in netns {s}"))
+                .unwrap_or_default()
+        ))
+    })
+}
+
 fn directions(d: Direction) -> &'static [u32] {
     match d {
         Direction::Egress => &[DIR_EGRESS],
@@ -174,14 +190,20 @@ impl NetHost {
         }
     }
 
-    /// Refuses what this kernel cannot do for `n` (exit 3 naming the
-    /// missing feature), before anything is touched. Each feature is asked
-    /// of the kernel once.
-    pub fn check(&mut self, n: &NetworkFault) -> std::result::Result<(), String> {
-        self.mode().map_err(|e| match e {
-            Error::Unsupported(m) => m,
-            other => other.to_string(),
-        })?;
+    /// Refuses what cannot be done for `n`, before anything is touched:
+    /// an interface or cgroup that is not there (`Invalid`, exit 2), then
+    /// what this kernel lacks (`Unsupported`, exit 3, naming the feature).
+    /// Each feature is asked of the kernel once.
+    pub fn check(&mut self, n: &NetworkFault) -> Result<()> {
+        resolve_interface(n)?;
+        if let Some(c) = &n.matcher.cgroup {
+            cgroup::resolve(c)?;
+        }
+        self.mode()?;
+        self.check_features(n).map_err(Error::Unsupported)
+    }
+
+    fn check_features(&mut self, n: &NetworkFault) -> std::result::Result<(), String> {
         if !n.action.needs_fq() {
             return Ok(());
         }
@@ -226,19 +248,10 @@ impl NetHost {
                 continue;
             };
             let at = |msg: String| format!("{}: fault {}: {msg}", policy.origin, f.name);
-            let ifindex = {
-                let _ns = NetnsGuard::enter(n.netns.as_deref())?;
-                netns::ifindex(&n.interface).ok_or_else(|| {
-                    Error::Invalid(at(format!(
-                        "interface {} not found{}",
-                        n.interface,
-                        n.netns
-                            .as_deref()
-                            .map(|s| format!(" in netns {s}"))
-                            .unwrap_or_default()
-                    )))
-                })?
-            };
+            let ifindex = resolve_interface(n).map_err(|e| match e {
+                Error::Invalid(m) => Error::Invalid(at(m)),
+                other => other,
+            })?;
             let cgroup = n.matcher.cgroup.as_ref().map(cgroup::resolve).transpose()?;
             let spec = RuleSpec {
                 hooks: directions(n.direction)

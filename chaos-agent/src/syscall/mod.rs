@@ -362,13 +362,16 @@ impl SysHost {
         self.avail.get_or_insert_with(Availability::detect)
     }
 
-    /// Whether this kernel has a backend for every syscall of `f` (the
-    /// message says what is missing). Nothing is touched.
-    pub fn check(&mut self, f: &SyscallFault) -> std::result::Result<(), String> {
+    /// Refuses what cannot be done for `f`, before anything is touched: a
+    /// target that is not there (`Invalid`, exit 2), then a syscall no
+    /// backend of this kernel serves (`Unsupported`, exit 3, saying what is
+    /// missing).
+    pub fn check(&mut self, f: &SyscallFault) -> Result<()> {
+        resolve_target(&f.target, &mut SysRule::default())?;
         let forced = self.forced;
         let avail = self.avail();
         for n in &f.names {
-            backend::choose(n, &f.target, avail, forced)?;
+            backend::choose(n, &f.target, avail, forced).map_err(Error::Unsupported)?;
         }
         Ok(())
     }

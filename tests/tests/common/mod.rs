@@ -1,6 +1,8 @@
 //! Running the real `chaos-agent` binary from integration tests.
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod daemon;
+
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
@@ -290,4 +292,23 @@ pub fn fault_counters(event: &Value) -> (u64, u64, u64) {
 pub fn none_of_ours_loaded() -> Result<bool> {
     let names = chaos_tests::loaded_prog_names()?;
     Ok(!names.iter().any(|n| n.starts_with("chaos_tc")))
+}
+
+/// The probe's verdict on one feature (`chaos-agent probe --json`): Ok, or
+/// Err(its reason).
+pub fn probe_row(feature: &str) -> Result<(), String> {
+    let (code, out, err) = agent_output(&["probe", "--json"]).map_err(|e| e.to_string())?;
+    if code != 0 {
+        return Err(format!("probe exited {code}: {err}"));
+    }
+    let rows: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+    let row = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["feature"] == feature))
+        .ok_or_else(|| format!("probe has no {feature} row: {out}"))?;
+    if row["supported"] == true {
+        Ok(())
+    } else {
+        Err(row["detail"].as_str().unwrap_or_default().to_owned())
+    }
 }
