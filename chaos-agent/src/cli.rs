@@ -1,4 +1,4 @@
-//! Command-line interface (CONTRACT section 1) and exit codes (section 2).
+//! Command-line interface and exit codes (docs/cli.md).
 
 use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 

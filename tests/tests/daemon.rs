@@ -217,7 +217,7 @@ fn policy_edits_reach_traffic_within_100ms_and_a_bad_edit_keeps_the_old() {
     );
 }
 
-/// The reload latency the contract asks for (100 ms), widened to 400 ms
+/// The reload latency the daemon promises (100 ms), widened to 400 ms
 /// when the test runs under qemu's CPU emulation (`vm-test` sets
 /// CHAOS_TEST_EMULATED), where everything runs 10-50 times slower.
 fn latency_bound_ms() -> f64 {

@@ -434,7 +434,7 @@ mod tests {
 
     use super::{model::*, *};
 
-    /// The example of CONTRACT.md section 3, verbatim.
+    /// A fully commented policy (the first interface's own example).
     const CONTRACT_EXAMPLE: &str = r#"apiVersion: chaos-agent/v1
 kind: FaultPolicy
 metadata:
@@ -446,7 +446,7 @@ spec:
     probe: { http: "http://127.0.0.1:8080/health", expectStatus: 200 }   # or { tcp: "127.0.0.1:5432" }
     interval: 1s
     failures: 3                    # consecutive failures that revert the whole policy
-  guard:                           # optional; adds to the built-in guard (section 4)
+  guard:                           # optional; adds to the built-in guard
     ports: [2222]
     cidrs: [192.0.2.0/24]
   faults:
@@ -481,6 +481,16 @@ spec:
 
     fn cidr(s: &str) -> Cidr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_example_of_the_policy_reference_is_valid() {
+        let doc = include_str!("../../../docs/policy.md");
+        let (_, rest) = doc.split_once("```yaml\n").expect("a yaml block");
+        let (example, _) = rest.split_once("```").expect("its end");
+        let p = load_str("docs/policy.md", example).unwrap();
+        assert_eq!(p.faults.len(), 2);
+        assert!(matches!(p.faults[1].kind, model::FaultKind::Syscall(_)));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The serde view of a policy file: exactly the YAML shape of CONTRACT.md
-//! section 3, unknown fields refused everywhere. Single values are parsed
+//! The serde view of a policy file: exactly the YAML shape of
+//! docs/policy.md, unknown fields refused everywhere. Single values are parsed
 //! here already (through the same parsers as the CLI flags), so their errors
 //! come with serde's path and position; rules that span several fields are in
 //! `validate.rs`.

@@ -42,7 +42,7 @@ pub enum Filter {
 pub fn decide(slot: u32, filter: Filter) -> Option<&'static SysRule> {
     let rule = RULE.get(0)?;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // CONTRACT section 4: never PID 1, never the agent itself.
+    // docs/cli.md, "Safety": never PID 1, never the agent itself.
     if tgid == 1 || tgid == rule.agent_tgid {
         return None;
     }

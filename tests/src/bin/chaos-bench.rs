@@ -239,6 +239,7 @@ fn cost(mode: &Mode) -> Result<Vec<Row>> {
             ));
         }
     }
+    rows.extend(daemon_cost(mode, count)?);
     let most = *sizes.last().expect("sizes");
     for case in ["unmatched", "matched, 0 %"] {
         let one = by_size.iter().find(|(n, c, _)| *n == 1 && *c == case);
@@ -247,6 +248,46 @@ fn cost(mode: &Mode) -> Result<Vec<Row>> {
             let r = b.median / a.median;
             rows.push(row_target(
                 format!("{most} rules vs 1 rule, {case}"),
+                format!("{r:.3}×"),
+                "≤ 1.1×",
+                r <= 1.1,
+            ));
+        }
+    }
+    Ok(rows)
+}
+
+/// Per-packet cost with the daemon holding 1, then 20 one-fault policies
+/// on a's egress: one classifier on the hook whatever their number.
+fn daemon_cost(mode: &Mode, count: u32) -> Result<Vec<Row>> {
+    let cases = [("unmatched", OTHER), ("matched, 0 %", TARGET)];
+    let mut medians = Vec::new();
+    let mut rows = Vec::new();
+    for n in [1u16, 20] {
+        let pair = NetnsPair::new("bdcost")?;
+        let files: Vec<(String, String)> = (0..n)
+            .map(|i| daemon_policy(&pair, &format!("p{i}"), TARGET + i, 0))
+            .collect();
+        let daemon = Daemon::start(&files, usize::from(n))?;
+        let id = egress_prog(&pair)?;
+        for (case, port) in cases {
+            let mut xs = Vec::new();
+            for _ in 0..mode.reps {
+                xs.push(ns_per_packet(&pair, id, port, count)?);
+            }
+            let s = spread(&xs);
+            eprintln!("bench: daemon, {n} faults, {case}: {:.1} ns", s.median);
+            rows.push(row(format!("daemon, {n} fault(s) on one interface, {case}"), s.show(1, "ns")));
+            medians.push((n, case, s.median));
+        }
+        drop(daemon);
+    }
+    for (case, _) in cases {
+        let at = |n| medians.iter().find(|(m, c, _)| *m == n && *c == case).map(|x| x.2);
+        if let (Some(one), Some(twenty)) = (at(1), at(20)) {
+            let r = twenty / one;
+            rows.push(row_target(
+                format!("daemon, 20 faults vs 1 on one interface, {case}"),
                 format!("{r:.3}×"),
                 "≤ 1.1×",
                 r <= 1.1,
