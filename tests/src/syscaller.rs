@@ -367,3 +367,63 @@ unsafe fn child_calls(call: &Call, path: Option<&CString>, count: u32, report: &
         }
     }
 }
+
+/// A TCP listener in one side of a namespace pair that accepts (and
+/// drops) connections on a thread until dropped, bounded to two minutes:
+/// the peer of `Call::TcpConnect`.
+pub struct Acceptor {
+    pub addr: SocketAddrV4,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Acceptor {
+    pub fn start(pair: &crate::NetnsPair, side: crate::Side, port: u16) -> Result<Acceptor> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let ip = match side {
+            crate::Side::A => pair.v4_a(),
+            crate::Side::B => pair.v4_b(),
+        };
+        let addr = SocketAddrV4::new(ip, port);
+        let sock = pair.run_in(side, move || std::net::TcpListener::bind(addr))??;
+        sock.set_nonblocking(true)?;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(120);
+            while !flag.load(Ordering::Relaxed) && Instant::now() < until {
+                if sock.accept().is_err() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        Ok(Acceptor { addr, stop })
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// `count` TCP connects from side a of `pair` to `to`, from inside
+/// `cgroup` or from outside it.
+pub fn tcp_connects(
+    pair: &crate::NetnsPair,
+    cgroup: Option<&Path>,
+    to: SocketAddrV4,
+    count: u32,
+) -> Result<Outcome> {
+    let ns = pair.netns_path(crate::Side::A);
+    let place = Placement {
+        cgroup,
+        netns: Some(&ns),
+        comm: None,
+    };
+    run_calls(
+        &place,
+        &Call::TcpConnect(to),
+        count,
+        Duration::from_secs(60),
+    )
+}

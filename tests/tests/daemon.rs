@@ -30,6 +30,7 @@ use chaos_tests::{
 use common::{
     agent_bin,
     daemon::{Daemon, sample},
+    eventually,
 };
 use serde_json::Value;
 
@@ -715,16 +716,6 @@ fn qdiscs_a(pair: &NetnsPair) -> String {
 }
 
 /// Polls `what` every 50 ms for at most `secs` seconds.
-fn eventually(secs: u64, mut what: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if what() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    what()
-}
 
 /// Delay from the daemon: two policies delaying the same interface share
 /// one fq; a latency edit is applied in place; fq goes only with the last

@@ -7,65 +7,28 @@
 
 mod common;
 
-use std::{
-    net::{SocketAddrV4, TcpListener},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddrV4, time::Duration};
 
 use chaos_tests::{
     AddrKind, CgroupGuard, Direction, NetnsPair, Side, attachments_on,
     policygen::{Ctx, Expect, Generator, Kinds},
     require_root,
-    syscaller::{Call, Outcome, Placement, run_calls},
+    syscaller::{Acceptor, Call, Outcome, Placement, run_calls, tcp_connects},
     udp_run,
 };
 use common::{
     Blast, agent_output,
     daemon::{Daemon, TempDir, sample},
-    probe_row,
+    eventually, probe_row,
 };
 use serde_json::Value;
 
 const ECONNREFUSED: i32 = 111;
 const ENOENT: i32 = 2;
 
-/// A TCP listener in namespace b that accepts (and drops) connections on
-/// a thread until dropped, bounded to two minutes.
-struct Listener {
-    addr: SocketAddrV4,
-    stop: Arc<AtomicBool>,
-}
-
-impl Listener {
-    fn start(pair: &NetnsPair, port: u16) -> Listener {
-        let addr = SocketAddrV4::new(pair.v4_b(), port);
-        let sock = pair
-            .run_in(Side::B, move || TcpListener::bind(addr))
-            .unwrap()
-            .unwrap();
-        sock.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let until = Instant::now() + Duration::from_secs(120);
-            while !flag.load(Ordering::Relaxed) && Instant::now() < until {
-                if sock.accept().is_err() {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        });
-        Listener { addr, stop }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+/// A listener in namespace b, accepting until dropped.
+fn listener(pair: &NetnsPair, port: u16) -> Acceptor {
+    Acceptor::start(pair, Side::B, port).unwrap()
 }
 
 /// `count` TCP connects from namespace a to `to`, inside `cgroup` or not.
@@ -75,19 +38,7 @@ fn connects(
     to: SocketAddrV4,
     count: u32,
 ) -> Outcome {
-    let ns = pair.netns_path(Side::A);
-    let place = Placement {
-        cgroup: cgroup.map(|c| c.path()),
-        netns: Some(&ns),
-        comm: None,
-    };
-    run_calls(
-        &place,
-        &Call::TcpConnect(to),
-        count,
-        Duration::from_secs(60),
-    )
-    .unwrap()
+    tcp_connects(pair, cgroup.map(|c| c.path()), to, count).unwrap()
 }
 
 fn header(name: &str) -> String {
@@ -119,18 +70,6 @@ fn faults_of(status: &Value) -> Vec<Value> {
         .iter()
         .flat_map(|p| p["faults"].as_array().unwrap().clone())
         .collect()
-}
-
-/// Polls `what` every 50 ms for up to `secs`.
-fn eventually(secs: u64, mut what: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < until {
-        if what() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    what()
 }
 
 /// Five network policies on one veth and `syscall` (a policy file's
@@ -201,7 +140,7 @@ fn daemon_runs_a_syscall_policy_next_to_five_network_policies() {
     }
     let pair = NetnsPair::new("enmix").unwrap();
     let cg = CgroupGuard::new("enmix").unwrap();
-    let l = Listener::start(&pair, 47201);
+    let l = listener(&pair, 47201);
     let refuse = header("refuse") + &connect_fault("refuse-connect", &cg);
     let d = daemon_with_five_network_policies("mix", &pair, ("refuse.yaml", refuse));
     let inside = connects(&pair, Some(&cg), l.addr, 200);
@@ -292,7 +231,7 @@ fn a_blast_policy_with_a_network_and_a_syscall_fault_applies_both() {
     }
     let pair = NetnsPair::new("enblast").unwrap();
     let cg = CgroupGuard::new("enblast").unwrap();
-    let l = Listener::start(&pair, 47202);
+    let l = listener(&pair, 47202);
     let dir = TempDir::new("mixed-blast");
     let file = dir.0.join("mixed.yaml");
     let text = header("mixed").replace("duration: 5m", "duration: 60s")

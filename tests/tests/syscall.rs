@@ -7,55 +7,21 @@
 
 mod common;
 
-use std::{
-    net::{SocketAddrV4, TcpListener},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddrV4, time::Duration};
 
 use chaos_tests::{
     CgroupGuard, NetnsPair, Side, loaded_prog_names, monotonic_ns, require_root,
-    syscaller::{Call, Outcome, Placement, run_calls},
+    syscaller::{Acceptor, Outcome, tcp_connects},
     within_3_sigma,
 };
 use common::{Blast, agent_output};
 
-/// A TCP listener in namespace b that accepts (and drops) connections on
-/// a thread until dropped, bounded to two minutes.
-struct Listener {
-    addr: SocketAddrV4,
-    stop: Arc<AtomicBool>,
-}
+/// A listener in namespace b, accepting until dropped.
+struct Listener;
 
 impl Listener {
-    fn start(pair: &NetnsPair, port: u16) -> Listener {
-        let addr = SocketAddrV4::new(pair.v4_b(), port);
-        let sock = pair
-            .run_in(Side::B, move || TcpListener::bind(addr))
-            .unwrap()
-            .unwrap();
-        sock.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let until = Instant::now() + Duration::from_secs(120);
-            while !flag.load(Ordering::Relaxed) && Instant::now() < until {
-                match sock.accept() {
-                    Ok(_) => {}
-                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
-                }
-            }
-        });
-        Listener { addr, stop }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+    fn start(pair: &NetnsPair, port: u16) -> Acceptor {
+        Acceptor::start(pair, Side::B, port).unwrap()
     }
 }
 
@@ -67,19 +33,7 @@ fn connects(
     to: SocketAddrV4,
     count: u32,
 ) -> Outcome {
-    let ns = pair.netns_path(Side::A);
-    let place = Placement {
-        cgroup: cgroup.map(|c| c.path()),
-        netns: Some(&ns),
-        comm: None,
-    };
-    run_calls(
-        &place,
-        &Call::TcpConnect(to),
-        count,
-        Duration::from_secs(60),
-    )
-    .unwrap()
+    tcp_connects(pair, cgroup.map(|c| c.path()), to, count).unwrap()
 }
 
 /// A connect fault on the cgroup backend (on kernels where BPF LSM

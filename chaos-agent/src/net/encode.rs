@@ -378,14 +378,7 @@ mod tests {
     }
 
     fn m() -> Match {
-        Match {
-            protocol: Protocol::Any,
-            dst_ports: vec![],
-            src_ports: vec![],
-            dst_cidrs: vec![],
-            src_cidrs: vec![],
-            cgroup: None,
-        }
+        Match::any()
     }
 
     fn spec(matcher: Match) -> RuleSpec {

@@ -413,14 +413,7 @@ mod tests {
     use crate::policy::model::{Cidr, Match, PortRange, Protocol};
 
     fn m() -> Match {
-        Match {
-            protocol: Protocol::Any,
-            dst_ports: vec![],
-            src_ports: vec![],
-            dst_cidrs: vec![],
-            src_cidrs: vec![],
-            cgroup: None,
-        }
+        Match::any()
     }
 
     fn udp(ports: &[(u16, u16)]) -> Match {

@@ -290,14 +290,7 @@ mod tests {
     use super::*;
 
     fn any() -> Match {
-        Match {
-            protocol: Protocol::Any,
-            dst_ports: vec![],
-            src_ports: vec![],
-            dst_cidrs: vec![],
-            src_cidrs: vec![],
-            cgroup: None,
-        }
+        Match::any()
     }
 
     fn ports(list: &[(u16, u16)]) -> Vec<PortRange> {

@@ -94,6 +94,20 @@ pub struct Match {
     pub cgroup: Option<CgroupSelector>,
 }
 
+impl Match {
+    /// Every packet: any protocol, port, address and sender.
+    pub fn any() -> Match {
+        Match {
+            protocol: Protocol::Any,
+            dst_ports: Vec::new(),
+            src_ports: Vec::new(),
+            dst_cidrs: Vec::new(),
+            src_cidrs: Vec::new(),
+            cgroup: None,
+        }
+    }
+}
+
 /// An inclusive port range; a single port has `first == last`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PortRange {

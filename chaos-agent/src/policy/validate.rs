@@ -361,14 +361,7 @@ fn network(n: RawNetwork, path: &FieldPath) -> Result<NetworkFault, Invalid> {
 
     let has_match = n.matcher.is_some();
     let matcher = match n.matcher {
-        None => Match {
-            protocol: Protocol::Any,
-            dst_ports: Vec::new(),
-            src_ports: Vec::new(),
-            dst_cidrs: Vec::new(),
-            src_cidrs: Vec::new(),
-            cgroup: None,
-        },
+        None => Match::any(),
         Some(m) => matcher(m, direction, &path.key("match"))?,
     };
     let expansion = Expansion::of(&matcher);

@@ -277,13 +277,21 @@ fn daemon_cost(mode: &Mode, count: u32) -> Result<Vec<Row>> {
             }
             let s = spread(&xs);
             eprintln!("bench: daemon, {n} faults, {case}: {:.1} ns", s.median);
-            rows.push(row(format!("daemon, {n} fault(s) on one interface, {case}"), s.show(1, "ns")));
+            rows.push(row(
+                format!("daemon, {n} fault(s) on one interface, {case}"),
+                s.show(1, "ns"),
+            ));
             medians.push((n, case, s.median));
         }
         drop(daemon);
     }
     for (case, _) in cases {
-        let at = |n| medians.iter().find(|(m, c, _)| *m == n && *c == case).map(|x| x.2);
+        let at = |n| {
+            medians
+                .iter()
+                .find(|(m, c, _)| *m == n && *c == case)
+                .map(|x| x.2)
+        };
         if let (Some(one), Some(twenty)) = (at(1), at(20)) {
             let r = twenty / one;
             rows.push(row_target(

@@ -312,3 +312,15 @@ pub fn probe_row(feature: &str) -> Result<(), String> {
         Err(row["detail"].as_str().unwrap_or_default().to_owned())
     }
 }
+
+/// Polls `what` every 50 ms for up to `secs`; its last answer.
+pub fn eventually(secs: u64, mut what: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        if what() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    what()
+}
