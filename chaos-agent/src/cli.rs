@@ -311,6 +311,8 @@ pub struct SyscallArgs {
     /// How long the fault lasts; the kernel stops acting at start + duration.
     #[arg(long)]
     pub duration: String,
+    #[command(flatten)]
+    pub abort: AbortArgs,
 }
 
 impl From<&SyscallArgs> for SyscallFlags {
@@ -325,6 +327,7 @@ impl From<&SyscallArgs> for SyscallFlags {
             unit: a.unit.clone(),
             max_injections: a.max_injections.clone(),
             duration: a.duration.clone(),
+            abort: (&a.abort).into(),
         }
     }
 }

@@ -75,6 +75,7 @@ pub struct SyscallFlags {
     pub unit: Option<String>,
     pub max_injections: Option<String>,
     pub duration: String,
+    pub abort: AbortFlags,
 }
 
 /// Flags that do not make a valid blast: `--dport: expected a port ...`.
@@ -106,31 +107,10 @@ pub fn net_policy(f: &NetFlags) -> Result<Policy, FlagError> {
     let many = |v: &[String]| (!v.is_empty()).then(|| list(v));
     let mut fields = vec![
         Field::required("--duration", "spec.duration", text(&f.duration)),
-        Field::new(
-            "--abort-http",
-            "spec.abortWhen.probe.http",
-            one(&f.abort.http),
-        ),
-        Field::new(
-            "--abort-expect-status",
-            "spec.abortWhen.probe.expectStatus",
-            one(&f.abort.expect_status),
-        )
-        .modifier(),
-        Field::new("--abort-tcp", "spec.abortWhen.probe.tcp", one(&f.abort.tcp)),
-        Field::new(
-            "--abort-interval",
-            "spec.abortWhen.interval",
-            one(&f.abort.interval),
-        ),
-        Field::new(
-            "--abort-failures",
-            "spec.abortWhen.failures",
-            one(&f.abort.failures),
-        ),
         Field::required("", "spec.faults[0].name", text(NET_FAULT)),
         Field::required("--iface", &format!("{NET}.interface"), text(&f.iface)),
     ];
+    fields.extend(abort_fields(&f.abort));
     let net = [
         ("--netns", "netns", one(&f.netns)),
         ("--direction", "direction", one(&f.direction)),
@@ -165,6 +145,7 @@ pub fn syscall_policy(f: &SyscallFlags) -> Result<Policy, FlagError> {
         Field::required("--syscall", &format!("{SYS}.names"), list(&f.syscalls)),
         Field::required("--errno", &format!("{SYS}.errno"), text(&f.errno)),
     ];
+    fields.extend(abort_fields(&f.abort));
     let sys = [
         ("--percent", "percent", one(&f.percent)),
         ("--pid", "target.pid", one(&f.pid)),
@@ -180,6 +161,31 @@ pub fn syscall_policy(f: &SyscallFlags) -> Result<Policy, FlagError> {
     // `target` is required in a file; with no target flag it is left out,
     // so the message asks for one.
     build(&fields)
+}
+
+/// The `--abort-*` flags: the policy's `spec.abortWhen`, for either kind.
+fn abort_fields(a: &AbortFlags) -> Vec<Field> {
+    let one = |v: &Option<String>| v.as_deref().map(text);
+    vec![
+        Field::new("--abort-http", "spec.abortWhen.probe.http", one(&a.http)),
+        Field::new(
+            "--abort-expect-status",
+            "spec.abortWhen.probe.expectStatus",
+            one(&a.expect_status),
+        )
+        .modifier(),
+        Field::new("--abort-tcp", "spec.abortWhen.probe.tcp", one(&a.tcp)),
+        Field::new(
+            "--abort-interval",
+            "spec.abortWhen.interval",
+            one(&a.interval),
+        ),
+        Field::new(
+            "--abort-failures",
+            "spec.abortWhen.failures",
+            one(&a.failures),
+        ),
+    ]
 }
 
 /// One flag and where its value goes in the document.
