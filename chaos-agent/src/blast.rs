@@ -152,6 +152,9 @@ enum End {
     Signal,
     Deadline,
     Guard(String),
+    /// The lease ran out before the loop renewed it (the blast was stopped
+    /// or starved): its faults were inert for a while.
+    Lapsed(Duration),
 }
 
 impl End {
@@ -160,6 +163,7 @@ impl End {
             End::Signal => "signal",
             End::Deadline => "deadline",
             End::Guard(_) => "steady-state guard",
+            End::Lapsed(_) => "lease lapsed",
         }
     }
 }
@@ -184,6 +188,8 @@ pub async fn run(policy: &Policy, mut engine: Engine, output: Output) -> Result<
             _ = sigterm.recv() => return Ok(ExitCode::SUCCESS),
         }
     }
+    // Nothing was in force while waiting: the lease starts now.
+    engine.restart_lease();
     let deadline_ns = monotonic_ns() + policy.duration.as_nanos() as u64;
     let all: Vec<&crate::policy::model::Fault> = policy.faults.iter().collect();
     let force = InForce {
@@ -227,15 +233,22 @@ pub async fn run(policy: &Policy, mut engine: Engine, output: Output) -> Result<
     let started = Instant::now();
     let deadline = started + total;
     let mut next_report = started + REPORT_EVERY;
+    let mut next_renew = started + engine.renew_every();
     let bar = rows.iter().any(|r| matches!(r.hook, Hook::Net { .. }));
     let end = loop {
         tokio::select! {
             _ = sigint.recv() => break End::Signal,
             _ = sigterm.recv() => break End::Signal,
             Some(why) = abort_rx.recv() => break End::Guard(why),
-            _ = sleep_until(deadline.min(next_report)) => {}
+            _ = sleep_until(deadline.min(next_report).min(next_renew)) => {}
         }
         engine.flush_logs();
+        if Instant::now() >= next_renew {
+            if let Err(lapsed) = engine.renew() {
+                break End::Lapsed(lapsed.late);
+            }
+            next_renew = Instant::now() + engine.renew_every();
+        }
         if Instant::now() >= deadline {
             break End::Deadline;
         }
@@ -267,8 +280,14 @@ pub async fn run(policy: &Policy, mut engine: Engine, output: Output) -> Result<
         }
         let _ = std::io::stdout().flush();
     };
-    if let End::Guard(why) = &end {
-        err!("chaos-agent: steady-state guard failed: {why}; reverting");
+    match &end {
+        End::Guard(why) => err!("chaos-agent: steady-state guard failed: {why}; reverting"),
+        End::Lapsed(late) => err!(
+            "chaos-agent: the lease lapsed: this blast did not renew it for {} past its {} lease (stopped or starved), so its faults were inert for that long; reverting",
+            humantime::format_duration(Duration::from_millis(late.as_millis() as u64)),
+            humantime::format_duration(engine.lease())
+        ),
+        _ => {}
     }
     let counters = force.counters(&engine);
     if tty {
@@ -287,14 +306,19 @@ pub async fn run(policy: &Policy, mut engine: Engine, output: Output) -> Result<
         err!("chaos-agent: reverted ({reason})");
         out!("{}", human_line(&row_refs, &counters));
     }
-    if failures.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        Err(Error::Runtime(format!(
+    if !failures.is_empty() {
+        return Err(Error::Runtime(format!(
             "revert incomplete; left behind: {}",
             failures.join("; ")
-        )))
+        )));
     }
+    if let End::Lapsed(late) = end {
+        return Err(Error::Runtime(format!(
+            "the lease lapsed ({} late): the blast was stopped or starved and its faults went inert; everything is reverted",
+            humantime::format_duration(Duration::from_millis(late.as_millis() as u64))
+        )));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The live line on a terminal, redrawn in place once a second.

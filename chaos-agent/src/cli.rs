@@ -86,6 +86,10 @@ pub enum Command {
         /// Attach mechanism: tcx where the kernel has it, or netlink clsact.
         #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
         attach: AttachMode,
+        /// How long faults act without the daemon renewing its lease (a
+        /// stopped or hung daemon's faults go inert after this); at least 1s.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = policy::values::parse_lease)]
+        lease: Duration,
     },
     /// Show the running daemon's policies, faults, counters and time left.
     Status {
@@ -134,6 +138,10 @@ pub struct RunFlags {
     /// while the blast runs; the port is added to the built-in guard.
     #[arg(long, global = true, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// How long faults act without the blast renewing its lease (a stopped
+    /// or hung blast's faults go inert after this); at least 1s.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = policy::values::parse_lease)]
+    pub lease: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -395,10 +403,12 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
             policies,
             metrics_addr,
             attach,
+            lease,
         } => block_on(crate::daemon::run(crate::daemon::DaemonArgs {
             policies: policies.clone(),
             metrics_addr: *metrics_addr,
             attach: *attach,
+            lease: *lease,
         })),
         Command::Status { json } => crate::control::client::status(*json),
         Command::Stop { policies, all } => crate::control::client::stop(policies, *all),
@@ -433,6 +443,8 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
                             .collect(),
                     },
                     syscall_backend: backend,
+                    // A policy may shorten the lease.
+                    lease: policy.lease.map_or(b.run.lease, |l| l.min(b.run.lease)),
                 });
                 let output = blast::Output {
                     json: b.run.json,

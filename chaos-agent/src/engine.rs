@@ -5,20 +5,27 @@
 //! [`Active`] interface: rows, counters, deadline, in-place action change,
 //! revert.
 //!
+//! The lease: every program instance and every syscall fault holds a lease
+//! expiry in its maps, and the kernel side acts only while it lies in the
+//! future. The blast's and the daemon's loops renew it ([`Engine::renew`])
+//! about once a second, so an agent that is stopped (SIGSTOP), hung or
+//! killed without its links going (netlink filters) stops acting within a
+//! lease, whatever the faults' deadlines.
+//!
 //! Order: when several network faults match one packet, the one earlier in
 //! the engine's order acts. New faults go after those in force; the daemon
 //! sets the order after every reload ([`Engine::prioritize`]) to policy
 //! file name, then fault order in the file, which is also the order of a
 //! blast's one policy.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use tracing::warn;
 
 pub use crate::net::{AttachMode, NetOptions};
 use crate::{
     error::{Error, Result},
-    fault::{Active, Backend, Counts, Row},
+    fault::{Active, Backend, Counts, Row, monotonic_ns},
     net::{NetFault, NetHost},
     policy::model::{Fault, FaultKind, Policy},
     syscall::{SysFault, SysHost},
@@ -30,6 +37,20 @@ pub struct Options {
     pub net: NetOptions,
     /// `--backend`: this syscall backend for every syscall.
     pub syscall_backend: Option<Backend>,
+    /// How long the kernel side acts without the agent renewing its lease.
+    pub lease: Duration,
+}
+
+/// The shortest lease (`--lease`, `spec.lease`).
+pub const MIN_LEASE: Duration = Duration::from_secs(1);
+/// The lease when none is asked for.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+/// The lease had run out before it was renewed: the agent was stopped or
+/// starved, and its faults were inert for `late`.
+#[derive(Clone, Copy, Debug)]
+pub struct Lapsed {
+    pub late: Duration,
 }
 
 /// An applied fault, as the engine's callers hold it.
@@ -47,16 +68,81 @@ pub struct Engine {
     faults: BTreeMap<FaultId, Applied>,
     next_id: u64,
     next_priority: u32,
+    lease: Duration,
+    /// The lease expiry last written (CLOCK_MONOTONIC ns).
+    lease_until_ns: u64,
 }
 
 impl Engine {
     pub fn new(opts: Options) -> Engine {
-        Engine {
+        let mut engine = Engine {
             net: NetHost::new(opts.net),
             sys: SysHost::new(opts.syscall_backend),
             faults: BTreeMap::new(),
             next_id: 1,
             next_priority: 0,
+            lease: opts.lease.max(MIN_LEASE),
+            lease_until_ns: 0,
+        };
+        engine.write_lease(monotonic_ns() + engine.lease.as_nanos() as u64);
+        engine
+    }
+
+    /// The lease length in use.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// A new lease length, from the next renewal on (at least
+    /// [`MIN_LEASE`]).
+    pub fn set_lease(&mut self, lease: Duration) {
+        self.lease = lease.max(MIN_LEASE);
+    }
+
+    /// How often the lease is renewed: a quarter of it, at most a second.
+    pub fn renew_every(&self) -> Duration {
+        (self.lease / 4).min(Duration::from_secs(1))
+    }
+
+    /// Renews the lease. `Err` when it had run out before this renewal
+    /// (nothing is renewed then: the caller reverts, knowing its faults
+    /// were inert for a while).
+    pub fn renew(&mut self) -> std::result::Result<(), Lapsed> {
+        let now = monotonic_ns();
+        if now > self.lease_until_ns {
+            return Err(Lapsed {
+                late: Duration::from_nanos(now - self.lease_until_ns),
+            });
+        }
+        self.write_lease(now + self.lease.as_nanos() as u64);
+        Ok(())
+    }
+
+    /// Starts a fresh lease after a lapse, once everything was reverted.
+    pub fn restart_lease(&mut self) {
+        self.write_lease(monotonic_ns() + self.lease.as_nanos() as u64);
+    }
+
+    /// Renews unless the lease lapsed (which `renew` then reports).
+    fn renew_quietly(&mut self) {
+        if monotonic_ns() <= self.lease_until_ns {
+            self.write_lease(monotonic_ns() + self.lease.as_nanos() as u64);
+        }
+    }
+
+    fn write_lease(&mut self, until_ns: u64) {
+        self.lease_until_ns = until_ns;
+        self.sys.set_lease(until_ns);
+        let mut failed = self.net.set_lease(until_ns).err();
+        for f in self.faults.values_mut() {
+            if let Applied::Syscall(f) = f
+                && let Err(e) = f.set_lease(until_ns)
+            {
+                failed = Some(e);
+            }
+        }
+        if let Some(e) = failed {
+            warn!("renewing the lease: {e}");
         }
     }
 
@@ -88,6 +174,8 @@ impl Engine {
         for f in faults {
             self.check(policy, f)?;
         }
+        // A long apply must not let the lease of what is in force run out.
+        self.renew_quietly();
         let net = self
             .net
             .apply(policy, faults, deadline_ns, self.next_priority)?;
@@ -117,6 +205,7 @@ impl Engine {
             self.faults.insert(id, applied);
             ids.push(id);
         }
+        self.renew_quietly();
         Ok(ids)
     }
 

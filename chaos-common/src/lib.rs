@@ -317,8 +317,13 @@ pub struct Config {
     /// dearest part of the guard, so they are skipped when it is empty.
     pub guard_nets: u32,
     pub _pad: u32,
+    /// The agent's lease: CLOCK_MONOTONIC nanoseconds until which its rules
+    /// may act. The agent renews it about once a second; an agent that is
+    /// stopped, hung or gone stops renewing, and its rules go inert when it
+    /// runs out, whatever their deadlines. 0 (not yet written): inert.
+    pub lease_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
 
 /// Data of the guard's LPM trie key: an address of either family.
 #[repr(C)]

@@ -9,6 +9,9 @@
 pub const MAP_SYS_RULE: &str = "CHAOS_SYS_RULE";
 pub const MAP_SYS_BUDGET: &str = "CHAOS_SYS_BUDGET";
 pub const MAP_SYS_COUNTERS: &str = "CHAOS_SYS_COUNTERS";
+/// The agent's lease (one u64, CLOCK_MONOTONIC nanoseconds): the fault acts
+/// only while it lies in the future, as the classifier's `Config::lease_ns`.
+pub const MAP_SYS_LEASE: &str = "CHAOS_SYS_LEASE";
 
 /// Counter slots: one per kernel program (hook), so a fault's counters can
 /// be reported per syscall.

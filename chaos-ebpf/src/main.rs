@@ -169,9 +169,14 @@ fn classify(ctx: &TcContext, direction: u32) -> Result<Decision, ()> {
     if !dport_may_match(conf, pkt) {
         return Ok(Decision::Pass);
     }
-    let Some((rule_id, rule)) = lookup_rule(&mut scratch.key, skb, &hook, conf, pkt) else {
+    let Some((rule_id, rule, now)) = lookup_rule(&mut scratch.key, skb, &hook, conf, pkt) else {
         return Ok(Decision::Pass);
     };
+    // The agent's lease: renewed while it runs; a stopped or hung agent's
+    // rules go inert when it runs out (and when it cannot be read).
+    if CONFIG.get(0).is_none_or(|c| c.lease_ns <= now) {
+        return Ok(Decision::Pass);
+    }
     // The guard comes before every rule's action: a guarded packet that
     // matches a rule is counted as guard-passed for it and left alone. It is
     // looked up only once a rule matched, so other traffic does not pay.
@@ -334,8 +339,9 @@ fn dport_may_match(conf: &HookConf, pkt: &Packet) -> bool {
 }
 
 /// Finds the matching rule with the lowest priority (then the lowest id)
-/// whose deadline has not passed. One hash lookup per shape in use on the
-/// hook (at most `MAX_SHAPES`), independent of the number of rules.
+/// whose deadline has not passed, and the time it was compared with. One
+/// hash lookup per shape in use on the hook (at most `MAX_SHAPES`),
+/// independent of the number of rules.
 #[inline(always)]
 fn lookup_rule(
     key: &mut RuleKey,
@@ -343,7 +349,7 @@ fn lookup_rule(
     hook: &HookKey,
     conf: &HookConf,
     pkt: &Packet,
-) -> Option<(u32, &'static Rule)> {
+) -> Option<(u32, &'static Rule, u64)> {
     // Read the clock only once a key matched: most packets match nothing.
     let mut now = 0u64;
     let mut best: Option<(u32, &'static Rule)> = None;
@@ -377,7 +383,7 @@ fn lookup_rule(
         }
         best = Some((id, rule));
     }
-    best
+    best.map(|(id, rule)| (id, rule, now))
 }
 
 /// Fills `key` with the packet's fields for one shape; false when the packet

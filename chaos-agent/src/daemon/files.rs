@@ -113,6 +113,11 @@ impl Files {
         (out, rejected)
     }
 
+    /// Forgets what was read, so the next `read` loads every file anew.
+    pub fn forget(&mut self) {
+        self.files.clear();
+    }
+
     /// The files whose newest text is refused.
     pub fn errors(&self) -> Vec<FileError> {
         self.files

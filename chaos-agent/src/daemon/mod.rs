@@ -31,7 +31,7 @@ use tokio::{
     sync::mpsc,
     time::{Instant, sleep_until},
 };
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::{
     control::{
@@ -50,6 +50,8 @@ pub struct DaemonArgs {
     pub policies: PathBuf,
     pub metrics_addr: SocketAddr,
     pub attach: AttachMode,
+    /// The daemon's lease (policies may shorten it while in force).
+    pub lease: Duration,
 }
 
 /// How often counters are read for metrics when nothing else happens.
@@ -96,6 +98,7 @@ pub async fn run(args: DaemonArgs) -> Result<ExitCode> {
             extra_default_ports: vec![metrics.local_addr().port()],
         },
         syscall_backend: None,
+        lease: args.lease,
     });
     let signal_err = |e| Error::Runtime(format!("cannot install signal handlers: {e}"));
     let mut sighup = signal(SignalKind::hangup()).map_err(signal_err)?;
@@ -124,8 +127,9 @@ pub async fn run(args: DaemonArgs) -> Result<ExitCode> {
     d.reload("start").await;
     d.notifier.ready();
     let mut next_metrics = Instant::now() + METRICS_EVERY;
+    let mut next_renew = Instant::now() + d.runs.engine().renew_every();
     let reason = loop {
-        let mut wake = next_metrics;
+        let mut wake = next_metrics.min(next_renew);
         if let Some(t) = d.runs.next_wake() {
             wake = wake.min(t);
         }
@@ -149,6 +153,12 @@ pub async fn run(args: DaemonArgs) -> Result<ExitCode> {
                 }
             }
             _ = sleep_until(wake) => {}
+        }
+        if Instant::now() >= next_renew {
+            if let Err(lapsed) = d.runs.engine().renew() {
+                d.lapsed(lapsed.late).await;
+            }
+            next_renew = Instant::now() + d.runs.engine().renew_every();
         }
         d.runs.advance(&d.kill).await;
         if Instant::now() >= next_metrics {
@@ -198,6 +208,25 @@ impl Daemon {
             elapsed_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
             "reloaded"
         );
+    }
+
+    /// The lease ran out before the loop renewed it: the daemon was stopped
+    /// or starved, and every fault went inert. Reverts everything and
+    /// applies the policies again as at start-up (new windows).
+    async fn lapsed(&mut self, late: Duration) {
+        error!(
+            late_ms = late.as_millis() as u64,
+            lease_ms = self.runs.engine().lease().as_millis() as u64,
+            "the lease lapsed: the daemon did not renew it in time (stopped or starved) and every fault went inert; reverting and applying the policies again"
+        );
+        self.metrics.lease_lapsed();
+        for left in self.runs.revert_everything() {
+            warn!("{left}");
+        }
+        self.runs.forget();
+        self.files.forget();
+        self.runs.engine().restart_lease();
+        self.reload("lease lapsed").await;
     }
 
     fn publish(&mut self) {

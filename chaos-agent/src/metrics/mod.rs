@@ -42,6 +42,7 @@ pub const POLICY_ERRORS: &str = "chaos_agent_policy_errors";
 pub const POLICY_ABORTS: &str = "chaos_agent_policy_aborts";
 pub const SYSCALLS_MATCHED: &str = "chaos_agent_syscalls_matched";
 pub const SYSCALLS_INJECTED: &str = "chaos_agent_syscalls_injected";
+pub const LEASE_LAPSES: &str = "chaos_agent_lease_lapses";
 
 /// Which family of counters a label set belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -132,6 +133,8 @@ struct Snapshot {
     policy_errors: BTreeMap<String, u64>,
     /// Policy -> times its steady-state guard reverted it.
     policy_aborts: BTreeMap<String, u64>,
+    /// Times the agent found its lease lapsed.
+    lease_lapses: u64,
 }
 
 type Shared = Arc<Mutex<Snapshot>>;
@@ -271,6 +274,20 @@ impl Metrics {
             .with_callback(observe_map(&shared, "policy", |s| &s.policy_aborts))
             .build();
 
+        let lapses = Arc::clone(&shared);
+        meter
+            .u64_observable_counter(LEASE_LAPSES)
+            .with_description(
+                "Times the agent found its lease lapsed (it was stopped or starved, and its faults went inert)",
+            )
+            .with_unit("{lapse}")
+            .with_callback(move |observer| {
+                if let Ok(snap) = lapses.lock() {
+                    observer.observe(snap.lease_lapses, &[]);
+                }
+            })
+            .build();
+
         let server = tokio::spawn(http::serve(listener, registry));
         debug!(%addr, "metrics listener ready");
         Ok(Metrics {
@@ -297,6 +314,13 @@ impl Metrics {
     pub fn policy_error(&self, file: &str) {
         if let Ok(mut snap) = self.shared.lock() {
             *snap.policy_errors.entry(file.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// Counts one lapse of the agent's lease.
+    pub fn lease_lapsed(&self) {
+        if let Ok(mut snap) = self.shared.lock() {
+            snap.lease_lapses += 1;
         }
     }
 

@@ -79,6 +79,8 @@ pub struct Instance {
     defaults: (Vec<u16>, Vec<Cidr>),
     /// Guard sets by bit - 1.
     guards: Vec<Option<GuardSet>>,
+    /// What `CHAOS_CONFIG` holds.
+    config: Config,
 }
 
 fn program_name(direction: u32) -> &'static str {
@@ -139,8 +141,8 @@ fn array<'a, T: aya::Pod>(ebpf: &'a mut Ebpf, name: &str) -> Result<Array<&'a mu
 
 impl Instance {
     /// Loads the object's maps for `netns` (programs are loaded when a hook
-    /// first needs them) and writes the built-in guard.
-    pub fn load(netns: Option<String>, opts: &LoadOptions) -> Result<Instance> {
+    /// first needs them) and writes the built-in guard and the lease.
+    pub fn load(netns: Option<String>, opts: &LoadOptions, lease_ns: u64) -> Result<Instance> {
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_DEBUG, &u8::from(opts.debug_kernel), true)
             .override_global(GLOBAL_SET_TSTAMP, &u8::from(opts.set_tstamp), true)
@@ -165,6 +167,10 @@ impl Instance {
             links: BTreeMap::new(),
             defaults: (opts.default_ports.clone(), opts.default_nets.clone()),
             guards: Vec::new(),
+            config: Config {
+                lease_ns,
+                ..Config::default()
+            },
         };
         let (ports, nets) = instance.defaults.clone();
         instance.write_guard(&ports, &nets)?;
@@ -281,17 +287,21 @@ impl Instance {
         }
         let any_nets = !self.defaults.1.is_empty()
             || self.guards.iter().flatten().any(|s| !s.cidrs.is_empty());
+        self.config.guard_nets = u32::from(any_nets);
+        self.write_config()
+    }
+
+    fn write_config(&mut self) -> Result<()> {
         let mut config: Array<_, Config> = array(&mut self.ebpf, MAP_CONFIG)?;
         config
-            .set(
-                0,
-                &Config {
-                    guard_nets: u32::from(any_nets),
-                    _pad: 0,
-                },
-                0,
-            )
+            .set(0, &self.config, 0)
             .map_err(|e| map_err(MAP_CONFIG, e))
+    }
+
+    /// Renews the lease: the instance's rules may act until `lease_ns`.
+    pub fn set_lease(&mut self, lease_ns: u64) -> Result<()> {
+        self.config.lease_ns = lease_ns;
+        self.write_config()
     }
 
     /// Adds a rule on `iface` (whose hooks the spec names): fills the maps,

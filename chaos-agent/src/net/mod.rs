@@ -96,6 +96,8 @@ pub struct NetHost {
     cleaned: BTreeSet<Option<String>>,
     /// Kernel features already found present (fq, ifb).
     checked: BTreeSet<&'static str>,
+    /// The lease every instance holds (see `Engine::renew`).
+    lease_ns: u64,
 }
 
 /// The built-in guard's addresses: the peer of `SSH_CONNECTION`, if set.
@@ -174,7 +176,17 @@ impl NetHost {
             clsacts: attach::Clsacts::new(),
             cleaned: BTreeSet::new(),
             checked: BTreeSet::new(),
+            lease_ns: 0,
         }
+    }
+
+    /// Renews the lease of every instance (and of those loaded later).
+    pub fn set_lease(&mut self, lease_ns: u64) -> Result<()> {
+        self.lease_ns = lease_ns;
+        for i in self.instances.values_mut() {
+            i.set_lease(lease_ns)?;
+        }
+        Ok(())
     }
 
     /// The attach mechanism in use: exit 3 when tcx is asked for and the
@@ -419,7 +431,7 @@ impl NetHost {
     /// The instance of `netns`, loaded on first use.
     fn instance(&mut self, netns: &Option<String>) -> Result<&mut Instance> {
         if !self.instances.contains_key(netns) {
-            let instance = Instance::load(netns.clone(), &self.load)?;
+            let instance = Instance::load(netns.clone(), &self.load, self.lease_ns)?;
             self.instances.insert(netns.clone(), instance);
         }
         Ok(self.instances.get_mut(netns).expect("inserted above"))

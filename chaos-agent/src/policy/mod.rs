@@ -501,6 +501,7 @@ spec:
             origin: "policies/checkout.yaml".into(),
             duration: Duration::from_secs(600),
             start_after: Duration::from_secs(30),
+            lease: None,
             abort_when: Some(AbortWhen {
                 probe: Probe::Http {
                     url: "http://127.0.0.1:8080/health".into(),

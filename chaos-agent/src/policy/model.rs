@@ -14,6 +14,10 @@ pub struct Policy {
     pub duration: Duration,
     /// `spec.startAfter` (zero when absent).
     pub start_after: Duration,
+    /// `spec.lease`: how long the kernel side acts without the agent
+    /// renewing; shortens the agent's own (`--lease`) while the policy is in
+    /// force.
+    pub lease: Option<Duration>,
     pub abort_when: Option<AbortWhen>,
     pub guard: Guard,
     pub faults: Vec<Fault>,

@@ -111,6 +111,7 @@ kinds! {
     DirectionK: Direction = values::DIRECTION_EXPECTED, str::parse::<Direction>;
     DurationK: Duration = values::DURATION_EXPECTED, values::parse_duration;
     PositiveDurationK: Duration = values::DURATION_EXPECTED, values::parse_positive_duration;
+    LeaseK: Duration = values::LEASE_EXPECTED, values::parse_lease;
     RateK: u64 = values::RATE_EXPECTED, values::parse_rate;
     ErrnoK: i32 = values::ERRNO_EXPECTED, values::parse_errno;
     InterfaceK: String = values::INTERFACE_EXPECTED, values::parse_interface;
@@ -225,6 +226,7 @@ pub(crate) struct RawMetadata {
 pub(crate) struct RawSpec {
     pub duration: Scalar<PositiveDurationK>,
     pub start_after: Option<Scalar<DurationK>>,
+    pub lease: Option<Scalar<LeaseK>>,
     pub abort_when: Option<RawAbortWhen>,
     pub guard: Option<RawGuard>,
     pub faults: List<RawFault, 1, MAX_FAULTS>,

@@ -154,6 +154,7 @@ pub(crate) fn validate(raw: RawPolicy, origin: &str) -> Result<Policy, Invalid> 
         origin: origin.to_string(),
         duration: spec.duration.0,
         start_after: spec.start_after.map_or(Duration::ZERO, |d| d.0),
+        lease: spec.lease.map(|d| d.0),
         abort_when,
         guard,
         faults,

@@ -325,6 +325,18 @@ pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+pub(crate) const LEASE_EXPECTED: &str = "a lease of at least 1s such as 2s or 10s";
+
+/// A lease (`--lease`, `spec.lease`): at least a second, since the agent
+/// renews it about once a second.
+pub fn parse_lease(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("expected {LEASE_EXPECTED}, found {}", quoted(s)));
+    }
+    Ok(d)
+}
+
 // ---------------------------------------------------------------------------
 // Rates
 

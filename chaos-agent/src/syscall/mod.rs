@@ -22,8 +22,8 @@ use aya::{
     programs::{CgroupAttachMode, KProbe, Lsm, Program},
 };
 use chaos_common::syscall::{
-    MAP_SYS_COUNTERS, MAP_SYS_RULE, NO_BUDGET, PROG_KPROBE_OVERRIDE, PROG_LSM_FILE_OPEN,
-    SLOT_KPROBE, SysCounters, SysRule, TARGET_CGROUP, TARGET_COMM, TARGET_PID,
+    MAP_SYS_COUNTERS, MAP_SYS_LEASE, MAP_SYS_RULE, NO_BUDGET, PROG_KPROBE_OVERRIDE,
+    PROG_LSM_FILE_OPEN, SLOT_KPROBE, SysCounters, SysRule, TARGET_CGROUP, TARGET_COMM, TARGET_PID,
 };
 use tracing::info;
 
@@ -54,6 +54,8 @@ pub struct SysHost {
     forced: Option<Backend>,
     /// What this kernel runs, detected on first use (it loads programs).
     avail: Option<Availability>,
+    /// The lease every fault's programs hold (see `Engine::renew`).
+    lease_ns: u64,
 }
 
 /// One syscall fault in force: its own object, maps and links. Dropping it
@@ -355,6 +357,7 @@ impl SysHost {
         SysHost {
             forced,
             avail: None,
+            lease_ns: 0,
         }
     }
 
@@ -396,7 +399,7 @@ impl SysHost {
         // 2. Load, fill, attach.
         let mut applied = Vec::new();
         for p in planned {
-            applied.push(load(policy, p)?);
+            applied.push(load(policy, p, self.lease_ns)?);
         }
         if !applied.is_empty() {
             info!(policy = %policy.name, faults = applied.len(), deadline_ns, "syscall faults applied");
@@ -405,12 +408,14 @@ impl SysHost {
     }
 }
 
-/// Loads one fault's object, writes its rule, attaches its programs.
-fn load(policy: &Policy, p: Planned<'_>) -> Result<SysFault> {
+/// Loads one fault's object, writes its rule and lease, attaches its
+/// programs.
+fn load(policy: &Policy, p: Planned<'_>, lease_ns: u64) -> Result<SysFault> {
     let mut ebpf = EbpfLoader::new()
         .load(OBJECT)
         .map_err(|e| refused("creating the syscall fault maps", &e))?;
     write_rule(&mut ebpf, &p.rule)?;
+    write_lease(&mut ebpf, lease_ns)?;
     let mut rows = Vec::new();
     let mut row_slots = Vec::new();
     for (backend, calls) in &p.hooks {
@@ -481,6 +486,30 @@ fn write_rule(ebpf: &mut Ebpf, rule: &SysRule) -> Result<()> {
     )
     .map_err(|e| map_err(MAP_SYS_RULE, e))?;
     map.set(0, rule, 0).map_err(|e| map_err(MAP_SYS_RULE, e))
+}
+
+fn write_lease(ebpf: &mut Ebpf, lease_ns: u64) -> Result<()> {
+    let mut map: Array<_, u64> = Array::try_from(
+        ebpf.map_mut(MAP_SYS_LEASE)
+            .ok_or_else(|| map_err(MAP_SYS_LEASE, "missing"))?,
+    )
+    .map_err(|e| map_err(MAP_SYS_LEASE, e))?;
+    map.set(0, &lease_ns, 0)
+        .map_err(|e| map_err(MAP_SYS_LEASE, e))
+}
+
+impl SysHost {
+    /// Sets the lease faults loaded from now on start with.
+    pub fn set_lease(&mut self, lease_ns: u64) {
+        self.lease_ns = lease_ns;
+    }
+}
+
+impl SysFault {
+    /// Renews this fault's lease.
+    pub fn set_lease(&mut self, lease_ns: u64) -> Result<()> {
+        write_lease(&mut self.ebpf, lease_ns)
+    }
 }
 
 impl Active for SysFault {

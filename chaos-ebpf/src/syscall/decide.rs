@@ -27,6 +27,10 @@ static BUDGET: Array<u64> = Array::with_max_entries(1, 0);
 #[map(name = "CHAOS_SYS_COUNTERS")]
 static COUNTERS: PerCpuArray<SysCounters> = PerCpuArray::with_max_entries(MAX_SYS_SLOTS, 0);
 
+/// The agent's lease (CLOCK_MONOTONIC ns): renewed while it runs.
+#[map(name = "CHAOS_SYS_LEASE")]
+static LEASE: Array<u64> = Array::with_max_entries(1, 0);
+
 /// How a program tells whether the calling task is a target.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Filter {
@@ -51,8 +55,9 @@ pub fn decide(slot: u32, filter: Filter) -> Option<&'static SysRule> {
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    // Past its deadline (or not armed, deadline 0) the fault is inert.
-    if rule.deadline_ns <= now {
+    // Past its deadline (or not armed, deadline 0) the fault is inert; so
+    // it is when the agent stopped renewing its lease.
+    if rule.deadline_ns <= now || *LEASE.get(0)? <= now {
         return None;
     }
     let counters = COUNTERS.get_ptr_mut(slot)?;

@@ -23,6 +23,7 @@ use std::{
     collections::BTreeMap,
     path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
 };
 
 use tokio::{sync::mpsc, time::Instant};
@@ -118,17 +119,30 @@ pub struct Runs {
     retired: BTreeMap<Labels, Counts>,
     next_generation: u64,
     aborts: mpsc::UnboundedSender<Abort>,
+    /// The daemon's own lease (`--lease`); in-force policies may shorten it.
+    base_lease: Duration,
 }
 
 impl Runs {
     pub fn new(engine: Engine, aborts: mpsc::UnboundedSender<Abort>) -> Runs {
         Runs {
+            base_lease: engine.lease(),
             engine,
             runs: BTreeMap::new(),
             retired: BTreeMap::new(),
             next_generation: 1,
             aborts,
         }
+    }
+
+    /// The engine's lease, for the loop's renewal timer.
+    pub fn engine(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    /// Drops every run (their faults already reverted), as at start-up.
+    pub fn forget(&mut self) {
+        self.runs.clear();
     }
 
     pub fn len(&self) -> usize {
@@ -159,6 +173,14 @@ impl Runs {
             self.reconcile(&name, file, policy, kill).await;
         }
         self.prioritize();
+        // The shortest `spec.lease` of the live policies, if shorter.
+        let lease = self
+            .runs
+            .values()
+            .filter(|r| matches!(r.state, RunState::Active | RunState::Pending))
+            .filter_map(|r| r.policy.lease)
+            .fold(self.base_lease, Duration::min);
+        self.engine.set_lease(lease);
     }
 
     /// Network faults act in policy file name order, then fault order.
