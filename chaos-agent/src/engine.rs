@@ -51,6 +51,8 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 #[derive(Clone, Copy, Debug)]
 pub struct Lapsed {
     pub late: Duration,
+    /// When it ran out (CLOCK_MONOTONIC ns).
+    pub at_ns: u64,
 }
 
 /// An applied fault, as the engine's callers hold it.
@@ -112,6 +114,7 @@ impl Engine {
         if now > self.lease_until_ns {
             return Err(Lapsed {
                 late: Duration::from_nanos(now - self.lease_until_ns),
+                at_ns: self.lease_until_ns,
             });
         }
         self.write_lease(now + self.lease.as_nanos() as u64);
