@@ -193,3 +193,36 @@ fn chaos_agent_has_tcx() -> bool {
         .iter()
         .any(|r| r["feature"] == "attach-tcx" && r["supported"] == true)
 }
+
+/// Two netlink blasts on one interface, ending in either order: the
+/// interface's qdiscs are as before (the clsact one of them added goes with
+/// the last of their filters, whoever added it).
+#[test]
+fn two_netlink_blasts_on_one_interface_leave_its_qdiscs_as_they_were() {
+    require_root!();
+    for first_ends_first in [true, false] {
+        let pair = NetnsPair::new("twonl").unwrap();
+        let before = tc_qdiscs(pair.ns_a(), pair.if_a()).unwrap();
+        let mut one = loss_args(&pair, "30s", "netlink");
+        let a = Blast::start(&one).unwrap();
+        one[8] = "7001";
+        let b = Blast::start(&one).unwrap();
+        let during = tc_qdiscs(pair.ns_a(), pair.if_a()).unwrap();
+        assert!(during.contains("clsact"), "{during}");
+        let (x, y) = if first_ends_first { (a, b) } else { (b, a) };
+        let (status, _) = x.stop().unwrap();
+        assert!(status.success());
+        let (status, _) = y.stop().unwrap();
+        assert!(status.success());
+        let after = tc_qdiscs(pair.ns_a(), pair.if_a()).unwrap();
+        assert_eq!(
+            after, before,
+            "qdiscs changed (the first blast ended first: {first_ends_first})"
+        );
+        assert!(
+            tc_filters(pair.ns_a(), pair.if_a(), "egress")
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

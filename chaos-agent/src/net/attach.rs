@@ -2,8 +2,19 @@
 //! it off again: tcx links (Linux 6.6+, owned by our file descriptors) or
 //! netlink filters on a clsact qdisc (persistent; recorded in the journal).
 //! Every function here works in the calling thread's network namespace.
+//!
+//! A clsact qdisc that a chaos-agent added is marked with a file under
+//! `/run/chaos-agent/clsact/` (`host/IFACE`, `netns/NAME/IFACE`), whichever
+//! process added it: the last of our processes to take its filter off
+//! removes the clsact when no filter at all is left on it (someone else may
+//! have added theirs), and so does start-up clean-up after a crash. So two
+//! agents sharing an interface leave its qdiscs as they found them, in
+//! whichever order they end.
 
-use std::{collections::BTreeSet, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use aya::programs::{
     SchedClassifier, TcAttachType,
@@ -42,9 +53,34 @@ pub struct Attached {
     pub netlink: Option<NetlinkRecord>,
 }
 
-/// The clsact qdiscs this process added, by (netns, interface): they go
-/// with the last of our filters on them, whichever fault added them.
-pub type Clsacts = BTreeSet<(Option<String>, String)>;
+/// Where the marks of the clsact qdiscs our agents added are.
+const CLSACT_DIR: &str = "/run/chaos-agent/clsact";
+
+fn clsact_mark(netns: Option<&str>, iface: &str) -> PathBuf {
+    let base = Path::new(CLSACT_DIR);
+    match netns {
+        None => base.join("host").join(iface),
+        Some(ns) => base.join("netns").join(ns).join(iface),
+    }
+}
+
+/// Marks the clsact of `iface` as added by one of our agents (before the
+/// first filter goes on it, so no crash leaves it unmarked).
+fn mark_clsact(netns: Option<&str>, iface: &str) -> Result<()> {
+    let path = clsact_mark(netns, iface);
+    std::fs::create_dir_all(path.parent().expect("has a parent"))
+        .and_then(|()| std::fs::write(&path, b""))
+        .map_err(|e| Error::Runtime(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Removes the clsact of `iface` (the caller is in its namespace) if one
+/// of our agents added it and no filter is left on it.
+pub fn remove_clsact_if_ours_and_empty(netns: Option<&str>, iface: &str) {
+    let mark = clsact_mark(netns, iface);
+    if mark.exists() && remove_clsact_if_empty(iface) {
+        let _ = std::fs::remove_file(mark);
+    }
+}
 
 /// Attaches `prog` (loaded) to `iface` in `direction`.
 pub fn attach(
@@ -53,7 +89,6 @@ pub fn attach(
     iface: &str,
     direction: u32,
     mode: Backend,
-    clsacts: &mut Clsacts,
 ) -> Result<Attached> {
     let iface_c = std::ffi::CString::new(iface)
         .map_err(|_| Error::Invalid(format!("interface {iface:?}")))?;
@@ -74,17 +109,13 @@ pub fn attach(
             netlink: None,
         });
     }
-    let key = (netns.map(str::to_owned), iface.to_owned());
     let created_clsact = match tc::qdisc_add_clsact(iface_c.as_c_str()) {
         Ok(()) => {
-            clsacts.insert(key);
+            mark_clsact(netns, iface)?;
             true
         }
-        // Made by this process for another fault: still ours to remove once
-        // the last of our filters is gone.
-        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
-            clsacts.contains(&key)
-        }
+        // There already: someone's, or one of our agents' (then marked).
+        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
         Err(e) => {
             return Err(Error::Runtime(format!(
                 "adding the clsact qdisc on {iface} failed: {e}"
@@ -116,9 +147,9 @@ pub fn attach(
 }
 
 /// Takes a program off its hook (netlink filters in the namespace they
-/// live in: the caller is in it). A clsact qdisc we added goes once no
-/// filter is left on it.
-pub fn detach(a: Attached, netns: Option<&str>, iface: &str, clsacts: &mut Clsacts) -> Result<()> {
+/// live in: the caller is in it). A clsact qdisc one of our agents added
+/// goes once no filter is left on it.
+pub fn detach(a: Attached, netns: Option<&str>, iface: &str) -> Result<()> {
     let gone = aya::programs::links::Link::detach(a.link);
     if let Err(e) = gone
         && super::netns::ifindex(iface).is_some()
@@ -127,9 +158,8 @@ pub fn detach(a: Attached, netns: Option<&str>, iface: &str, clsacts: &mut Clsac
             "could not detach from {iface}: {e}"
         )));
     }
-    let key = (netns.map(str::to_owned), iface.to_owned());
-    if a.netlink.is_some() && clsacts.contains(&key) && remove_clsact_if_empty(iface) {
-        clsacts.remove(&key);
+    if a.netlink.is_some() {
+        remove_clsact_if_ours_and_empty(netns, iface);
     }
     Ok(())
 }
@@ -149,10 +179,11 @@ pub fn detach_recorded(r: &NetlinkRecord) -> std::result::Result<(), String> {
     aya::programs::links::Link::detach(link).map_err(|e| e.to_string())
 }
 
-/// Deletes a clsact qdisc we added, once no filter is left on it (someone
-/// else may have added theirs meanwhile). Uses `tc` from iproute2; without
-/// it the empty qdisc stays, which changes no packet. True when it is gone.
-pub fn remove_clsact_if_empty(iface: &str) -> bool {
+/// Deletes the clsact qdisc of `iface` once no filter is left on it
+/// (someone else may have added theirs meanwhile). Uses `tc` from iproute2;
+/// without it the empty qdisc stays, which changes no packet. True when it
+/// is gone.
+fn remove_clsact_if_empty(iface: &str) -> bool {
     let shows_filters = |dir: &str| {
         Command::new("tc")
             .args(["filter", "show", "dev", iface, dir])

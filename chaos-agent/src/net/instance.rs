@@ -28,7 +28,7 @@ use chaos_common::{
 use tracing::warn;
 
 use super::{
-    attach::{self, Attached, Clsacts},
+    attach::{self, Attached},
     encode::{HookKeyOrd, RuleSpec},
     journal::Journal,
     netns::NetnsGuard,
@@ -312,7 +312,6 @@ impl Instance {
         rule: Rule,
         iface: &str,
         mode: Backend,
-        clsacts: &mut Clsacts,
         journal: &mut Journal,
     ) -> Result<u32> {
         let (id, changes) = self
@@ -322,9 +321,9 @@ impl Instance {
         let done = self
             .reset_slot(id)
             .and_then(|()| self.write(&changes))
-            .and_then(|()| self.attach_new(&changes.attach, iface, mode, clsacts, journal));
+            .and_then(|()| self.attach_new(&changes.attach, iface, mode, journal));
         if let Err(e) = done {
-            for left in self.remove_rule(id, clsacts, journal) {
+            for left in self.remove_rule(id, journal) {
                 warn!("{left}");
             }
             return Err(e);
@@ -362,25 +361,20 @@ impl Instance {
 
     /// Removes a rule, and detaches the hooks it leaves empty. Returns
     /// what could not be removed.
-    pub fn remove_rule(
-        &mut self,
-        id: u32,
-        clsacts: &mut Clsacts,
-        journal: &mut Journal,
-    ) -> Vec<String> {
+    pub fn remove_rule(&mut self, id: u32, journal: &mut Journal) -> Vec<String> {
         let changes = self.table.remove(id);
         let mut left = Vec::new();
         if let Err(e) = self.write(&changes) {
             left.push(e.to_string());
         }
-        left.extend(self.detach(&changes.detach, clsacts, journal));
+        left.extend(self.detach(&changes.detach, journal));
         left
     }
 
     /// Detaches every hook (the instance is going).
-    pub fn detach_all(&mut self, clsacts: &mut Clsacts, journal: &mut Journal) -> Vec<String> {
+    pub fn detach_all(&mut self, journal: &mut Journal) -> Vec<String> {
         let hooks: Vec<HookKey> = self.links.keys().map(|k| k.key()).collect();
-        self.detach(&hooks, clsacts, journal)
+        self.detach(&hooks, journal)
     }
 
     fn write(&mut self, ch: &Changes) -> Result<()> {
@@ -392,7 +386,6 @@ impl Instance {
         hooks: &[HookKey],
         iface: &str,
         mode: Backend,
-        clsacts: &mut Clsacts,
         journal: &mut Journal,
     ) -> Result<()> {
         if hooks.is_empty() {
@@ -411,20 +404,14 @@ impl Instance {
                 prog.load()
                     .map_err(|e| load_error(&format!("loading program {name}"), &chain(&e)))?;
             }
-            let attached = attach::attach(
-                prog,
-                self.netns.as_deref(),
-                iface,
-                hook.direction,
-                mode,
-                clsacts,
-            )?;
+            let attached =
+                attach::attach(prog, self.netns.as_deref(), iface, hook.direction, mode)?;
             let ord = HookKeyOrd::of(hook);
             if let Some(record) = &attached.netlink
                 && let Err(e) = journal.add_filter(record.clone())
             {
                 // Not recorded, so not kept: a crash could leave it behind.
-                let _ = attach::detach(attached, self.netns.as_deref(), iface, clsacts);
+                let _ = attach::detach(attached, self.netns.as_deref(), iface);
                 return Err(e);
             }
             self.links.insert(ord, (iface.to_owned(), attached));
@@ -432,12 +419,7 @@ impl Instance {
         Ok(())
     }
 
-    fn detach(
-        &mut self,
-        hooks: &[HookKey],
-        clsacts: &mut Clsacts,
-        journal: &mut Journal,
-    ) -> Vec<String> {
+    fn detach(&mut self, hooks: &[HookKey], journal: &mut Journal) -> Vec<String> {
         let mut left = Vec::new();
         if hooks.is_empty() {
             return left;
@@ -464,7 +446,7 @@ impl Instance {
                 continue;
             };
             let record = a.netlink.clone();
-            match attach::detach(a, self.netns.as_deref(), &iface, clsacts) {
+            match attach::detach(a, self.netns.as_deref(), &iface) {
                 Ok(()) => {
                     if let Some(r) = &record
                         && let Err(e) = journal.remove_filter(r)

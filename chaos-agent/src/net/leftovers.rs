@@ -39,13 +39,13 @@ fn remove_record(r: &NetlinkRecord) {
     }
 }
 
-/// Removes a clsact qdisc a dead agent added, once its filters are gone.
+/// Removes a clsact qdisc one of our agents added, once no filter is left.
 fn remove_record_clsact(r: &NetlinkRecord) {
     let Ok(_ns) = NetnsGuard::enter(r.netns.as_deref()) else {
         return;
     };
     if netns::ifindex(&r.iface).is_some() {
-        attach::remove_clsact_if_empty(&r.iface);
+        attach::remove_clsact_if_ours_and_empty(r.netns.as_deref(), &r.iface);
     }
 }
 
@@ -69,7 +69,8 @@ pub fn clean(namespaces: &[Option<String>]) {
             for r in &records.filters {
                 remove_record(r);
             }
-            for r in records.filters.iter().filter(|r| r.created_clsact) {
+            // Whoever added it: the last of our filters on it is gone.
+            for r in &records.filters {
                 remove_record_clsact(r);
             }
             for s in &records.shaping {
@@ -102,6 +103,7 @@ pub fn clean(namespaces: &[Option<String>]) {
                     info!(iface = %iface, netns = ?ns, "removed a leftover {name} filter of an earlier run");
                 }
             }
+            attach::remove_clsact_if_ours_and_empty(ns.as_deref(), &iface);
         }
     }
 }

@@ -91,7 +91,6 @@ pub struct NetHost {
     instances: BTreeMap<Option<String>, Instance>,
     shaper: Shaper,
     journal: Journal,
-    clsacts: attach::Clsacts,
     /// Namespaces whose leftovers of dead agents were removed.
     cleaned: BTreeSet<Option<String>>,
     /// Kernel features already found present (fq, ifb).
@@ -173,7 +172,6 @@ impl NetHost {
             instances: BTreeMap::new(),
             shaper: Shaper::default(),
             journal: Journal::new(),
-            clsacts: attach::Clsacts::new(),
             cleaned: BTreeSet::new(),
             checked: BTreeSet::new(),
             lease_ns: 0,
@@ -407,14 +405,7 @@ impl NetHost {
         };
         fault.guard_bit = guard_bit;
         let instance = self.instances.get_mut(&n.netns).expect("loaded above");
-        match instance.add_rule(
-            &p.spec,
-            rule,
-            &n.interface,
-            mode,
-            &mut self.clsacts,
-            &mut self.journal,
-        ) {
+        match instance.add_rule(&p.spec, rule, &n.interface, mode, &mut self.journal) {
             Ok(id) => {
                 fault.rule_id = id;
                 Ok(fault)
@@ -442,7 +433,7 @@ impl NetHost {
         if let Some(i) = self.instances.get_mut(netns)
             && i.is_empty()
         {
-            for left in i.detach_all(&mut self.clsacts, &mut self.journal) {
+            for left in i.detach_all(&mut self.journal) {
                 warn!("{left}");
             }
             self.instances.remove(netns);
@@ -568,7 +559,7 @@ impl Active for NetFault {
     fn revert(mut self, host: &mut NetHost) -> Vec<String> {
         let mut left = Vec::new();
         if let Some(instance) = host.instances.get_mut(&self.netns) {
-            left.extend(instance.remove_rule(self.rule_id, &mut host.clsacts, &mut host.journal));
+            left.extend(instance.remove_rule(self.rule_id, &mut host.journal));
             instance.release_guard(self.guard_bit);
         }
         host.drop_if_empty(&self.netns);
