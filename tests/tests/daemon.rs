@@ -778,3 +778,41 @@ fn daemon_delay_shares_fq_and_restores_the_default_qdisc() {
     let status = d.wait(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// A burst of edits that ends "valid, then invalid" within a few
+/// milliseconds: the newest valid version is in force (not the one before
+/// the burst), and the invalid one is reported.
+#[test]
+fn a_burst_ending_valid_then_invalid_keeps_the_newest_valid_version() {
+    require_root!();
+    let pair = NetnsPair::new("dburst").unwrap();
+    let d = Daemon::start(
+        "burst",
+        &[("p.yaml", &loss_policy("burst", &pair, 100, ""))],
+    )
+    .unwrap();
+    let gap = if std::env::var_os("CHAOS_TEST_EMULATED").is_some() {
+        Duration::from_millis(30)
+    } else {
+        Duration::from_millis(10)
+    };
+    let open = loss_policy("burst", &pair, 0, "");
+    d.write_policy("p.yaml", &open);
+    std::thread::sleep(gap);
+    d.write_policy("p.yaml", &open.replace("percent: 0", "percent: 250"));
+    let reported = eventually(5, || {
+        d.status()["file_errors"]
+            .as_array()
+            .is_some_and(|e| e.len() == 1)
+    });
+    assert!(
+        reported,
+        "the invalid version is not reported: {}",
+        d.status()
+    );
+    let (sent, got) = udp_run(&pair, Direction::AtoB, AddrKind::V4, PORT, 200, 2_000).unwrap();
+    assert_eq!(
+        got.distinct, sent.sent,
+        "the version before the burst (100 % loss) is in force, not the newest valid one (0 %)"
+    );
+}

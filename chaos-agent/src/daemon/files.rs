@@ -29,8 +29,10 @@ pub struct Files {
 
 impl Files {
     /// Reads every policy file of `dir` whose text changed since the last
-    /// read. Returns the files newly rejected (to count them).
-    pub fn read(&mut self, dir: &Path) -> Vec<String> {
+    /// read; `seen` holds texts the files had in between (oldest first),
+    /// so the newest valid one stays in force when the last is bad.
+    /// Returns the files newly rejected (to count them).
+    pub fn read(&mut self, dir: &Path, seen: &[(PathBuf, String)]) -> Vec<String> {
         let mut rejected = Vec::new();
         let paths = match policy::policy_files_in(dir) {
             Ok(p) => p,
@@ -54,7 +56,15 @@ impl Files {
             if self.files.get(&path).is_some_and(|f| f.text == text) {
                 continue;
             }
-            let previous = self.files.remove(&path).and_then(|f| f.good);
+            let mut previous = self.files.remove(&path).and_then(|f| f.good);
+            // Texts of the burst that led here: a valid one is newer than
+            // what was in force. (An invalid one may be half written: not
+            // reported.)
+            for (_, between) in seen.iter().filter(|(p, t)| *p == path && *t != text) {
+                if let Ok(p) = policy::load_str(&origin, between) {
+                    previous = Some(p);
+                }
+            }
             let state = match policy::load_str(&origin, &text) {
                 Ok(p) => FileState {
                     text,

@@ -124,7 +124,7 @@ pub async fn run(args: DaemonArgs) -> Result<ExitCode> {
         pid = std::process::id(),
         "daemon starting"
     );
-    d.reload("start").await;
+    d.reload("start", &[]).await;
     d.notifier.ready();
     let mut next_metrics = Instant::now() + METRICS_EVERY;
     let mut next_renew = Instant::now() + d.runs.engine().renew_every();
@@ -139,8 +139,14 @@ pub async fn run(args: DaemonArgs) -> Result<ExitCode> {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
-            _ = sighup.recv() => d.reload_notified("SIGHUP").await,
-            Some(()) = changes.recv() => d.reload_notified("file change").await,
+            _ = sighup.recv() => d.reload_notified("SIGHUP", &[]).await,
+            Some(mut seen) = changes.recv() => {
+                // Bursts that queued up meanwhile: one reload for all.
+                while let Ok(more) = changes.try_recv() {
+                    seen.extend(more);
+                }
+                d.reload_notified("file change", &seen).await
+            }
             Some(asked) = asks.recv() => {
                 let reply = d.control(asked.request);
                 let _ = asked.reply.send(reply);
@@ -185,16 +191,16 @@ pub async fn run(args: DaemonArgs) -> Result<ExitCode> {
 
 impl Daemon {
     /// A reload the service manager hears about (RELOADING, then READY).
-    async fn reload_notified(&mut self, cause: &str) {
+    async fn reload_notified(&mut self, cause: &str, seen: &[(PathBuf, String)]) {
         self.notifier.reloading();
-        self.reload(cause).await;
+        self.reload(cause, seen).await;
         self.notifier.ready();
     }
 
     /// Reads the directory and brings what is in force in line with it.
-    async fn reload(&mut self, cause: &str) {
+    async fn reload(&mut self, cause: &str, seen: &[(PathBuf, String)]) {
         let started = std::time::Instant::now();
-        let mut rejected = self.files.read(&self.dir);
+        let mut rejected = self.files.read(&self.dir, seen);
         let (desired, clashes) = self.files.desired();
         rejected.extend(clashes);
         for file in &rejected {
@@ -226,7 +232,7 @@ impl Daemon {
         self.runs.forget();
         self.files.forget();
         self.runs.engine().restart_lease();
-        self.reload("lease lapsed").await;
+        self.reload("lease lapsed", &[]).await;
     }
 
     fn publish(&mut self) {

@@ -5,6 +5,10 @@
 //! or a Kubernetes ConfigMap swap (a new `..data` symlink renamed into
 //! place) is one reload, and the reload still starts within a few tens of
 //! milliseconds of the change.
+//!
+//! The texts the files had during the burst go with the request
+//! ([`Seen`]): when a burst ends "valid, then invalid", the reload keeps the
+//! newest valid text in force, not an older one.
 
 use std::{
     ffi::CString,
@@ -12,11 +16,13 @@ use std::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
 use tokio::{io::unix::AsyncFd, sync::mpsc, time::Instant};
+
+use crate::policy;
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
@@ -24,9 +30,13 @@ use crate::error::{Error, Result};
 const QUIET: Duration = Duration::from_millis(15);
 const MAX_WAIT: Duration = Duration::from_millis(50);
 
+/// The texts of policy files as read during a burst of changes, oldest
+/// first.
+pub type Seen = Vec<(PathBuf, String)>;
+
 /// Starts watching `dir` (which must exist); a message on the returned
-/// channel asks for a reload.
-pub fn spawn(dir: &Path) -> Result<mpsc::Receiver<()>> {
+/// channel asks for a reload, with what the files said during the burst.
+pub fn spawn(dir: &Path) -> Result<mpsc::UnboundedReceiver<Seen>> {
     // SAFETY: plain syscall.
     let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
     if raw < 0 {
@@ -58,9 +68,10 @@ pub fn spawn(dir: &Path) -> Result<mpsc::Receiver<()>> {
     // long as the AsyncFd holds it.
     let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
         .map_err(|e| Error::Runtime(format!("cannot watch {}: {e}", dir.display())))?;
-    let (tx, rx) = mpsc::channel(1);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let dir = dir.to_path_buf();
     tokio::spawn(async move {
-        if let Err(e) = watch(fd, tx).await {
+        if let Err(e) = watch(fd, &dir, tx).await {
             warn!("policy watcher stopped: {e}; SIGHUP still reloads");
         }
     });
@@ -90,17 +101,43 @@ async fn drain(fd: &AsyncFd<OwnedFd>) -> std::io::Result<()> {
     }
 }
 
-async fn watch(fd: AsyncFd<OwnedFd>, tx: mpsc::Sender<()>) -> std::io::Result<()> {
+/// Adds the texts the policy files of `dir` have now (those that changed
+/// since they were last seen).
+fn snapshot(dir: &Path, seen: &mut Seen) {
+    let Ok(paths) = policy::policy_files_in(dir) else {
+        return;
+    };
+    for path in paths {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let last = seen.iter().rev().find(|(p, _)| *p == path);
+        if last.is_none_or(|(_, t)| *t != text) {
+            seen.push((path, text));
+        }
+    }
+}
+
+async fn watch(
+    fd: AsyncFd<OwnedFd>,
+    dir: &Path,
+    tx: mpsc::UnboundedSender<Seen>,
+) -> std::io::Result<()> {
     loop {
         drain(&fd).await?;
         let first = Instant::now();
+        let mut seen = Seen::new();
+        snapshot(dir, &mut seen);
         loop {
             let left = MAX_WAIT.saturating_sub(first.elapsed());
             if left.is_zero() {
                 break;
             }
             match tokio::time::timeout(QUIET.min(left), drain(&fd)).await {
-                Ok(r) => r?,
+                Ok(r) => {
+                    r?;
+                    snapshot(dir, &mut seen);
+                }
                 Err(_quiet) => break,
             }
         }
@@ -108,10 +145,8 @@ async fn watch(fd: AsyncFd<OwnedFd>, tx: mpsc::Sender<()>) -> std::io::Result<()
             waited_ms = first.elapsed().as_millis() as u64,
             "policy directory changed"
         );
-        // A reload already asked for covers this change too.
-        match tx.try_send(()) {
-            Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
-            Err(mpsc::error::TrySendError::Closed(())) => return Ok(()),
+        if tx.send(seen).is_err() {
+            return Ok(());
         }
     }
 }
