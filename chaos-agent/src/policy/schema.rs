@@ -278,12 +278,8 @@ impl<T: JsonSchema, const MIN: usize, const MAX: usize> JsonSchema for List<T, M
 
 // `transform`s of the raw structs: which fields go together.
 
-fn present(field: &str) -> Value {
-    json!({ "required": [field] })
-}
-
 fn exactly_one(schema: &mut Schema, fields: &[&str]) {
-    let one_of: Vec<Value> = fields.iter().map(|f| present(f)).collect();
+    let one_of: Vec<Value> = fields.iter().map(|f| json!({ "required": [f] })).collect();
     schema.insert("oneOf".into(), one_of.into());
 }
 
@@ -310,18 +306,15 @@ pub(crate) fn one_probe(schema: &mut Schema) {
     schema.insert(
         "oneOf".into(),
         json!([
-            present("http"),
-            { "allOf": [present("tcp"), { "not": present("expectStatus") }] }
+            { "required": ["http"] },
+            { "required": ["tcp"], "not": { "required": ["expectStatus"] } }
         ]),
     );
 }
 
 /// A match selects by `unit` or by `cgroup`, not both.
 pub(crate) fn unit_or_cgroup(schema: &mut Schema) {
-    schema.insert(
-        "not".into(),
-        json!({ "allOf": [present("unit"), present("cgroup")] }),
-    );
+    schema.insert("not".into(), json!({ "required": ["unit", "cgroup"] }));
 }
 
 #[cfg(test)]
