@@ -639,12 +639,7 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
         }
         Command::Version { json } => {
             if *json {
-                let v = serde_json::json!({
-                    "version": VERSION,
-                    "commit": COMMIT,
-                    "build_date": BUILD_DATE,
-                });
-                print(&format!("{v}\n"))
+                print(&format!("{}\n", version_json()))
             } else {
                 print(&format!("chaos-agent {LONG_VERSION}\n"))
             }
@@ -693,6 +688,22 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
             })
         }
     }
+}
+
+/// `version --json`: `{"version", "commit", "build_date"}`, in this order.
+fn version_json() -> String {
+    #[derive(serde::Serialize)]
+    struct Version {
+        version: &'static str,
+        commit: &'static str,
+        build_date: &'static str,
+    }
+    let v = Version {
+        version: VERSION,
+        commit: COMMIT,
+        build_date: BUILD_DATE,
+    };
+    serde_json::to_string(&v).expect("strings are JSON")
 }
 
 /// Writes `text` to stdout; a closed pipe (`| head`) is not a failure.
@@ -1078,6 +1089,10 @@ mod tests {
             COMMIT == "unknown"
                 || (COMMIT.len() == 12 && COMMIT.bytes().all(|b| b.is_ascii_hexdigit())),
             "{COMMIT}"
+        );
+        assert_eq!(
+            version_json(),
+            format!(r#"{{"version":"{VERSION}","commit":"{COMMIT}","build_date":"{BUILD_DATE}"}}"#)
         );
         let date = BUILD_DATE.as_bytes();
         assert!(
