@@ -195,8 +195,9 @@ pub(crate) type Cidrs = List<Scalar<CidrK>, 0, MAX_LIST>;
 
 // The structs below also derive the JSON Schema of policy files
 // (`schema.rs`): doc comments become its descriptions, `deny_unknown_fields`
-// becomes `additionalProperties: false`, and the `transform`s add what serde
-// checks in `validate.rs` but a schema can say too (exactly one of ...).
+// becomes `additionalProperties: false`, and the `transform`s add what
+// `validate.rs` checks across fields and a schema can say too (exactly one
+// of ...).
 
 /// A chaos-agent fault policy: one YAML document (docs/policy.md).
 #[derive(Deserialize, JsonSchema)]
