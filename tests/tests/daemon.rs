@@ -715,8 +715,6 @@ fn qdiscs_a(pair: &NetnsPair) -> String {
     chaos_tests::qdisc_show(pair.ns_a(), pair.if_a()).unwrap()
 }
 
-/// Polls `what` every 50 ms for at most `secs` seconds.
-
 /// Delay from the daemon: two policies delaying the same interface share
 /// one fq; a latency edit is applied in place; fq goes only with the last
 /// of them, and the kernel's default root qdisc is back exactly.

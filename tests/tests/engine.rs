@@ -379,7 +379,7 @@ fn what_validate_accepts_blast_and_run_apply() {
     let emulated = std::env::var_os("CHAOS_TEST_EMULATED").is_some();
     let (blasts, daemon_runs) = if emulated { (12, 12) } else { (30, 30) };
     let dir = TempDir::new("generated");
-    let mut generator = Generator::new(0x5eed_10);
+    let mut generator = Generator::new(0x005e_ed10);
     let mut ctx = Ctx::new(Some(pair.ns_a()), pair.if_a());
     ctx.cgroups = vec![cg.rel_path()];
     ctx.start_after = false;

@@ -3,19 +3,22 @@
 //! makes, and the layout is small enough to state here).
 //!
 //! Contents: `/usr/bin/chaos-agent`, the systemd unit, an empty
-//! `/etc/chaos-agent/policies`, and the example policies and README under
-//! `/usr/share/doc/chaos-agent`.
+//! `/etc/chaos-agent/policies`, the example policies and README under
+//! `/usr/share/doc/chaos-agent`, and what the agent itself writes at
+//! packaging time (so they match its `--help`): a man page per command
+//! (gzipped, `/usr/share/man/man1`) and the bash, zsh and fish completions
+//! in the directories those shells load vendor completions from.
 
 use std::{
     fs,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::root;
+use crate::{output, root, run};
 
 /// Debian's name for this machine's architecture.
 fn deb_arch() -> &'static str {
@@ -57,6 +60,48 @@ if [ -d /run/systemd/system ]; then
 fi
 ";
 
+/// Where each shell looks for completions a package installs, and the file
+/// name it expects there.
+const COMPLETIONS: &[(&str, &str)] = &[
+    ("bash", "usr/share/bash-completion/completions/chaos-agent"),
+    ("zsh", "usr/share/zsh/vendor-completions/_chaos-agent"),
+    (
+        "fish",
+        "usr/share/fish/vendor_completions.d/chaos-agent.fish",
+    ),
+];
+
+/// Runs `agent man` and `agent completions` into the staged `tree`; man
+/// pages are compressed as Debian policy asks (`gzip -9n`: no name or
+/// time stamp inside, so the package is reproducible).
+fn man_and_completions(agent: &Path, tree: &Path) -> Result<()> {
+    let man1 = tree.join("usr/share/man/man1");
+    fs::create_dir_all(&man1)?;
+    run(Command::new(agent)
+        .arg("man")
+        .arg(&man1)
+        .stdout(Stdio::null()))?;
+    let mut pages: Vec<PathBuf> = fs::read_dir(&man1)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    pages.sort();
+    if !pages.iter().any(|p| p.ends_with("chaos-agent.1")) {
+        bail!("`{} man` wrote no chaos-agent.1", agent.display());
+    }
+    for page in &pages {
+        fs::set_permissions(page, fs::Permissions::from_mode(0o644))?;
+    }
+    run(Command::new("gzip").arg("-9n").args(&pages))?;
+    for (shell, path) in COMPLETIONS {
+        let script = output(Command::new(agent).args(["completions", shell]))?;
+        let to = tree.join(path);
+        fs::create_dir_all(to.parent().expect("has a parent"))?;
+        fs::write(&to, script)?;
+        fs::set_permissions(&to, fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(())
+}
+
 /// Stages the package tree for `agent` under `work` and builds the .deb
 /// into `out_dir`; returns its path.
 pub fn package(agent: &Path, work: &Path, out_dir: &Path) -> Result<PathBuf> {
@@ -68,6 +113,7 @@ pub fn package(agent: &Path, work: &Path, out_dir: &Path) -> Result<PathBuf> {
     }
     let repo = root();
     copy(agent, &tree.join("usr/bin/chaos-agent"), 0o755)?;
+    man_and_completions(agent, &tree)?;
     copy(
         &repo.join("deploy/systemd/chaos-agent.service"),
         &tree.join("usr/lib/systemd/system/chaos-agent.service"),
@@ -104,7 +150,7 @@ Description: eBPF fault injector for hosts and edge nodes
  with deadlines enforced in the kernel. Runs as a systemd service
  (chaos-agent.service, not enabled by default) reading
  /etc/chaos-agent/policies; example policies are in
- /usr/share/doc/chaos-agent/examples.
+ /usr/share/doc/chaos-agent/examples. man chaos-agent lists the commands.
 "
         ),
     )?;
@@ -140,9 +186,18 @@ mod tests {
         let work = std::env::temp_dir().join(format!("chaos-deb-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&work);
         fs::create_dir_all(&work).unwrap();
-        // Any executable stands in for the agent: this checks the layout.
+        // A script stands in for the agent (this checks the layout): it
+        // writes two man pages and a line per completion script.
         let fake = work.join("chaos-agent");
-        fs::write(&fake, b"#!/bin/sh\nexit 0\n").unwrap();
+        fs::write(
+            &fake,
+            "#!/bin/sh\ncase \"$1\" in\n\
+             man) printf '.TH A 1\\n' >\"$2/chaos-agent.1\"; printf '.TH B 1\\n' >\"$2/chaos-agent-blast.1\" ;;\n\
+             completions) echo \"# $2 completion\" ;;\n\
+             esac\n",
+        )
+        .unwrap();
+        fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
         let deb = package(&fake, &work, &work.join("out")).unwrap();
         let out = Command::new("dpkg-deb")
             .arg("--contents")
@@ -156,6 +211,11 @@ mod tests {
             "./etc/chaos-agent/policies/",
             "./usr/share/doc/chaos-agent/README.md",
             "./usr/share/doc/chaos-agent/examples/demo.yaml",
+            "./usr/share/man/man1/chaos-agent.1.gz",
+            "./usr/share/man/man1/chaos-agent-blast.1.gz",
+            "./usr/share/bash-completion/completions/chaos-agent",
+            "./usr/share/zsh/vendor-completions/_chaos-agent",
+            "./usr/share/fish/vendor_completions.d/chaos-agent.fish",
         ] {
             assert!(
                 listing.lines().any(|l| l.ends_with(want)),
@@ -167,6 +227,19 @@ mod tests {
             .find(|l| l.ends_with("./usr/bin/chaos-agent"))
             .unwrap();
         assert!(bin.starts_with("-rwxr-xr-x root/root"), "{bin}");
+        let page = listing
+            .lines()
+            .find(|l| l.ends_with("./usr/share/man/man1/chaos-agent.1.gz"))
+            .unwrap();
+        assert!(page.starts_with("-rw-r--r-- root/root"), "{page}");
+        // What was staged is what the agent printed.
+        let bash = fs::read_to_string(work.join(format!(
+            "chaos-agent_{}_{}/usr/share/bash-completion/completions/chaos-agent",
+            env!("CARGO_PKG_VERSION"),
+            deb_arch()
+        )))
+        .unwrap();
+        assert_eq!(bash, "# bash completion\n");
         let info = Command::new("dpkg-deb")
             .arg("--info")
             .arg(&deb)

@@ -1,6 +1,6 @@
 //! `cargo xtask`: the project's front door (run through `./x`, which first
 //! installs the pinned toolchain). Setup, build, demo, test, lint, deb,
-//! vm-test, bench.
+//! schema, vm-test, bench.
 
 mod bench;
 mod deb;
@@ -60,8 +60,12 @@ enum Cmd {
         only: Vec<String>,
     },
     /// Build the release agent and a .deb (binary, systemd unit, empty
-    /// policies directory, example policies) into target/debian/.
+    /// policies directory, example policies, man pages, shell completions)
+    /// into target/debian/.
     Deb,
+    /// Regenerate docs/policy.schema.json, the JSON Schema of policy files
+    /// (what `chaos-agent schema` prints; a unit test checks it is current).
+    Schema,
     /// The privileged integration tests inside qemu (TCG) VMs, once per
     /// kernel of the matrix; kernels are downloaded and cached on first use.
     VmTest {
@@ -365,6 +369,26 @@ fn dispatch(command: Cmd) -> Result<()> {
             let deb = deb::package(&agent, &out.join("stage"), &out)?;
             run(Command::new("dpkg-deb").arg("--contents").arg(&deb))?;
             eprintln!("xtask: built {}", deb.display());
+            Ok(())
+        }
+        Cmd::Schema => {
+            setup::setup()?;
+            let schema = output(
+                cargo()
+                    .args([
+                        "run",
+                        "--locked",
+                        "--quiet",
+                        "-p",
+                        "chaos-agent",
+                        "--",
+                        "schema",
+                    ])
+                    .current_dir(root()),
+            )?;
+            let path = root().join("docs/policy.schema.json");
+            std::fs::write(&path, schema).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("xtask: wrote {}", path.display());
             Ok(())
         }
         Cmd::Test { filter, host_only } => test(filter, host_only),

@@ -18,8 +18,17 @@ use crate::run;
 /// Debian packages: `ip`/`tc` for namespaces and qdiscs, bpftool for the
 /// kernel's run-time statistics and attachment checks in tests, systemd for
 /// `systemd-analyze verify` of the unit, dpkg-deb for the package, setpriv
-/// (util-linux) for the control socket's non-root test.
-const PACKAGES: &[&str] = &["iproute2", "bpftool", "systemd", "dpkg", "util-linux"];
+/// (util-linux) for the control socket's non-root test, groff and lexgrog
+/// (groff-base, man-db) for the man pages' unit test.
+const PACKAGES: &[&str] = &[
+    "iproute2",
+    "bpftool",
+    "systemd",
+    "dpkg",
+    "util-linux",
+    "groff-base",
+    "man-db",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -27,6 +27,7 @@ pub mod limits;
 mod locate;
 pub mod model;
 mod raw;
+mod schema;
 pub mod syscalls;
 mod validate;
 pub mod values;
@@ -38,6 +39,7 @@ use std::{
 };
 
 pub use error::{ErrorKind, PolicyError};
+pub use schema::json_schema;
 pub use values::{
     MAX_DURATION, MAX_ERRNO, errno_name, parse_cgroup_path, parse_comm, parse_duration,
     parse_errno, parse_interface, parse_name, parse_netns, parse_pid, parse_port,

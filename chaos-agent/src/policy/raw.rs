@@ -6,6 +6,7 @@
 
 use std::{fmt, marker::PhantomData, time::Duration};
 
+use schemars::JsonSchema;
 use serde::{
     Deserialize, Deserializer,
     de::{self, SeqAccess, Visitor},
@@ -13,6 +14,7 @@ use serde::{
 
 use super::{
     model::{Cidr, Direction, Percent, PortRange, Protocol},
+    schema,
     values::{self, quoted},
 };
 
@@ -192,183 +194,271 @@ pub(crate) const MAX_SYSCALLS: usize = 64;
 pub(crate) type Ports = List<Scalar<PortRangeK>, 0, MAX_LIST>;
 pub(crate) type Cidrs = List<Scalar<CidrK>, 0, MAX_LIST>;
 
-#[derive(Deserialize)]
+// The structs below also derive the JSON Schema of policy files
+// (`schema.rs`): doc comments become its descriptions, `deny_unknown_fields`
+// becomes `additionalProperties: false`, and the `transform`s add what
+// `validate.rs` checks across fields and a schema can say too (exactly one
+// of ...).
+
+/// A chaos-agent fault policy: one YAML document (docs/policy.md).
+#[derive(Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
     expecting = "a FaultPolicy mapping with apiVersion, kind, metadata and spec"
 )]
+#[schemars(title = "chaos-agent FaultPolicy")]
 pub(crate) struct RawPolicy {
+    /// Always `chaos-agent/v1`.
     #[allow(dead_code)]
     pub api_version: Scalar<ApiVersionK>,
+    /// Always `FaultPolicy`.
     #[allow(dead_code)]
     pub kind: Scalar<KindK>,
     pub metadata: RawMetadata,
+    /// When the faults act, and what they are.
     pub spec: RawSpec,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
     expecting = "a mapping with name"
 )]
+#[schemars(rename = "Metadata")]
 pub(crate) struct RawMetadata {
+    /// The policy's name, unique among the daemon's policies.
     pub name: Scalar<NameK>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
     expecting = "a mapping with duration and faults"
 )]
+#[schemars(rename = "Spec")]
 pub(crate) struct RawSpec {
+    /// How long the faults act (more than 0, at most 365 days); the kernel
+    /// stops acting at start + duration.
     pub duration: Scalar<PositiveDurationK>,
+    /// The window (and `duration`) starts this long after the policy is
+    /// loaded (default 0).
     pub start_after: Option<Scalar<DurationK>>,
+    /// How long the faults act without the agent renewing its lease (at
+    /// least 1s); shortens the agent's own lease while the policy is in
+    /// force.
     pub lease: Option<Scalar<LeaseK>>,
+    /// Steady-state guard: the whole policy is reverted when its probe fails
+    /// `failures` times in a row.
     pub abort_when: Option<RawAbortWhen>,
+    /// Ports and prefixes this policy's network faults never touch, on top
+    /// of the built-in guard.
     pub guard: Option<RawGuard>,
+    /// 1 to 256 faults, names unique within the policy.
     pub faults: List<RawFault, 1, MAX_FAULTS>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
     expecting = "a mapping with probe, interval and failures"
 )]
+#[schemars(rename = "AbortWhen")]
 pub(crate) struct RawAbortWhen {
+    /// What is probed: exactly one of `http` and `tcp`.
     pub probe: RawProbe,
+    /// How often the probe runs (default 1s); each probe also gives up
+    /// after min(interval, 5 s).
     pub interval: Option<Scalar<PositiveDurationK>>,
+    /// Consecutive failures that revert the whole policy (default 3).
     pub failures: Option<Scalar<CountK>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
     expecting = "a mapping with http (and expectStatus) or tcp"
 )]
+#[schemars(rename = "Probe", transform = schema::one_probe)]
 pub(crate) struct RawProbe {
+    /// GET this `http://HOST[:PORT]/PATH`; a failure is any other status
+    /// than `expectStatus`, or no answer.
+    #[schemars(regex(pattern = schema::HTTP_URL))]
     pub http: Option<String>,
+    /// The status the http probe expects (default 200).
     pub expect_status: Option<Scalar<HttpStatusK>>,
+    /// Connect to this `HOST:PORT` (`127.0.0.1:5432`, `[::1]:5432`,
+    /// `db.local:5432`); a failure is a refused or timed-out connection.
+    #[schemars(regex(pattern = schema::HOST_PORT))]
     pub tcp: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
     expecting = "a mapping with ports, cidrs or disableDefaults"
 )]
+#[schemars(rename = "Guard")]
 pub(crate) struct RawGuard {
+    /// TCP and UDP ports, either direction.
     pub ports: Option<List<Scalar<PortK>, 0, MAX_LIST>>,
+    /// IPv4 or IPv6 prefixes (host bits zero), source or destination.
     pub cidrs: Option<Cidrs>,
+    /// `true` turns the built-in guard (port 22, the SSH peer, the metrics
+    /// port) off for this policy.
     pub disable_defaults: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
     expecting = "a fault: a mapping with name and network or syscall"
 )]
+#[schemars(rename = "Fault", transform = schema::one_fault_kind)]
 pub(crate) struct RawFault {
+    /// The fault's name, unique within the policy.
     pub name: Scalar<NameK>,
+    /// A network fault (exactly one of `network` and `syscall`).
     pub network: Option<RawNetwork>,
+    /// A syscall error fault (exactly one of `network` and `syscall`).
     pub syscall: Option<RawSyscall>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
     expecting = "a mapping with interface, match and one action"
 )]
+#[schemars(rename = "Network", transform = schema::one_action)]
 pub(crate) struct RawNetwork {
+    /// The interface to attach to.
     pub interface: Scalar<InterfaceK>,
+    /// A named network namespace (`ip netns`) holding the interface; the
+    /// agent's own by default.
     pub netns: Option<Scalar<NetnsK>>,
+    /// Which packets of the interface (default egress); ingress delay needs
+    /// Linux 6.4.
     pub direction: Option<Scalar<DirectionK>>,
+    /// Which packets the fault acts on; every packet when left out.
     #[serde(rename = "match")]
     pub matcher: Option<RawMatch>,
+    /// Drop this share of the matching packets.
     pub loss: Option<RawPercentAction>,
+    /// Hold the matching packets back (needs the fq qdisc).
     pub delay: Option<RawDelay>,
+    /// Flip one bit in the payload of this share of the matching packets.
     pub corrupt: Option<RawPercentAction>,
+    /// Send this share of the matching packets twice.
     pub duplicate: Option<RawPercentAction>,
+    /// Limit the matching traffic to a rate (needs the fq qdisc).
     pub bandwidth: Option<RawBandwidth>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
     expecting = "a mapping of match fields"
 )]
+#[schemars(rename = "Match", transform = schema::unit_or_cgroup)]
 pub(crate) struct RawMatch {
+    /// `icmp` means ICMP and ICMPv6 and takes no ports; `any` (the default)
+    /// with ports means TCP and UDP.
     pub protocol: Option<Scalar<ProtocolK>>,
+    /// Destination ports or `A-B` ranges (any port when left out).
     pub dst_ports: Option<Ports>,
+    /// Source ports or `A-B` ranges (any port when left out).
     pub src_ports: Option<Ports>,
+    /// Destination prefixes (any address when left out).
     pub dst_cidrs: Option<Cidrs>,
+    /// Source prefixes (any address when left out).
     pub src_cidrs: Option<Cidrs>,
+    /// Only packets sent by this systemd unit's processes (egress only).
     pub unit: Option<Scalar<UnitK>>,
+    /// Only packets sent from this cgroup or its children (egress only).
     pub cgroup: Option<Scalar<CgroupK>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
     expecting = "a mapping with percent"
 )]
+#[schemars(rename = "PercentAction")]
 pub(crate) struct RawPercentAction {
+    /// The share of the matching packets, 0 to 100.
     pub percent: Scalar<PercentK>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
     expecting = "a mapping with latency and optionally jitter"
 )]
+#[schemars(rename = "Delay")]
 pub(crate) struct RawDelay {
+    /// Added to every matching packet; latency + jitter at most 10 s.
     pub latency: Scalar<PositiveDurationK>,
+    /// A uniform offset in [-jitter, +jitter] per packet (default 0).
     pub jitter: Option<Scalar<DurationK>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
     expecting = "a mapping with rate"
 )]
+#[schemars(rename = "Bandwidth")]
 pub(crate) struct RawBandwidth {
+    /// Bits per second (`100bit`, `500kbit`, `10mbit`, `1gbit`) or bytes
+    /// per second (`100bps`, `1kbps`).
     pub rate: Scalar<RateK>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
     expecting = "a mapping with names, errno and target"
 )]
+#[schemars(rename = "Syscall")]
 pub(crate) struct RawSyscall {
+    /// 1 to 64 syscall names as in man 2 for the agent's architecture.
     pub names: List<Scalar<SyscallNameK>, 1, MAX_SYSCALLS>,
+    /// What the failing calls return.
     pub errno: Scalar<ErrnoK>,
+    /// The share of the target's calls that fail (default 100).
     pub percent: Option<Scalar<PercentK>>,
+    /// Whose calls fail: exactly one of `pid`, `comm`, `cgroup`, `unit`.
     pub target: RawTarget,
+    /// Fail at most this many calls in total (enforced in the kernel).
     pub max_injections: Option<Scalar<CountK>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
     expecting = "a mapping with exactly one of pid, comm, cgroup, unit"
 )]
+#[schemars(rename = "Target", transform = schema::one_target)]
 pub(crate) struct RawTarget {
+    /// A process (its whole thread group); never PID 1 or the agent.
     pub pid: Option<Scalar<PidK>>,
+    /// Processes with this command name (what `ps -o comm` shows).
     pub comm: Option<Scalar<CommK>>,
+    /// Processes in this cgroup v2 path and its children.
     pub cgroup: Option<Scalar<CgroupK>>,
+    /// The processes of this systemd unit.
     pub unit: Option<Scalar<UnitK>>,
 }

@@ -567,6 +567,11 @@ pub fn parse_errno(s: &str) -> Result<i32, String> {
     ))
 }
 
+/// Every errno name the policy loader knows, aliases included.
+pub(crate) fn errno_names() -> impl Iterator<Item = &'static str> {
+    ERRNO_TABLE.iter().map(|(name, _)| *name)
+}
+
 /// The canonical name of an errno number (`111` -> `ECONNREFUSED`).
 pub fn errno_name(errno: i32) -> Option<&'static str> {
     ERRNO_TABLE
