@@ -166,10 +166,14 @@ fn a_blast_ends_on_time_whatever_its_metrics_clients_do() {
     eprintln!("3 s blast with 20 idle clients and a slowloris ended after {took:?}");
     assert!(status.success(), "{status}");
     assert_eq!(reverted["reason"], "deadline", "{reverted}");
-    assert!(
-        took < Duration::from_secs(5),
-        "a 3 s blast took {took:?} to end"
-    );
+    // Its own start and revert take a few hundred milliseconds here, a few
+    // seconds under qemu's emulated CPU; a client held it for 24 s before.
+    let bound = if std::env::var_os("CHAOS_TEST_EMULATED").is_some() {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(5)
+    };
+    assert!(took < bound, "a 3 s blast took {took:?} to end");
     slow.held();
     assert!(attachments_on(pair.ns_a(), pair.if_a()).unwrap().is_empty());
 }
