@@ -182,10 +182,38 @@ pub async fn run(policy: &Policy, mut engine: Engine, output: Output) -> Result<
         engine.check(policy, f)?;
     }
     if !policy.start_after.is_zero() {
-        tokio::select! {
-            _ = tokio::time::sleep(policy.start_after) => {}
-            _ = sigint.recv() => return Ok(ExitCode::SUCCESS),
-            _ = sigterm.recv() => return Ok(ExitCode::SUCCESS),
+        // A countdown, so a waiting blast is not mistaken for a hung one.
+        let tty = std::io::stderr().is_terminal() && !json;
+        let start = Instant::now() + policy.start_after;
+        loop {
+            let left = start.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let secs = left.as_secs_f64().ceil() as u64;
+            if json {
+                out!(
+                    "{}",
+                    json!({"event": "waiting", "policy": policy.name,
+                           "starts_in_ms": left.as_millis() as u64})
+                );
+            } else if tty {
+                err!(raw "\r\x1b[Kchaos-agent: {} starts in {secs}s (startAfter; Ctrl-C to cancel)", policy.name);
+            } else {
+                err!(
+                    "chaos-agent: {} starts in {secs}s (startAfter)",
+                    policy.name
+                );
+            }
+            let tick = left.min(REPORT_EVERY);
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = sigint.recv() => return Ok(ExitCode::SUCCESS),
+                _ = sigterm.recv() => return Ok(ExitCode::SUCCESS),
+            }
+        }
+        if tty {
+            err!();
         }
     }
     // Nothing was in force while waiting: the lease starts now.

@@ -226,3 +226,40 @@ fn two_netlink_blasts_on_one_interface_leave_its_qdiscs_as_they_were() {
         );
     }
 }
+
+/// A blast waiting for its policy's `startAfter` says so: `waiting` events
+/// (JSON) counting down, then `applied`.
+#[test]
+fn a_waiting_start_after_counts_down() {
+    require_root!();
+    let pair = NetnsPair::new("waitsa").unwrap();
+    let file = std::env::temp_dir().join(format!("chaos-wait-{}.yaml", std::process::id()));
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: chaos-agent/v1\nkind: FaultPolicy\nmetadata:\n  name: later\nspec:\n  duration: 1s\n  startAfter: 2s\n  faults:\n    - name: drop\n      network:\n        interface: {}\n        netns: {}\n        loss: {{ percent: 100 }}\n",
+            pair.if_a(),
+            pair.ns_a()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) =
+        common::agent_output(&["blast", "--policy", file.to_str().unwrap(), "--json"]).unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let waiting: Vec<u64> = events
+        .iter()
+        .take_while(|e| e["event"] == "waiting")
+        .map(|e| e["starts_in_ms"].as_u64().unwrap())
+        .collect();
+    assert!(waiting.len() >= 2, "{out}");
+    assert!(
+        waiting[0] <= 2_000 && waiting.windows(2).all(|w| w[1] < w[0]),
+        "{waiting:?}"
+    );
+    assert_eq!(events[waiting.len()]["event"], "applied", "{out}");
+}
