@@ -23,6 +23,8 @@
 
 mod error;
 pub mod flags;
+#[cfg(test)]
+mod fuzz;
 pub mod limits;
 mod locate;
 pub mod model;
