@@ -100,6 +100,63 @@ pub fn bench(quick: bool, vm: bool, only: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask soak`: builds the agent and `chaos-soak`, runs the
+/// reliability suite as root, prints its table and, with `record`, writes
+/// it to docs/reliability.md.
+pub fn soak(cycles: usize, only: &[String], record: bool) -> Result<()> {
+    crate::setup::setup()?;
+    let agent = crate::build()?;
+    crate::run(cargo().args([
+        "build",
+        "--locked",
+        "--release",
+        "-p",
+        "chaos-tests",
+        "--bin",
+        "chaos-soak",
+    ]))?;
+    if !is_root() {
+        bail!("the reliability suite kills agents and creates network namespaces: run as root");
+    }
+    let mut cmd = Command::new(root().join("target/release/chaos-soak"));
+    cmd.args(["--cycles", &cycles.to_string()]);
+    for o in only {
+        cmd.args(["--only", o]);
+    }
+    cmd.env("CHAOS_AGENT_BIN", &agent)
+        .env(
+            "CHAOS_TRAFFIC_BIN",
+            root().join("target/release/chaos-traffic"),
+        )
+        .stderr(Stdio::inherit())
+        .current_dir(root());
+    eprintln!("xtask: {}", display(&cmd));
+    let out = cmd.output().context("running chaos-soak")?;
+    let table = String::from_utf8(out.stdout).context("chaos-soak output is not UTF-8")?;
+    print!("{table}");
+    if record {
+        let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let md = format!(
+            "# Reliability\n\nWritten by `./x soak --cycles {cycles} --record` on Linux {}, \
+             {} cores. Each scenario kills, stops or storms the agent at random \
+             moments (a fixed seed) and checks what a user would see: traffic \
+             flowing again, the exit code, and nothing of ours left on the \
+             interface, among the loaded programs or in /run/chaos-agent. \
+             `./x test` runs a short version (tests/soak.rs).\n\n{table}",
+            kernel.trim(),
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+        );
+        fs::write(root().join("docs/reliability.md"), md)?;
+        eprintln!("xtask: wrote docs/reliability.md");
+    }
+    ensure!(
+        out.status.success(),
+        "chaos-soak found failures or residue: {}",
+        out.status
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,6 +59,21 @@ enum Cmd {
         #[arg(long, value_name = "SECTION")]
         only: Vec<String>,
     },
+    /// The reliability suite (as root): the agent killed and stopped at
+    /// random moments, daemon kills mid-reload, a reload storm, hostile
+    /// clients; prints cycles, failures and residue.
+    Soak {
+        /// Cycles of the SIGKILL scenario (the slower ones run a fraction).
+        #[arg(long, default_value_t = 100)]
+        cycles: usize,
+        /// Only this scenario (repeatable): kill-tcx, kill-netlink, stop,
+        /// kill-daemon, storm, hostile.
+        #[arg(long, value_name = "SCENARIO")]
+        only: Vec<String>,
+        /// Write the results to docs/reliability.md.
+        #[arg(long)]
+        record: bool,
+    },
     /// Build the release agent and a .deb (binary, systemd unit, empty
     /// policies directory, example policies, man pages, shell completions)
     /// into target/debian/.
@@ -394,6 +409,11 @@ fn dispatch(command: Cmd) -> Result<()> {
         Cmd::Test { filter, host_only } => test(filter, host_only),
         Cmd::Lint => lint(),
         Cmd::Bench { quick, vm, only } => bench::bench(quick, vm, &only),
+        Cmd::Soak {
+            cycles,
+            only,
+            record,
+        } => bench::soak(cycles, &only, record),
         Cmd::VmTest {
             kernels,
             filter,

@@ -292,10 +292,7 @@ impl Instance {
     }
 
     fn write_config(&mut self) -> Result<()> {
-        let mut config: Array<_, Config> = array(&mut self.ebpf, MAP_CONFIG)?;
-        config
-            .set(0, &self.config, 0)
-            .map_err(|e| map_err(MAP_CONFIG, e))
+        write_config(&mut self.ebpf, &self.config)
     }
 
     /// Renews the lease: the instance's rules may act until `lease_ns`.
@@ -496,6 +493,12 @@ impl Instance {
             .map(|(k, (iface, _))| (iface.clone(), k.1))
             .collect()
     }
+}
+
+/// Writes the instance's settings (`CHAOS_CONFIG`).
+pub fn write_config(ebpf: &mut Ebpf, config: &Config) -> Result<()> {
+    let mut map: Array<_, Config> = array(ebpf, MAP_CONFIG)?;
+    map.set(0, config, 0).map_err(|e| map_err(MAP_CONFIG, e))
 }
 
 /// Writes a table's changes into the maps of `ebpf`, in the order the

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 pub mod daemon;
+pub mod soak;
 
 use std::{
     io::{BufRead, BufReader},
