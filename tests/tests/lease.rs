@@ -195,3 +195,34 @@ fn a_stopped_daemon_stops_faulting_within_its_lease_then_applies_again() {
     let st = d.status();
     assert_eq!(st["policies"][0]["state"], "active", "{st}");
 }
+
+#[test]
+fn a_killed_netlink_daemon_stops_faulting_within_its_lease() {
+    require_root!();
+    let pair = NetnsPair::new("ldkill").unwrap();
+    let policy = format!(
+        "apiVersion: chaos-agent/v1\nkind: FaultPolicy\nmetadata:\n  name: leased\nspec:\n  duration: 5m\n  faults:\n    - name: drop\n      network:\n        interface: {}\n        netns: {}\n        match: {{ protocol: udp, dstPorts: [7000] }}\n        loss: {{ percent: 100 }}\n",
+        pair.if_a(),
+        pair.ns_a()
+    );
+    let mut d = Daemon::start_with(
+        "leasekill",
+        &[("p.yaml", &policy)],
+        &["--lease", LEASE, "--attach", "netlink"],
+    )
+    .unwrap();
+    let (from, first) = first_through(&pair, 4.5, || {
+        std::thread::sleep(Duration::from_millis(500));
+        d.signal(libc::SIGKILL);
+        monotonic_ns()
+    });
+    let _ = d.wait(Duration::from_secs(5));
+    // Its netlink filter stays until the next start; the lease, not the
+    // policy's 5 minutes, decides when it stops acting.
+    assert!(!attachments_on(pair.ns_a(), pair.if_a()).unwrap().is_empty());
+    back_within_the_lease(from, first, "SIGKILLed netlink daemon");
+    // The restarted service removes what the dead one left.
+    let again = Daemon::start_with("leaseagain", &[("p.yaml", &policy)], &["--attach", "netlink"]).unwrap();
+    drop(again);
+    assert!(attachments_on(pair.ns_a(), pair.if_a()).unwrap().is_empty());
+}

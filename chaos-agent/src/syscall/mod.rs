@@ -387,6 +387,11 @@ impl SysHost {
         faults: &[&Fault],
         deadline_ns: u64,
     ) -> Result<Vec<SysFault>> {
+        if !faults.iter().any(|f| matches!(f.kind, FaultKind::Syscall(_))) {
+            // No syscall fault: nothing to ask the kernel (its backends are
+            // detected by loading programs, which costs memory and time).
+            return Ok(Vec::new());
+        }
         let forced = self.forced;
         let avail = self.avail().clone();
         // 1. Check and resolve everything before touching the kernel.
