@@ -222,7 +222,12 @@ fn a_killed_netlink_daemon_stops_faulting_within_its_lease() {
     assert!(!attachments_on(pair.ns_a(), pair.if_a()).unwrap().is_empty());
     back_within_the_lease(from, first, "SIGKILLed netlink daemon");
     // The restarted service removes what the dead one left.
-    let again = Daemon::start_with("leaseagain", &[("p.yaml", &policy)], &["--attach", "netlink"]).unwrap();
+    let again = Daemon::start_with(
+        "leaseagain",
+        &[("p.yaml", &policy)],
+        &["--attach", "netlink"],
+    )
+    .unwrap();
     drop(again);
     assert!(attachments_on(pair.ns_a(), pair.if_a()).unwrap().is_empty());
 }

@@ -387,7 +387,10 @@ impl SysHost {
         faults: &[&Fault],
         deadline_ns: u64,
     ) -> Result<Vec<SysFault>> {
-        if !faults.iter().any(|f| matches!(f.kind, FaultKind::Syscall(_))) {
+        if !faults
+            .iter()
+            .any(|f| matches!(f.kind, FaultKind::Syscall(_)))
+        {
             // No syscall fault: nothing to ask the kernel (its backends are
             // detected by loading programs, which costs memory and time).
             return Ok(Vec::new());
