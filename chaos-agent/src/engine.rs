@@ -107,11 +107,12 @@ impl Engine {
     }
 
     /// Renews the lease. `Err` when it had run out before this renewal
-    /// (nothing is renewed then: the caller reverts, knowing its faults
-    /// were inert for a while).
+    /// while faults were in force (nothing is renewed then: the caller
+    /// reverts, knowing its faults were inert for a while).
     pub fn renew(&mut self) -> std::result::Result<(), Lapsed> {
         let now = monotonic_ns();
-        if now > self.lease_until_ns {
+        // With nothing in force, a late renewal harmed nothing.
+        if now > self.lease_until_ns && !self.faults.is_empty() {
             return Err(Lapsed {
                 late: Duration::from_nanos(now - self.lease_until_ns),
                 at_ns: self.lease_until_ns,
