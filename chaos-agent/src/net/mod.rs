@@ -476,9 +476,9 @@ impl NetHost {
 }
 
 /// Fills the maps of `ebpf` (an object loaded from [`object`]) with one
-/// rule, as an instance does, without attaching anything: for tests that
-/// run the classifier on synthetic packets (`BPF_PROG_TEST_RUN`). Returns
-/// the rule's id.
+/// rule and a lease that does not run out, as an instance does, without
+/// attaching anything: for tests that run the classifier on synthetic
+/// packets (`BPF_PROG_TEST_RUN`). Returns the rule's id.
 pub fn fill_one_rule(
     ebpf: &mut aya::Ebpf,
     spec: &RuleSpec,
@@ -488,6 +488,13 @@ pub fn fill_one_rule(
         .add(spec, rule)
         .map_err(|e| Error::Invalid(e.to_string()))?;
     instance::write_changes(ebpf, &changes)?;
+    instance::write_config(
+        ebpf,
+        &chaos_common::Config {
+            lease_ns: u64::MAX,
+            ..chaos_common::Config::default()
+        },
+    )?;
     Ok(id)
 }
 

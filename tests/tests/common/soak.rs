@@ -383,7 +383,16 @@ pub fn reload_storm(writes: usize) -> Result<Report> {
         r.cycles += 1;
     }
     d.write_policy("p.yaml", &loss_policy(&pair, "storm", PORT, 100));
-    std::thread::sleep(Duration::from_secs(1));
+    // The daemon works through the storm at its own pace (slowly under
+    // qemu's emulated CPU): wait until the last version is in force.
+    let settled = super::eventually(20, || {
+        udp_run(&pair, Direction::AtoB, AddrKind::V4, PORT, 50, 2_000)
+            .is_ok_and(|(sent, got)| sent.sent > 0 && got.distinct == 0)
+    });
+    if !settled {
+        r.failures
+            .push("the last (100 %) version is not in force".into());
+    }
     let (fd1, rss1) = fds_and_rss(pid)?;
     if fd1 > fd0 + 2 {
         r.failures
