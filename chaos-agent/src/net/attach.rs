@@ -73,12 +73,47 @@ fn mark_clsact(netns: Option<&str>, iface: &str) -> Result<()> {
         .map_err(|e| Error::Runtime(format!("cannot write {}: {e}", path.display())))
 }
 
+/// Forgets the mark of a clsact whose interface (or namespace) is gone:
+/// the qdisc went with it.
+pub fn forget_clsact_mark(netns: Option<&str>, iface: &str) {
+    let path = clsact_mark(netns, iface);
+    let _ = std::fs::remove_file(&path);
+    if let (Some(_), Some(dir)) = (netns, path.parent()) {
+        // The namespace's directory, once empty.
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// The clsact marks there are: (netns, interface).
+pub fn clsact_marks() -> Vec<(Option<String>, String)> {
+    let base = Path::new(CLSACT_DIR);
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out: Vec<(Option<String>, String)> = names(&base.join("host"))
+        .into_iter()
+        .map(|iface| (None, iface))
+        .collect();
+    for ns in names(&base.join("netns")) {
+        for iface in names(&base.join("netns").join(&ns)) {
+            out.push((Some(ns.clone()), iface));
+        }
+    }
+    out
+}
+
 /// Removes the clsact of `iface` (the caller is in its namespace) if one
 /// of our agents added it and no filter is left on it.
 pub fn remove_clsact_if_ours_and_empty(netns: Option<&str>, iface: &str) {
     let mark = clsact_mark(netns, iface);
     if mark.exists() && remove_clsact_if_empty(iface) {
-        let _ = std::fs::remove_file(mark);
+        forget_clsact_mark(netns, iface);
     }
 }
 

@@ -39,13 +39,21 @@ fn remove_record(r: &NetlinkRecord) {
     }
 }
 
-/// Removes a clsact qdisc one of our agents added, once no filter is left.
+/// Removes a clsact qdisc one of our agents added, once no filter is left;
+/// forgets its mark when the interface (or its namespace) is gone.
 fn remove_record_clsact(r: &NetlinkRecord) {
-    let Ok(_ns) = NetnsGuard::enter(r.netns.as_deref()) else {
+    remove_marked_clsact(r.netns.as_deref(), &r.iface);
+}
+
+fn remove_marked_clsact(netns: Option<&str>, iface: &str) {
+    let Ok(_ns) = NetnsGuard::enter(netns) else {
+        attach::forget_clsact_mark(netns, iface);
         return;
     };
-    if netns::ifindex(&r.iface).is_some() {
-        attach::remove_clsact_if_ours_and_empty(r.netns.as_deref(), &r.iface);
+    if netns::ifindex(iface).is_some() {
+        attach::remove_clsact_if_ours_and_empty(netns, iface);
+    } else {
+        attach::forget_clsact_mark(netns, iface);
     }
 }
 
@@ -84,6 +92,10 @@ pub fn clean(namespaces: &[Option<String>]) {
     }
     if live_agents > 0 {
         return;
+    }
+    // No agent alive: every marked clsact is a dead agent's (or gone).
+    for (ns, iface) in attach::clsact_marks() {
+        remove_marked_clsact(ns.as_deref(), &iface);
     }
     for ns in namespaces {
         let Ok(_ns) = NetnsGuard::enter(ns.as_deref()) else {
