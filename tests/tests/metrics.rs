@@ -202,8 +202,10 @@ fn exposition_matches_traffic() {
         .iter()
         .find(|s| s.name == "chaos_agent_packets_matched_total" && s.label("fault") == Some("net"))
         .expect("matched sample for fault=net");
+    // Without --name a blast is named after its pid.
+    let policy = format!("blast-{}", agent.pid());
     for (k, v) in [
-        ("policy", "blast"),
+        ("policy", policy.as_str()),
         ("action", "loss"),
         ("interface", pair.iface(Side::A)),
         ("direction", "egress"),

@@ -415,6 +415,9 @@ pub struct NetArgs {
     /// How long the fault lasts; the kernel stops acting at start + DUR.
     #[arg(long, value_name = "DUR", help_heading = RUN)]
     pub duration: String,
+    /// Policy name in events and metrics (the policy label): a-z, 0-9 and -, at most 63 (default blast-<pid>).
+    #[arg(long, value_name = "NAME", help_heading = RUN)]
+    pub name: Option<String>,
     #[command(flatten)]
     pub tc: TcFlags,
 }
@@ -480,6 +483,7 @@ impl From<&AbortArgs> for AbortFlags {
 impl From<&NetArgs> for NetFlags {
     fn from(a: &NetArgs) -> Self {
         NetFlags {
+            name: a.name.clone(),
             iface: a.iface.clone(),
             netns: a.netns.clone(),
             direction: a.direction.clone(),
@@ -541,6 +545,9 @@ pub struct SyscallArgs {
     /// How long the fault lasts; the kernel stops acting at start + DUR.
     #[arg(long, value_name = "DUR", help_heading = RUN)]
     pub duration: String,
+    /// Policy name in events and metrics (the policy label): a-z, 0-9 and -, at most 63 (default blast-<pid>).
+    #[arg(long, value_name = "NAME", help_heading = RUN)]
+    pub name: Option<String>,
     /// kprobe, lsm or cgroup for every syscall, instead of the most precise one available.
     #[arg(
         long,
@@ -555,6 +562,7 @@ pub struct SyscallArgs {
 impl From<&SyscallArgs> for SyscallFlags {
     fn from(a: &SyscallArgs) -> Self {
         SyscallFlags {
+            name: a.name.clone(),
             syscalls: a.syscalls.clone(),
             errno: a.errno.clone(),
             percent: a.percent.clone(),
@@ -798,7 +806,14 @@ mod tests {
     fn flags_reach_the_policy_loader_as_typed() {
         let net = ["net", "--iface", "eth0", "--duration", "5s"];
         let p = blast(&[&net[..], &["--loss", "30%", "--dport", " 80 "]].concat()).unwrap();
-        assert_eq!((p.name.as_str(), p.origin.as_str()), ("blast", "<flags>"));
+        assert_eq!(p.name, flags::default_name());
+        assert_eq!(p.origin, "<flags>");
+        let named = blast(&[&net[..], &["--loss", "1", "--name", "edge-loss"]].concat()).unwrap();
+        assert_eq!(named.name, "edge-loss");
+        refused(
+            &[&net[..], &["--loss", "1", "--name", "Edge"]].concat(),
+            r#"--name: expected a name of 1-63 characters from a-z, 0-9 and -, found "Edge""#,
+        );
         refused(
             &[&net[..], &["--loss", "30", "--dport", "70000"]].concat(),
             r#"--dport: expected a port (1-65535) or a range A-B, found "70000""#,
