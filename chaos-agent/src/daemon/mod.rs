@@ -206,6 +206,7 @@ impl Daemon {
         for file in &rejected {
             self.metrics.policy_error(file);
         }
+        self.metrics.reloaded(rejected.is_empty());
         self.runs.reload(desired, &self.kill).await;
         self.publish();
         info!(
