@@ -338,6 +338,12 @@ pub async fn run(policy: &Policy, mut engine: Engine, output: Output) -> Result<
         err!("chaos-agent: reverted ({reason})");
         out!("{}", human_line(&row_refs, &counters));
     }
+    // The last counters go out over OTLP too (bounded: a collector that
+    // does not answer delays the exit by at most a moment, with every
+    // fault already reverted).
+    if let Some(m) = metrics {
+        m.finish().await;
+    }
     if !failures.is_empty() {
         return Err(Error::Runtime(format!(
             "revert incomplete; left behind: {}",

@@ -1,5 +1,7 @@
-//! Prometheus metrics, through the OpenTelemetry SDK and its Prometheus
-//! exporter, served by `http.rs` on the blast's or daemon's runtime.
+//! Metrics, through the OpenTelemetry SDK: its Prometheus exporter served
+//! by `http.rs` on the blast's or daemon's runtime, and an OTLP/HTTP push
+//! to a collector (`otlp.rs`), either or both; one meter provider, so both
+//! carry the same instruments.
 //!
 //! Data flow: the blast or daemon loop reads the kernel's per-CPU counters
 //! once a second (the same read that feeds its own report) and hands the
@@ -14,6 +16,7 @@
 //! the policies.
 
 mod http;
+pub mod otlp;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -205,54 +208,86 @@ pub fn unix_seconds(deadline_ns: u64, monotonic_now_ns: u64, realtime_now: Syste
     real + left_ns as f64 / 1e9
 }
 
-/// The meter provider, its registry and the listener task. Dropping it
-/// stops the listener.
+/// The meter provider, its exporters and the listener task. Dropping it
+/// stops the listener and the push.
 pub struct Metrics {
-    addr: SocketAddr,
+    addr: Option<SocketAddr>,
     shared: Shared,
     _provider: SdkMeterProvider,
-    server: tokio::task::JoinHandle<()>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    push: Option<otlp::Push>,
+}
+
+/// Binds `addr` for the listener. A bind failure is a usage error (exit
+/// 2) naming the address.
+fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| Error::Invalid(format!("--metrics-addr {addr}: cannot listen: {e}")))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::Runtime(format!("--metrics-addr {addr}: {e}")))?;
+    tokio::net::TcpListener::from_std(listener)
+        .map_err(|e| Error::Runtime(format!("--metrics-addr {addr}: {e}")))
 }
 
 impl Metrics {
-    /// Binds `addr` and serves `GET /metrics` on the current tokio runtime.
-    /// A bind failure is a usage error (exit 2) naming the address.
-    pub fn bind(addr: SocketAddr) -> Result<Metrics> {
-        let listener = std::net::TcpListener::bind(addr)
-            .map_err(|e| Error::Invalid(format!("--metrics-addr {addr}: cannot listen: {e}")))?;
+    /// Serves `GET /metrics` on `addr` and pushes to the OTLP endpoint of
+    /// `push`, either or both, on the current tokio runtime.
+    pub fn new(addr: Option<SocketAddr>, push: Option<&otlp::Config>) -> Result<Metrics> {
+        let listener = addr.map(listen).transpose()?;
         let addr = listener
-            .local_addr()
-            .map_err(|e| Error::Runtime(format!("--metrics-addr {addr}: {e}")))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::Runtime(format!("--metrics-addr {addr}: {e}")))?;
-        let listener = tokio::net::TcpListener::from_std(listener)
-            .map_err(|e| Error::Runtime(format!("--metrics-addr {addr}: {e}")))?;
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()
+            .map_err(|e| Error::Runtime(format!("--metrics-addr: {e}")))?;
+        let mut push = push.map(otlp::Push::new).transpose()?;
 
+        let mut builder =
+            SdkMeterProvider::builder().with_resource(otlp::resource(crate::cli::VERSION));
         let registry = prometheus::Registry::new();
-        let exporter = opentelemetry_prometheus::exporter()
-            .with_registry(registry.clone())
-            .without_target_info()
-            .without_units()
-            .scope_info_enabled(false)
-            .build()
-            .map_err(|e| Error::Runtime(format!("metrics exporter: {e}")))?;
-        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        if listener.is_some() {
+            let exporter = opentelemetry_prometheus::exporter()
+                .with_registry(registry.clone())
+                .without_target_info()
+                .without_units()
+                .scope_info_enabled(false)
+                .build()
+                .map_err(|e| Error::Runtime(format!("metrics exporter: {e}")))?;
+            builder = builder.with_reader(exporter);
+        }
+        if let Some(p) = &push {
+            builder = builder.with_reader(p.reader());
+        }
+        let provider = builder.build();
         let shared: Shared = Arc::default();
         instruments(&provider, &shared);
 
-        let server = tokio::spawn(http::serve(listener, registry));
-        debug!(%addr, "metrics listener ready");
+        let server = listener.map(|l| tokio::spawn(http::serve(l, registry)));
+        if let Some(p) = &mut push {
+            p.start();
+        }
+        debug!(
+            ?addr,
+            otlp = push.as_ref().map(|p| p.url()),
+            "metrics ready"
+        );
         Ok(Metrics {
             addr,
             shared,
             _provider: provider,
             server,
+            push,
         })
     }
 
-    /// The bound address (the real port when `:0` was asked for).
-    pub fn local_addr(&self) -> SocketAddr {
+    /// `new` with the listener only.
+    pub fn bind(addr: SocketAddr) -> Result<Metrics> {
+        Metrics::new(Some(addr), None)
+    }
+
+    /// The bound address (the real port when `:0` was asked for), if
+    /// metrics are served.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.addr
     }
 
@@ -295,6 +330,17 @@ impl Metrics {
                 .reloads
                 .entry(if ok { "ok" } else { "error" }.to_owned())
                 .or_default() += 1;
+        }
+    }
+
+    /// The end of the run: stops the listener and pushes the last values
+    /// (waiting at most [`otlp::FINAL_EXPORT_WAIT`]).
+    pub async fn finish(mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+        if let Some(push) = self.push.take() {
+            push.finish().await;
         }
     }
 }
@@ -422,7 +468,9 @@ fn instruments(provider: &SdkMeterProvider, shared: &Shared) {
 
 impl Drop for Metrics {
     fn drop(&mut self) {
-        self.server.abort();
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
     }
 }
 
@@ -524,7 +572,7 @@ mod tests {
         m.reloaded(true);
         m.reloaded(false);
         m.reloaded(true);
-        let port = m.local_addr().port();
+        let port = m.local_addr().unwrap().port();
         let body = scrape(port).await;
         let line = |prefix: &str| {
             body.lines()
