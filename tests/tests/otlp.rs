@@ -210,6 +210,12 @@ fn resource_attr(e: &Export, key: &str) -> Option<String> {
     attr(&r.attributes, key)
 }
 
+/// Under qemu's CPU emulation (`vm-test` sets CHAOS_TEST_EMULATED)
+/// everything runs 10-50 times slower: time bounds widen.
+fn emulated() -> bool {
+    std::env::var_os("CHAOS_TEST_EMULATED").is_some()
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap_or_default()
@@ -359,7 +365,7 @@ spec:
     ];
     // The daemon reads the counters once a second and pushes once a second.
     let mut seen = Vec::new();
-    let arrived = eventually(15, || {
+    let arrived = eventually(if emulated() { 60 } else { 15 }, || {
         seen.extend(rx.take());
         seen.iter().any(|e| {
             point(e, "chaos_agent_packets_injected", &fault).map(|p| p.0) == Some(sent.sent as f64)
@@ -460,7 +466,8 @@ fn a_silent_collector_does_not_hold_up_a_blast() {
     assert_eq!(reverted["reason"], "deadline", "{reverted}");
     assert_eq!(fault_counters(&reverted).1, sent.sent);
     // 4 s, the final export's 2 s at most, start-up and exit.
-    assert!(took < Duration::from_secs(9), "took {took:?}");
+    let bound = Duration::from_secs(if emulated() { 30 } else { 9 });
+    assert!(took < bound, "took {took:?}");
     assert!(stderr.contains("OTLP export failed"), "{stderr}");
     drop(silent);
 }
