@@ -231,11 +231,12 @@ pub async fn run(policy: &Policy, mut engine: Engine, output: Output) -> Result<
     });
     let rows: Vec<Row> = force.rows(&engine).into_iter().cloned().collect();
     let row_refs: Vec<&Row> = rows.iter().collect();
-    let publish = |counters: &[Counts], active: bool| {
+    // One deadline for every fault of a blast.
+    let publish = |counters: &[Counts], in_force: bool| {
         if let Some(m) = &metrics {
             let mut tally = Tally::default();
             for (r, c) in rows.iter().zip(counters) {
-                tally.add(r, *c, active);
+                tally.add(r, *c, in_force.then_some(deadline_ns));
             }
             m.set(tally);
         }
@@ -336,6 +337,12 @@ pub async fn run(policy: &Policy, mut engine: Engine, output: Output) -> Result<
     } else {
         err!("chaos-agent: reverted ({reason})");
         out!("{}", human_line(&row_refs, &counters));
+    }
+    // The last counters go out over OTLP too (bounded: a collector that
+    // does not answer delays the exit by at most a moment, with every
+    // fault already reverted).
+    if let Some(m) = metrics {
+        m.finish().await;
     }
     if !failures.is_empty() {
         return Err(Error::Runtime(format!(

@@ -208,6 +208,13 @@ fn policy_edits_reach_traffic_within_100ms_and_a_bad_edit_keeps_the_old() {
         text.contains("# HELP chaos_agent_policy_errors_total "),
         "{text}"
     );
+    // The start and the two good edits were reloads that went well (an
+    // editor's write may count twice), the bad edit one that did not.
+    let reloads = |result: &str| {
+        sample(&text, "chaos_agent_reloads_total", &[("result", result)]).unwrap_or(0.0)
+    };
+    assert!(reloads("ok") >= 3.0, "{text}");
+    assert_eq!(reloads("error"), 1.0, "{text}");
     // The reload notifications reached the service manager.
     d.signal(libc::SIGHUP);
     let seen = d.wait_notify("READY=1", Duration::from_secs(5)).unwrap();

@@ -202,14 +202,48 @@ fn exposition_matches_traffic() {
         .iter()
         .find(|s| s.name == "chaos_agent_packets_matched_total" && s.label("fault") == Some("net"))
         .expect("matched sample for fault=net");
+    // Without --name a blast is named after its pid.
+    let policy = format!("blast-{}", agent.pid());
     for (k, v) in [
-        ("policy", "blast"),
+        ("policy", policy.as_str()),
         ("action", "loss"),
         ("interface", pair.iface(Side::A)),
+        ("netns", pair.ns(Side::A)),
         ("direction", "egress"),
     ] {
         assert_eq!(matched.label(k), Some(v), "label {k} of {matched:?}");
     }
+    // The kernel deadline, in wall time: about 60 s after the start.
+    let deadline = samples
+        .iter()
+        .find(|s| s.name == "chaos_agent_fault_deadline_seconds")
+        .expect("deadline sample");
+    assert_eq!(deadline.labels, matched.labels, "deadline labels");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        deadline.value > now + 30.0 && deadline.value <= now + 60.0,
+        "deadline {} vs now {now}",
+        deadline.value
+    );
+    let build = samples
+        .iter()
+        .find(|s| s.name == "chaos_agent_build_info")
+        .expect("build_info sample");
+    assert_eq!(build.value, 1.0);
+    assert!(
+        build.label("version").is_some() && build.label("commit").is_some(),
+        "{build:?}"
+    );
+    // A blast does not reload.
+    assert!(
+        !samples
+            .iter()
+            .any(|s| s.name == "chaos_agent_reloads_total"),
+        "{text}"
+    );
     assert_eq!(matched.value, sent.sent as f64, "matched vs datagrams sent");
     assert_eq!(
         value_of(&samples, "chaos_agent_packets_injected_total"),

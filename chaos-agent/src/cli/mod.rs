@@ -15,7 +15,7 @@ use crate::{
     engine::{self, AttachMode, Engine, NetOptions},
     error::{Error, Result},
     fault::Backend,
-    metrics::Metrics,
+    metrics::{Metrics, otlp},
     policy::{
         self,
         flags::{self, AbortFlags, NetFlags, SyscallFlags},
@@ -99,7 +99,9 @@ Examples:
   Delay what eth0 receives from 10.30.0.0/16 by 100 ms +- 20 ms (ingress: Linux 6.4+):
     chaos-agent blast net --iface eth0 --direction ingress --src 10.30.0.0/16 --delay 100ms --jitter 20ms --duration 5m
   Squeeze backup.service to 1 Mbit/s; stop early when the local API stops answering:
-    chaos-agent blast net --iface eth0 --unit backup.service --rate 1mbit --duration 10m --abort-http http://127.0.0.1:8080/health";
+    chaos-agent blast net --iface eth0 --unit backup.service --rate 1mbit --duration 10m --abort-http http://127.0.0.1:8080/health
+  Name the run in its metrics and push them to an OpenTelemetry collector (OTLP/HTTP):
+    chaos-agent blast net --iface eth0 --proto udp --dport 7000 --loss 5 --duration 30s --name edge-loss --otlp-endpoint http://127.0.0.1:4318";
 
 const SYSCALL_EXAMPLES: &str = "\
 Examples:
@@ -125,7 +127,9 @@ Examples:
   The daemon as its systemd unit runs it:
     chaos-agent run --policies /etc/chaos-agent/policies --metrics-addr 127.0.0.1:9464
   Policies from another directory, attached with netlink clsact filters:
-    chaos-agent run --policies ./policies --attach netlink";
+    chaos-agent run --policies ./policies --attach netlink
+  Also push the metrics to an OpenTelemetry collector every 10 s (OTLP/HTTP):
+    chaos-agent run --policies /etc/chaos-agent/policies --otlp-endpoint http://127.0.0.1:4318";
 
 const STATUS_EXAMPLES: &str = "\
 Examples:
@@ -226,6 +230,9 @@ pub enum Command {
         /// Faults stop acting this long after the daemon stops renewing its lease (stopped, hung); at least 1s.
         #[arg(long, value_name = "DUR", default_value = "10s", value_parser = policy::values::parse_lease)]
         lease: Duration,
+        /// Also push the metrics over OTLP/HTTP to URL/v1/metrics every 10s (default: OTEL_EXPORTER_OTLP_ENDPOINT).
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<String>,
     },
     /// Show the running daemon's policies, faults, counters and time left.
     #[command(after_help = STATUS_EXAMPLES)]
@@ -344,6 +351,15 @@ pub struct RunFlags {
         help_heading = RUN
     )]
     pub lease: Duration,
+    /// Push the metrics over OTLP/HTTP to URL/v1/metrics every 10s and at the end (default: OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        display_order = 93,
+        help_heading = RUN
+    )]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -415,6 +431,9 @@ pub struct NetArgs {
     /// How long the fault lasts; the kernel stops acting at start + DUR.
     #[arg(long, value_name = "DUR", help_heading = RUN)]
     pub duration: String,
+    /// Policy name in events and metrics (the policy label): a-z, 0-9 and -, at most 63 (default blast-<pid>).
+    #[arg(long, value_name = "NAME", help_heading = RUN)]
+    pub name: Option<String>,
     #[command(flatten)]
     pub tc: TcFlags,
 }
@@ -480,6 +499,7 @@ impl From<&AbortArgs> for AbortFlags {
 impl From<&NetArgs> for NetFlags {
     fn from(a: &NetArgs) -> Self {
         NetFlags {
+            name: a.name.clone(),
             iface: a.iface.clone(),
             netns: a.netns.clone(),
             direction: a.direction.clone(),
@@ -541,6 +561,9 @@ pub struct SyscallArgs {
     /// How long the fault lasts; the kernel stops acting at start + DUR.
     #[arg(long, value_name = "DUR", help_heading = RUN)]
     pub duration: String,
+    /// Policy name in events and metrics (the policy label): a-z, 0-9 and -, at most 63 (default blast-<pid>).
+    #[arg(long, value_name = "NAME", help_heading = RUN)]
+    pub name: Option<String>,
     /// kprobe, lsm or cgroup for every syscall, instead of the most precise one available.
     #[arg(
         long,
@@ -555,6 +578,7 @@ pub struct SyscallArgs {
 impl From<&SyscallArgs> for SyscallFlags {
     fn from(a: &SyscallArgs) -> Self {
         SyscallFlags {
+            name: a.name.clone(),
             syscalls: a.syscalls.clone(),
             errno: a.errno.clone(),
             percent: a.percent.clone(),
@@ -633,12 +657,17 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
             metrics_addr,
             attach,
             lease,
-        } => block_on(crate::daemon::run(crate::daemon::DaemonArgs {
-            policies: policies.clone(),
-            metrics_addr: *metrics_addr,
-            attach: *attach,
-            lease: *lease,
-        })),
+            otlp_endpoint,
+        } => {
+            let otlp = otlp::Config::resolve(otlp_endpoint.as_deref())?;
+            block_on(crate::daemon::run(crate::daemon::DaemonArgs {
+                policies: policies.clone(),
+                metrics_addr: *metrics_addr,
+                attach: *attach,
+                lease: *lease,
+                otlp,
+            }))
+        }
         Command::Status { json } => crate::control::client::status(*json),
         Command::Stop { policies, all } => crate::control::client::stop(policies, *all),
         Command::Schema => print(&policy::json_schema()),
@@ -681,17 +710,21 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
                     ));
                 }
             };
+            let otlp = otlp::Config::resolve(b.run.otlp_endpoint.as_deref())?;
             block_on(async {
                 // Bound before anything is applied, so a busy port fails
                 // early; its port joins the built-in guard.
-                let metrics = b.run.metrics_addr.map(Metrics::bind).transpose()?;
+                let metrics = (b.run.metrics_addr.is_some() || otlp.is_some())
+                    .then(|| Metrics::new(b.run.metrics_addr, otlp.as_ref()))
+                    .transpose()?;
                 let engine = Engine::new(engine::Options {
                     net: NetOptions {
                         attach: tc.attach,
                         debug_kernel: tc.debug_kernel,
                         extra_default_ports: metrics
                             .iter()
-                            .map(|m| m.local_addr().port())
+                            .filter_map(|m| m.local_addr())
+                            .map(|a| a.port())
                             .collect(),
                     },
                     syscall_backend: backend,
@@ -798,7 +831,14 @@ mod tests {
     fn flags_reach_the_policy_loader_as_typed() {
         let net = ["net", "--iface", "eth0", "--duration", "5s"];
         let p = blast(&[&net[..], &["--loss", "30%", "--dport", " 80 "]].concat()).unwrap();
-        assert_eq!((p.name.as_str(), p.origin.as_str()), ("blast", "<flags>"));
+        assert_eq!(p.name, flags::default_name());
+        assert_eq!(p.origin, "<flags>");
+        let named = blast(&[&net[..], &["--loss", "1", "--name", "edge-loss"]].concat()).unwrap();
+        assert_eq!(named.name, "edge-loss");
+        refused(
+            &[&net[..], &["--loss", "1", "--name", "Edge"]].concat(),
+            r#"--name: expected a name of 1-63 characters from a-z, 0-9 and -, found "Edge""#,
+        );
         refused(
             &[&net[..], &["--loss", "30", "--dport", "70000"]].concat(),
             r#"--dport: expected a port (1-65535) or a range A-B, found "70000""#,
@@ -1092,6 +1132,56 @@ mod tests {
                 v
             });
         assert_eq!(headings, [SELECTION, FAULT, GUARD, RUN]);
+    }
+
+    /// `--otlp-endpoint` is on `run` and every blast (after `net` or
+    /// `syscall`); `--name` only on blasts built from flags.
+    #[test]
+    fn otlp_endpoint_on_run_and_every_blast_name_on_flag_blasts() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["chaos-agent"], args].concat())
+                .map(|c| c.command)
+                .map_err(|e| e.kind())
+        };
+        let url = "http://127.0.0.1:4318";
+        let Ok(Command::Run { otlp_endpoint, .. }) = parse(&["run", "--otlp-endpoint", url]) else {
+            panic!("run --otlp-endpoint")
+        };
+        assert_eq!(otlp_endpoint.as_deref(), Some(url));
+        for args in [
+            &["blast", "--policy", "p.yaml"][..],
+            &[
+                "blast",
+                "net",
+                "--iface",
+                "eth0",
+                "--loss",
+                "1",
+                "--duration",
+                "5s",
+            ],
+            &[
+                "blast",
+                "syscall",
+                "--syscall",
+                "connect",
+                "--errno",
+                "EIO",
+                "--pid",
+                "42",
+                "--duration",
+                "5s",
+            ],
+        ] {
+            let Ok(Command::Blast(b)) = parse(&[args, &["--otlp-endpoint", url]].concat()) else {
+                panic!("{args:?} --otlp-endpoint")
+            };
+            assert_eq!(b.run.otlp_endpoint.as_deref(), Some(url), "{args:?}");
+        }
+        assert_eq!(
+            parse(&["blast", "--policy", "p.yaml", "--name", "x"]).err(),
+            Some(clap::error::ErrorKind::UnknownArgument)
+        );
     }
 
     #[test]

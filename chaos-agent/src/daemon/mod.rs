@@ -41,7 +41,7 @@ use crate::{
     },
     engine::{self, AttachMode, Engine, NetOptions},
     error::{Error, Result},
-    metrics::Metrics,
+    metrics::{Metrics, otlp},
 };
 use files::Files;
 use runs::Runs;
@@ -52,6 +52,8 @@ pub struct DaemonArgs {
     pub attach: AttachMode,
     /// The daemon's lease (policies may shorten it while in force).
     pub lease: Duration,
+    /// Push the metrics over OTLP too.
+    pub otlp: Option<otlp::Config>,
 }
 
 /// How often counters are read for metrics when nothing else happens.
@@ -75,6 +77,7 @@ struct Daemon {
     files: Files,
     runs: Runs,
     metrics: Metrics,
+    metrics_addr: SocketAddr,
     notifier: notify::Notifier,
     kill: Arc<AtomicBool>,
 }
@@ -90,12 +93,13 @@ pub async fn run(args: DaemonArgs) -> Result<ExitCode> {
             args.policies.display()
         )));
     }
-    let metrics = Metrics::bind(args.metrics_addr)?;
+    let metrics = Metrics::new(Some(args.metrics_addr), args.otlp.as_ref())?;
+    let metrics_addr = metrics.local_addr().unwrap_or(args.metrics_addr);
     let engine = Engine::new(engine::Options {
         net: NetOptions {
             attach: args.attach,
             debug_kernel: false,
-            extra_default_ports: vec![metrics.local_addr().port()],
+            extra_default_ports: vec![metrics_addr.port()],
         },
         syscall_backend: None,
         lease: args.lease,
@@ -114,12 +118,14 @@ pub async fn run(args: DaemonArgs) -> Result<ExitCode> {
         files: Files::default(),
         runs: Runs::new(engine, abort_tx),
         metrics,
+        metrics_addr,
         notifier: notify::Notifier::from_env(),
         kill,
     };
     info!(
         policies = %args.policies.display(),
-        metrics = %d.metrics.local_addr(),
+        metrics = %d.metrics_addr,
+        otlp = args.otlp.as_ref().map(|o| o.url.as_str()),
         socket = %server.path().display(),
         pid = std::process::id(),
         "daemon starting"
@@ -178,6 +184,7 @@ pub async fn run(args: DaemonArgs) -> Result<ExitCode> {
     let left = d.runs.revert_everything();
     d.publish();
     drop(server);
+    d.metrics.finish().await;
     if left.is_empty() {
         info!("all faults reverted");
         Ok(ExitCode::SUCCESS)
@@ -206,6 +213,7 @@ impl Daemon {
         for file in &rejected {
             self.metrics.policy_error(file);
         }
+        self.metrics.reloaded(rejected.is_empty());
         self.runs.reload(desired, &self.kill).await;
         self.publish();
         info!(
@@ -246,7 +254,7 @@ impl Daemon {
                 let mut status = Status {
                     pid: std::process::id(),
                     policies_dir: self.dir.display().to_string(),
-                    metrics_addr: self.metrics.local_addr().to_string(),
+                    metrics_addr: self.metrics_addr.to_string(),
                     policies: Vec::new(),
                     file_errors: self.files.errors(),
                 };

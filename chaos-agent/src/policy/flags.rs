@@ -10,7 +10,9 @@
 //!
 //! Defaults are the policy's defaults (direction egress, protocol any,
 //! percent 100, probe every 1s, 3 failures, status 200), applied by
-//! `validate` when a flag is absent.
+//! `validate` when a flag is absent. The policy is named by `--name`
+//! (`metadata.name`, checked as in a file), or `blast-<pid>`, so the
+//! metrics of two blasts on one host never share a `policy` label.
 
 use serde_norway::{Mapping, Value};
 
@@ -23,8 +25,11 @@ use super::{
 
 /// `origin` of a policy built from flags.
 pub const ORIGIN: &str = "<flags>";
-/// The policy name of a blast.
-pub const BLAST_NAME: &str = "blast";
+/// The policy name of a blast without `--name`: `blast-<pid>`, unique
+/// among the processes alive.
+pub fn default_name() -> String {
+    format!("blast-{}", std::process::id())
+}
 /// The fault name of `blast net`.
 pub const NET_FAULT: &str = "net";
 /// The fault name of `blast syscall`.
@@ -33,6 +38,8 @@ pub const SYSCALL_FAULT: &str = "syscall";
 /// The flags of `blast net`, as typed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NetFlags {
+    /// `--name`: the policy name (`metadata.name`).
+    pub name: Option<String>,
     pub iface: String,
     pub netns: Option<String>,
     pub direction: Option<String>,
@@ -66,6 +73,8 @@ pub struct AbortFlags {
 /// The flags of `blast syscall`, as typed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyscallFlags {
+    /// `--name`: the policy name (`metadata.name`).
+    pub name: Option<String>,
     pub syscalls: Vec<String>,
     pub errno: String,
     pub percent: Option<String>,
@@ -109,6 +118,7 @@ pub fn net_policy(f: &NetFlags) -> Result<Policy, FlagError> {
         Field::required("--duration", "spec.duration", text(&f.duration)),
         Field::required("", "spec.faults[0].name", text(NET_FAULT)),
         Field::required("--iface", &format!("{NET}.interface"), text(&f.iface)),
+        Field::new("--name", "metadata.name", one(&f.name)),
     ];
     fields.extend(abort_fields(&f.abort));
     let net = [
@@ -144,6 +154,7 @@ pub fn syscall_policy(f: &SyscallFlags) -> Result<Policy, FlagError> {
         Field::required("", "spec.faults[0].name", text(SYSCALL_FAULT)),
         Field::required("--syscall", &format!("{SYS}.names"), list(&f.syscalls)),
         Field::required("--errno", &format!("{SYS}.errno"), text(&f.errno)),
+        Field::new("--name", "metadata.name", one(&f.name)),
     ];
     fields.extend(abort_fields(&f.abort));
     let sys = [
@@ -243,7 +254,8 @@ fn build(fields: &[Field]) -> Result<Policy, FlagError> {
     let mut doc = Value::Mapping(Mapping::new());
     set(&mut doc, "apiVersion", text(API_VERSION));
     set(&mut doc, "kind", text(KIND));
-    set(&mut doc, "metadata.name", text(BLAST_NAME));
+    // `--name`, when given, replaces it below.
+    set(&mut doc, "metadata.name", text(&default_name()));
     for f in fields {
         if let Some(v) = &f.value {
             set(&mut doc, &f.path, v.clone());
@@ -397,7 +409,7 @@ mod tests {
         f.cgroup = Some("/system.slice/db.service".into());
         f.abort.tcp = Some("127.0.0.1:5432".into());
         let p = net_policy(&f).unwrap();
-        assert_eq!(p.name, "blast");
+        assert_eq!(p.name, format!("blast-{}", std::process::id()));
         assert_eq!(p.origin, "<flags>");
         assert_eq!(p.duration, Duration::from_secs(5));
         assert_eq!(
@@ -484,7 +496,8 @@ mod tests {
         f.percent = Some("50%".into());
         f.max_injections = Some("10".into());
         let p = syscall_policy(&f).unwrap();
-        assert_eq!((p.name.as_str(), p.origin.as_str()), ("blast", "<flags>"));
+        assert_eq!(p.name, default_name());
+        assert_eq!(p.origin, "<flags>");
         assert_eq!(p.faults[0].name, "syscall");
         assert_eq!(
             p.faults[0].kind,
@@ -496,6 +509,37 @@ mod tests {
                 max_injections: Some(10),
             })
         );
+    }
+
+    /// `--name` is `metadata.name`, checked as in a file; without it the
+    /// name carries the pid.
+    #[test]
+    fn name_flag_names_the_policy() {
+        assert!(default_name().starts_with("blast-"));
+        let mut f = net();
+        f.name = Some("checkout-loss".into());
+        assert_eq!(net_policy(&f).unwrap().name, "checkout-loss");
+        let mut s = sys();
+        s.name = Some("db-refused".into());
+        assert_eq!(syscall_policy(&s).unwrap().name, "db-refused");
+        for bad in ["Checkout", "", "a_b", &"x".repeat(64)] {
+            f.name = Some(bad.into());
+            refused(
+                net_policy(&f),
+                &format!(
+                    "--name: expected a name of 1-63 characters from a-z, 0-9 and -, found {}",
+                    crate::policy::values::quoted(bad)
+                ),
+            );
+            s.name = Some(bad.into());
+            refused(
+                syscall_policy(&s),
+                &format!(
+                    "--name: expected a name of 1-63 characters from a-z, 0-9 and -, found {}",
+                    crate::policy::values::quoted(bad)
+                ),
+            );
+        }
     }
 
     #[test]

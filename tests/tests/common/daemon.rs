@@ -69,6 +69,16 @@ impl Daemon {
 
     /// As `start`, with more `run` arguments.
     pub fn start_with(tag: &str, files: &[(&str, &str)], extra: &[&str]) -> Result<Daemon> {
+        Daemon::start_env(tag, files, extra, &[])
+    }
+
+    /// As `start_with`, with more environment variables for the daemon.
+    pub fn start_env(
+        tag: &str,
+        files: &[(&str, &str)],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon> {
         let policies = TempDir::new(&format!("{tag}-pol"));
         let run = TempDir::new(&format!("{tag}-run"));
         for (name, text) in files {
@@ -86,6 +96,7 @@ impl Daemon {
             .args(extra)
             .env("CHAOS_AGENT_RUN_DIR", run.0.join("rt"))
             .env("NOTIFY_SOCKET", &notify_path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

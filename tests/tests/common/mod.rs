@@ -72,6 +72,11 @@ impl Blast {
     /// As `start`, with the agent itself running inside network namespace
     /// `netns` (`ip netns exec`), so "the current namespace" is that one.
     pub fn start_in(netns: Option<&str>, args: &[&str]) -> Result<Blast> {
+        Blast::start_env(netns, args, &[])
+    }
+
+    /// As `start_in`, with more environment variables for the agent.
+    pub fn start_env(netns: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Result<Blast> {
         let stderr_path = std::env::temp_dir().join(format!(
             "chaos-blast-{}-{}.log",
             std::process::id(),
@@ -90,6 +95,7 @@ impl Blast {
             .arg("blast")
             .args(args)
             .arg("--json")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)

@@ -546,8 +546,9 @@ impl Runs {
         out
     }
 
-    /// Faults in force per policy and counters (live plus retired), for
-    /// the metrics; refreshes what `status` shows of live faults.
+    /// Faults in force per policy, counters (live plus retired) and the
+    /// kernel deadlines of live faults, for the metrics; refreshes what
+    /// `status` shows of live faults.
     pub fn tally(&mut self) -> Tally {
         self.engine.flush_logs();
         let mut tally = Tally::default();
@@ -559,8 +560,11 @@ impl Runs {
             for f in &mut r.faults {
                 let Some(id) = f.id else { continue };
                 let mut total = Counts::default();
+                // In force while the engine holds it (its deadline may
+                // have passed a moment before `advance` reverts it).
+                let deadline = self.engine.deadline_ns(id);
                 for (row, c) in self.engine.rows(id).iter().zip(self.engine.counters(id)) {
-                    tally.add(row, c, true);
+                    tally.add(row, c, deadline);
                     total += c;
                 }
                 f.last = total;
