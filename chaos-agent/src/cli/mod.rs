@@ -1006,6 +1006,30 @@ mod tests {
         }
     }
 
+    /// docs/cli.md names every command and every long flag clap knows, so
+    /// the reference cannot fall behind the code.
+    #[test]
+    fn docs_cli_names_every_command_and_flag() {
+        let doc = include_str!("../../../docs/cli.md");
+        for cmd in commands() {
+            let name = cmd.get_bin_name().unwrap_or(cmd.get_name()).to_string();
+            assert!(
+                doc.contains(&format!("`{name}")) || doc.contains(&format!("`{} ", cmd.get_name())),
+                "docs/cli.md does not name `{name}`"
+            );
+            for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+                if let Some(long) = arg.get_long()
+                    && !["help", "version"].contains(&long)
+                {
+                    assert!(
+                        doc.contains(&format!("--{long}")),
+                        "docs/cli.md does not name --{long} (of `{name}`)"
+                    );
+                }
+            }
+        }
+    }
+
     /// Every example in the help parses, and the blasts among them stand
     /// for policies `validate` accepts; policy files they name exist.
     #[test]

@@ -374,6 +374,36 @@ mod tests {
         );
     }
 
+    /// docs/policy.md names every field the schema (the raw model) has, so
+    /// the reference cannot fall behind the model.
+    #[test]
+    fn docs_policy_names_every_field() {
+        fn fields(v: &Value, out: &mut std::collections::BTreeSet<String>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::Object(props)) = m.get("properties") {
+                        out.extend(props.keys().cloned());
+                    }
+                    m.values().for_each(|x| fields(x, out));
+                }
+                Value::Array(a) => a.iter().for_each(|x| fields(x, out)),
+                _ => {}
+            }
+        }
+        let mut all = std::collections::BTreeSet::new();
+        fields(&schema(), &mut all);
+        let doc = std::fs::read_to_string(repo().join("docs/policy.md")).unwrap();
+        let missing: Vec<&String> = all
+            .iter()
+            .filter(|f| !doc.contains(&format!("{f}`")) && !doc.contains(&format!("{f}:")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/policy.md does not describe {missing:?}"
+        );
+        assert!(all.len() > 30, "{all:?}");
+    }
+
     #[test]
     fn the_schema_is_valid_draft_07() {
         let s = schema();
