@@ -15,3 +15,4 @@ pub mod policy;
 pub mod probe;
 pub mod steady;
 pub mod syscall;
+pub mod version;

@@ -22,13 +22,9 @@ use crate::{
         model::Policy,
     },
     probe,
+    version::{BUILD_DATE, COMMIT, VERSION},
 };
 
-/// The agent's version, the commit it was built from and the build date
-/// (`build.rs`; "unknown" where git was not there, as in a tarball).
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-pub const COMMIT: &str = env!("CHAOS_AGENT_COMMIT");
-pub const BUILD_DATE: &str = env!("CHAOS_AGENT_BUILD_DATE");
 /// What `--version` prints after the name.
 const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),

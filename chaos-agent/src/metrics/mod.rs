@@ -243,7 +243,7 @@ impl Metrics {
         let mut push = push.map(otlp::Push::new).transpose()?;
 
         let mut builder =
-            SdkMeterProvider::builder().with_resource(otlp::resource(crate::cli::VERSION));
+            SdkMeterProvider::builder().with_resource(otlp::resource(crate::version::VERSION));
         let registry = prometheus::Registry::new();
         if listener.is_some() {
             let exporter = opentelemetry_prometheus::exporter()
@@ -455,8 +455,8 @@ fn instruments(provider: &SdkMeterProvider, shared: &Shared) {
         .build();
 
     let build = [
-        KeyValue::new("version", crate::cli::VERSION),
-        KeyValue::new("commit", crate::cli::COMMIT),
+        KeyValue::new("version", crate::version::VERSION),
+        KeyValue::new("commit", crate::version::COMMIT),
     ];
     meter
         .u64_observable_gauge(BUILD_INFO)
@@ -584,8 +584,8 @@ mod tests {
             line("chaos_agent_build_info{"),
             format!(
                 "chaos_agent_build_info{{commit=\"{}\",version=\"{}\"}} 1",
-                crate::cli::COMMIT,
-                crate::cli::VERSION
+                crate::version::COMMIT,
+                crate::version::VERSION
             )
         );
         assert!(

@@ -30,6 +30,7 @@ mod locate;
 pub mod model;
 mod raw;
 mod schema;
+mod schema_rules;
 pub mod syscalls;
 mod validate;
 pub mod values;

@@ -14,7 +14,7 @@ use serde::{
 
 use super::{
     model::{Cidr, Direction, Percent, PortRange, Protocol},
-    schema,
+    schema_rules,
     values::{self, quoted},
 };
 
@@ -283,17 +283,17 @@ pub(crate) struct RawAbortWhen {
     rename_all = "camelCase",
     expecting = "a mapping with http (and expectStatus) or tcp"
 )]
-#[schemars(rename = "Probe", transform = schema::one_probe)]
+#[schemars(rename = "Probe", transform = schema_rules::one_probe)]
 pub(crate) struct RawProbe {
     /// GET this `http://HOST[:PORT]/PATH`; a failure is any other status
     /// than `expectStatus`, or no answer.
-    #[schemars(regex(pattern = schema::HTTP_URL))]
+    #[schemars(regex(pattern = schema_rules::HTTP_URL))]
     pub http: Option<String>,
     /// The status the http probe expects (default 200).
     pub expect_status: Option<Scalar<HttpStatusK>>,
     /// Connect to this `HOST:PORT` (`127.0.0.1:5432`, `[::1]:5432`,
     /// `db.local:5432`); a failure is a refused or timed-out connection.
-    #[schemars(regex(pattern = schema::HOST_PORT))]
+    #[schemars(regex(pattern = schema_rules::HOST_PORT))]
     pub tcp: Option<String>,
 }
 
@@ -320,7 +320,7 @@ pub(crate) struct RawGuard {
     rename_all = "camelCase",
     expecting = "a fault: a mapping with name and network or syscall"
 )]
-#[schemars(rename = "Fault", transform = schema::one_fault_kind)]
+#[schemars(rename = "Fault", transform = schema_rules::one_fault_kind)]
 pub(crate) struct RawFault {
     /// The fault's name, unique within the policy.
     pub name: Scalar<NameK>,
@@ -336,7 +336,7 @@ pub(crate) struct RawFault {
     rename_all = "camelCase",
     expecting = "a mapping with interface, match and one action"
 )]
-#[schemars(rename = "Network", transform = schema::one_action)]
+#[schemars(rename = "Network", transform = schema_rules::one_action)]
 pub(crate) struct RawNetwork {
     /// The interface to attach to.
     pub interface: Scalar<InterfaceK>,
@@ -367,7 +367,7 @@ pub(crate) struct RawNetwork {
     rename_all = "camelCase",
     expecting = "a mapping of match fields"
 )]
-#[schemars(rename = "Match", transform = schema::unit_or_cgroup)]
+#[schemars(rename = "Match", transform = schema_rules::unit_or_cgroup)]
 pub(crate) struct RawMatch {
     /// `icmp` means ICMP and ICMPv6 and takes no ports; `any` (the default)
     /// with ports means TCP and UDP.
@@ -451,7 +451,7 @@ pub(crate) struct RawSyscall {
     rename_all = "camelCase",
     expecting = "a mapping with exactly one of pid, comm, cgroup, unit"
 )]
-#[schemars(rename = "Target", transform = schema::one_target)]
+#[schemars(rename = "Target", transform = schema_rules::one_target)]
 pub(crate) struct RawTarget {
     /// A process (its whole thread group); never PID 1 or the agent.
     pub pid: Option<Scalar<PidK>>,

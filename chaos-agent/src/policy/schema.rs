@@ -29,6 +29,7 @@ use super::{
         PortRangeK, PositiveDurationK, ProtocolK, RateK, RawPolicy, Scalar, ScalarKind,
         SyscallNameK, UnitK,
     },
+    schema_rules::port,
     values,
 };
 
@@ -85,13 +86,6 @@ fn tidy(schema: &mut Schema) {
 // the Rust `regex` crate reads the same way. Each follows the parser it
 // stands for in `values.rs`; the tests below hold them together.
 
-/// 1 to 65535, without leading zeros.
-macro_rules! port {
-    () => {
-        "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
-    };
-}
-
 /// One humantime item: a number and a unit (`250ms`, `1.5h`).
 macro_rules! duration_item {
     () => {
@@ -110,12 +104,6 @@ macro_rules! control {
         r"\u0000-\u001f\u007f-\u009f"
     };
 }
-
-/// `abortWhen.probe.http`: `http://` and no whitespace.
-pub(crate) const HTTP_URL: &str = r"^http://\S+$";
-/// `abortWhen.probe.tcp`: a bracketed IPv6 address or a host without `:`,
-/// `/`, brackets or whitespace, then a port.
-pub(crate) const HOST_PORT: &str = concat!(r"^(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):", port!(), "$");
 
 const DURATION: &str = concat!(r"^\s*(0|(", duration_item!(), r")+)\s*$");
 /// Some digit other than 0: with [`DURATION`] or [`RATE`], more than zero.
@@ -281,47 +269,6 @@ impl<T: JsonSchema, const MIN: usize, const MAX: usize> JsonSchema for List<T, M
         }
         schema
     }
-}
-
-// `transform`s of the raw structs: which fields go together.
-
-fn exactly_one(schema: &mut Schema, fields: &[&str]) {
-    let one_of: Vec<Value> = fields.iter().map(|f| json!({ "required": [f] })).collect();
-    schema.insert("oneOf".into(), one_of.into());
-}
-
-/// A fault is a network fault or a syscall fault.
-pub(crate) fn one_fault_kind(schema: &mut Schema) {
-    exactly_one(schema, &["network", "syscall"]);
-}
-
-/// A network fault has one action.
-pub(crate) fn one_action(schema: &mut Schema) {
-    exactly_one(
-        schema,
-        &["loss", "delay", "corrupt", "duplicate", "bandwidth"],
-    );
-}
-
-/// A syscall fault has one target.
-pub(crate) fn one_target(schema: &mut Schema) {
-    exactly_one(schema, &["pid", "comm", "cgroup", "unit"]);
-}
-
-/// A probe is http (with its `expectStatus`) or tcp.
-pub(crate) fn one_probe(schema: &mut Schema) {
-    schema.insert(
-        "oneOf".into(),
-        json!([
-            { "required": ["http"] },
-            { "required": ["tcp"], "not": { "required": ["expectStatus"] } }
-        ]),
-    );
-}
-
-/// A match selects by `unit` or by `cgroup`, not both.
-pub(crate) fn unit_or_cgroup(schema: &mut Schema) {
-    schema.insert("not".into(), json!({ "required": ["unit", "cgroup"] }));
 }
 
 #[cfg(test)]
