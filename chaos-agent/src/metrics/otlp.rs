@@ -42,6 +42,18 @@ use crate::{
 pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 pub const METRICS_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
 pub const INTERVAL_VAR: &str = "OTEL_METRIC_EXPORT_INTERVAL";
+/// The transport, metrics-specific first: only `http/protobuf` is built in.
+pub const PROTOCOL_VARS: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+];
+/// How long one export may take, in milliseconds, metrics-specific first.
+pub const TIMEOUT_VARS: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+];
+/// The one protocol this build speaks.
+const PROTOCOL: &str = "http/protobuf";
 /// What a base endpoint (`--otlp-endpoint`, `OTEL_EXPORTER_OTLP_ENDPOINT`)
 /// gets appended for metrics.
 pub const METRICS_PATH: &str = "/v1/metrics";
@@ -51,8 +63,9 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 /// The counters behind the instruments are read once a second; exporting
 /// more often would send the same values again.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
-/// How long one periodic export may take, retries included.
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one periodic export may take, retries included, unless
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` says.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the export at shutdown may hold up the exit (faults are
 /// reverted by then).
 pub const FINAL_EXPORT_WAIT: Duration = Duration::from_secs(2);
@@ -66,6 +79,8 @@ pub struct Config {
     /// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` as given.
     pub url: String,
     pub interval: Duration,
+    /// How long one export may take.
+    pub timeout: Duration,
 }
 
 impl Config {
@@ -92,20 +107,60 @@ impl Config {
         } else {
             return Ok(None);
         };
-        let interval = match env(INTERVAL_VAR) {
-            None => DEFAULT_INTERVAL,
-            Some(ms) => ms
+        // The first of a metrics-specific variable and its general one
+        // that is set.
+        let first = |names: [&'static str; 2]| {
+            names
+                .into_iter()
+                .find_map(|name| env(name).map(|value| (name, value)))
+        };
+        if let Some((name, protocol)) = first(PROTOCOL_VARS)
+            && protocol.trim() != PROTOCOL
+        {
+            return Err(Error::Invalid(format!(
+                "{name}: only {PROTOCOL} is supported by this build (OTLP/HTTP with protobuf bodies), found {}",
+                quoted(&protocol)
+            )));
+        }
+        let millis = |name: &str, value: &str, what: &str| {
+            value
                 .trim()
                 .parse::<u64>()
-                .map(|ms| Duration::from_millis(ms).max(MIN_INTERVAL))
+                .map(Duration::from_millis)
                 .map_err(|_| {
-                    Error::Invalid(format!(
-                        "{INTERVAL_VAR}: expected the milliseconds between two exports, such as 10000, found {}",
-                        quoted(&ms)
-                    ))
-                })?,
+                    Error::Invalid(format!("{name}: expected {what}, found {}", quoted(value)))
+                })
         };
-        Ok(Some(Config { url, interval }))
+        let interval = match env(INTERVAL_VAR) {
+            None => DEFAULT_INTERVAL,
+            Some(ms) => millis(
+                INTERVAL_VAR,
+                &ms,
+                "the milliseconds between two exports, such as 10000",
+            )?
+            .max(MIN_INTERVAL),
+        };
+        let timeout = match first(TIMEOUT_VARS) {
+            None => DEFAULT_TIMEOUT,
+            Some((name, ms)) => {
+                let timeout = millis(
+                    name,
+                    &ms,
+                    "the milliseconds one export may take, such as 5000",
+                )?;
+                if timeout.is_zero() {
+                    return Err(Error::Invalid(format!(
+                        "{name}: an export needs more than 0 milliseconds"
+                    )));
+                }
+                timeout
+            }
+        };
+        Ok(Some(Config {
+            url,
+            interval,
+            timeout,
+        }))
     }
 }
 
@@ -145,8 +200,26 @@ fn with_metrics_path(what: &str, base: &str) -> Result<String> {
 pub fn resource(version: &str) -> Resource {
     // `builder` adds OTEL_RESOURCE_ATTRIBUTES and the SDK's own attributes;
     // the three below win over them.
-    Resource::builder()
-        .with_service_name("chaos-agent")
+    //
+    // `service.name` is "chaos-agent" unless OTEL_SERVICE_NAME or a
+    // `service.name` in OTEL_RESOURCE_ATTRIBUTES names the service (the
+    // builder has read those).
+    let named =
+        |var: &str, found: &dyn Fn(&str) -> bool| std::env::var(var).is_ok_and(|v| found(v.trim()));
+    let builder = Resource::builder();
+    let builder = if named("OTEL_SERVICE_NAME", &|v| !v.is_empty())
+        || named("OTEL_RESOURCE_ATTRIBUTES", &|v| {
+            v.split(',').any(|kv| {
+                kv.split('=')
+                    .next()
+                    .is_some_and(|k| k.trim() == "service.name")
+            })
+        }) {
+        builder
+    } else {
+        builder.with_service_name("chaos-agent")
+    };
+    builder
         .with_attribute(KeyValue::new("service.version", version.to_owned()))
         .with_attribute(KeyValue::new("host.name", hostname()))
         .build()
@@ -196,6 +269,7 @@ impl MetricReader for SharedReader {
 struct Sender {
     url: String,
     interval: Duration,
+    timeout: Duration,
     reader: SharedReader,
     exporter: MetricExporter,
     /// The last export failed (and was logged as a warning).
@@ -221,7 +295,7 @@ impl Sender {
     /// a note when they work again.
     async fn export_logged(&self) {
         use std::sync::atomic::Ordering::Relaxed;
-        match self.export(EXPORT_TIMEOUT).await {
+        match self.export(self.timeout).await {
             Ok(()) => {
                 if self.failing.swap(false, Relaxed) {
                     info!(url = %self.url, "OTLP export works again");
@@ -254,7 +328,7 @@ impl Push {
             .with_http()
             .with_protocol(Protocol::HttpBinary)
             .with_endpoint(config.url.clone())
-            .with_timeout(EXPORT_TIMEOUT)
+            .with_timeout(config.timeout)
             .with_temporality(Temporality::Cumulative)
             .build()
             .map_err(|e| Error::Invalid(format!("OTLP exporter for {}: {e}", config.url)))?;
@@ -267,6 +341,7 @@ impl Push {
             sender: Arc::new(Sender {
                 url: config.url.clone(),
                 interval: config.interval,
+                timeout: config.timeout,
                 reader,
                 exporter,
                 failing: Default::default(),
@@ -403,6 +478,42 @@ mod tests {
         );
         assert_eq!(with("2500"), Duration::from_millis(2500));
         assert_eq!(with("10"), MIN_INTERVAL);
+    }
+
+    #[test]
+    fn protocol_and_timeout_from_the_environment() {
+        let http = "http://x";
+        let timeout = |vars: &[(&str, &str)]| resolve(Some(http), vars).unwrap().unwrap().timeout;
+        assert_eq!(timeout(&[]), DEFAULT_TIMEOUT);
+        assert_eq!(
+            timeout(&[(TIMEOUT_VARS[1], "800")]),
+            Duration::from_millis(800)
+        );
+        // The metrics-specific variable wins.
+        assert_eq!(
+            timeout(&[(TIMEOUT_VARS[1], "800"), (TIMEOUT_VARS[0], "300")]),
+            Duration::from_millis(300)
+        );
+        let refused = |vars: &[(&str, &str)]| resolve(Some(http), vars).unwrap_err().to_string();
+        assert_eq!(
+            refused(&[(TIMEOUT_VARS[1], "5s")]),
+            r#"OTEL_EXPORTER_OTLP_TIMEOUT: expected the milliseconds one export may take, such as 5000, found "5s""#
+        );
+        assert!(
+            refused(&[(TIMEOUT_VARS[0], "0")]).starts_with("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT:")
+        );
+        assert!(resolve(Some(http), &[(PROTOCOL_VARS[1], "http/protobuf")]).is_ok());
+        assert_eq!(
+            refused(&[(PROTOCOL_VARS[1], "grpc")]),
+            r#"OTEL_EXPORTER_OTLP_PROTOCOL: only http/protobuf is supported by this build (OTLP/HTTP with protobuf bodies), found "grpc""#
+        );
+        assert!(
+            refused(&[
+                (PROTOCOL_VARS[1], "http/protobuf"),
+                (PROTOCOL_VARS[0], "http/json")
+            ])
+            .starts_with("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: only")
+        );
     }
 
     #[test]
