@@ -7,6 +7,7 @@
 //! traffic needed to flow again.
 
 use std::{
+    collections::HashSet,
     io::{Read, Write},
     net::TcpStream,
     os::unix::net::UnixStream,
@@ -17,8 +18,9 @@ use std::{
 
 use anyhow::{Context, Result};
 use chaos_tests::{
-    AddrKind, Direction, NetnsPair, attachments_on, kernel_at_least, loaded_prog_names,
-    monotonic_ns, stream_while, tc_qdiscs, udp_run,
+    AddrKind, Direction, NetnsPair, attachments_on,
+    bpf::{BpfProgInfo, loaded_progs},
+    kernel_at_least, monotonic_ns, stream_while, tc_qdiscs, udp_run,
 };
 
 use super::{Blast, agent_bin, agent_output, daemon::Daemon};
@@ -139,13 +141,57 @@ fn recovery_after(
         .map(|t| Duration::from_nanos(t - from)))
 }
 
-/// Programs of ours still loaded (with no agent alive, none should be).
+/// Programs of ours that stay loaded with no live process holding them:
+/// what a dead agent left behind (an attachment somewhere, a pin). A
+/// program another running agent holds open is that agent's, so the suite
+/// can run next to other agents and tests. One that only looks unheld
+/// because its holder was exiting is gone when looked at again 200 ms
+/// later; a leaked one is still there.
 fn our_programs() -> Vec<String> {
-    loaded_prog_names()
-        .unwrap_or_default()
+    let unheld = || -> Vec<BpfProgInfo> {
+        let held = programs_held_open();
+        loaded_progs()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.name.starts_with("chaos_") && !held.contains(&p.id))
+            .collect()
+    };
+    let first = unheld();
+    if first.is_empty() {
+        return Vec::new();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let again: HashSet<u32> = unheld().iter().map(|p| p.id).collect();
+    first
         .into_iter()
-        .filter(|n| n.starts_with("chaos_"))
+        .filter(|p| again.contains(&p.id))
+        .map(|p| format!("{} (id {})", p.name, p.id))
         .collect()
+}
+
+/// Ids of the BPF programs some live process holds a descriptor of: a
+/// program's own descriptor or a link's (both show `prog_id:` in fdinfo).
+fn programs_held_open() -> HashSet<u32> {
+    let mut ids = HashSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return ids;
+    };
+    for p in procs.flatten() {
+        let Ok(fds) = std::fs::read_dir(p.path().join("fdinfo")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(info) = std::fs::read_to_string(fd.path()) else {
+                continue;
+            };
+            ids.extend(
+                info.lines()
+                    .filter_map(|l| l.strip_prefix("prog_id:"))
+                    .filter_map(|v| v.trim().parse::<u32>().ok()),
+            );
+        }
+    }
+    ids
 }
 
 /// A clean slate after an agent died: an agent of ours that starts
@@ -478,15 +524,39 @@ fn scrape(port: u16) -> Result<String> {
 }
 
 /// Journals of dead agents and clsact marks left in the run directory.
+///
+/// Only what concerns the suite: clsact marks of its own namespaces (all
+/// named `cht-soak...`) and journals of agents no longer alive, so that
+/// agents running next to the suite do not count.
 pub fn run_dir_residue() -> Vec<String> {
     let mut out = Vec::new();
     for dir in ["/run/chaos-agent/netlink", "/run/chaos-agent/clsact"] {
         let Ok(walk) = walk(Path::new(dir)) else {
             continue;
         };
-        out.extend(walk.into_iter().map(|p| format!("left in {dir}: {p}")));
+        out.extend(
+            walk.into_iter()
+                .filter(|p| ours_or_orphaned(p))
+                .map(|p| format!("left in {dir}: {p}")),
+        );
     }
     out
+}
+
+/// A clsact mark in one of the suite's namespaces, or a journal
+/// (`<pid>.json`) whose agent is gone.
+fn ours_or_orphaned(path: &str) -> bool {
+    if path.contains("/cht-soak") {
+        return true;
+    }
+    match Path::new(path)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse::<u32>().ok())
+    {
+        Some(pid) => !Path::new(&format!("/proc/{pid}")).exists(),
+        None => false,
+    }
 }
 
 fn walk(dir: &Path) -> std::io::Result<Vec<String>> {
