@@ -480,6 +480,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// "Dual MIT/GPL": MIT OR GPL-2.0-only (Cargo.toml). The kernel treats it
+/// as GPL-compatible, which its GPL-only helpers require.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -74,10 +74,18 @@ enum Cmd {
         #[arg(long)]
         record: bool,
     },
-    /// Build the release agent and a .deb (binary, systemd unit, empty
-    /// policies directory, example policies, man pages, shell completions)
-    /// into target/debian/.
-    Deb,
+    /// Build the release agent and a .deb (binary, systemd unit and its
+    /// options file, empty policies directory, example policies, man pages,
+    /// shell completions, copyright, changelog) into target/debian/, and
+    /// check it with lintian when installed (errors and warnings fail).
+    Deb {
+        /// Package this agent binary instead of building one.
+        #[arg(long, value_name = "PATH")]
+        agent: Option<std::path::PathBuf>,
+        /// Write the .deb into DIR (default target/debian).
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
+    },
     /// Regenerate docs/policy.schema.json, the JSON Schema of policy files
     /// (what `chaos-agent schema` prints; a unit test checks it is current).
     Schema,
@@ -350,7 +358,9 @@ fn test_all(filter: Option<String>, tally: &mut Tally) -> Result<()> {
             "CHAOS_TRAFFIC_BIN",
             root().join("target/release/chaos-traffic"),
         )
-        .env("CHAOS_POLICIES_DIR", root().join("policies"));
+        .env("CHAOS_POLICIES_DIR", root().join("policies"))
+        // deploy.rs packages the agent under test (`xtask deb --agent`).
+        .env("CHAOS_XTASK_BIN", std::env::current_exe()?);
     tally.run(&mut cmd)
 }
 
@@ -377,13 +387,24 @@ fn dispatch(command: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Demo => demo::demo(),
-        Cmd::Deb => {
-            setup::setup()?;
-            let agent = build()?;
-            let out = root().join("target/debian");
+        Cmd::Deb { agent, out } => {
+            let agent = match agent {
+                Some(a) => a,
+                None => {
+                    setup::setup()?;
+                    build()?
+                }
+            };
+            let out = out.unwrap_or_else(|| root().join("target/debian"));
             let deb = deb::package(&agent, &out.join("stage"), &out)?;
             run(Command::new("dpkg-deb").arg("--contents").arg(&deb))?;
             eprintln!("xtask: built {}", deb.display());
+            match deb::lintian(&deb)? {
+                Some(report) => eprint!("xtask: lintian: no error, no warning\n{report}"),
+                None => {
+                    eprintln!("xtask: lintian not installed (apt-get install lintian); not checked")
+                }
+            }
             Ok(())
         }
         Cmd::Schema => {

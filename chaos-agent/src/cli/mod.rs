@@ -1,6 +1,7 @@
 //! Command-line interface and exit codes (docs/cli.md); `man.rs` turns the
 //! same definitions into man pages and shell completions.
 
+mod journal;
 mod man;
 
 use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
@@ -211,7 +212,7 @@ pub enum Command {
         /// Directory of *.yaml / *.yml policy files.
         #[arg(long, value_name = "DIR", default_value = "/etc/chaos-agent/policies")]
         policies: PathBuf,
-        /// Serve Prometheus metrics on http://ADDR/metrics; the port joins the built-in guard.
+        /// Serve Prometheus metrics on http://ADDR/metrics, health on /healthz and /readyz; the port joins the built-in guard.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
         metrics_addr: SocketAddr,
         /// auto (tcx links on Linux 6.6+, else netlink), tcx or netlink (clsact filters).
@@ -599,7 +600,9 @@ pub fn net_policy(a: &NetArgs) -> Result<Policy> {
     flags::net_policy(&a.into()).map_err(|e| Error::Invalid(e.to_string()))
 }
 
-fn init_logging(cli: &Cli) {
+/// Sets up tracing on stderr. Under journald (`journal`) lines carry the
+/// syslog priority instead of time and level (`journal.rs`).
+fn init_logging(cli: &Cli, journal: bool) {
     use tracing_subscriber::{EnvFilter, fmt};
     let default = match cli.verbose {
         0 => "warn",
@@ -607,26 +610,32 @@ fn init_logging(cli: &Cli) {
         _ => "debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let ansi = std::io::stderr().is_terminal();
+    let ansi = !journal && std::io::stderr().is_terminal();
     let builder = fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
     // `init` also routes `log` records (aya-log's kernel-side records among
     // them) into tracing.
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    match (cli.log_format, journal) {
+        (LogFormat::Text, false) => builder.init(),
+        (LogFormat::Json, false) => builder.json().init(),
+        (LogFormat::Text, true) => builder.event_format(journal::text()).init(),
+        (LogFormat::Json, true) => builder.json().event_format(journal::json()).init(),
     }
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli);
+    let journal = journal::stderr_is_journal();
+    init_logging(&cli, journal);
     match dispatch(&cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("chaos-agent: {e}");
+            eprint!(
+                "{}",
+                journal::error_line(journal, &format!("chaos-agent: {e}"))
+            );
             e.exit_code()
         }
     }

@@ -7,7 +7,9 @@
 //! socket requests (`control::server`, one task per connection), verdicts
 //! of the steady-state probes, and the timers of `startAfter`, deadlines,
 //! metrics and the systemd watchdog. The metrics listener serves scrapes
-//! from the same runtime without touching the kernel.
+//! and the health probes from the same runtime without touching the kernel;
+//! each round of the loop marks it live, each reload ready or not (ready
+//! when no policy file of the directory is refused).
 
 mod files;
 mod lock;
@@ -94,6 +96,7 @@ pub async fn run(args: DaemonArgs) -> Result<ExitCode> {
         )));
     }
     let metrics = Metrics::new(Some(args.metrics_addr), args.otlp.as_ref())?;
+    metrics.health().starting();
     let metrics_addr = metrics.local_addr().unwrap_or(args.metrics_addr);
     let engine = Engine::new(engine::Options {
         net: NetOptions {
@@ -178,6 +181,8 @@ pub async fn run(args: DaemonArgs) -> Result<ExitCode> {
             next_metrics = Instant::now() + METRICS_EVERY;
         }
         d.notifier.tick();
+        // `/healthz` (metrics/health.rs).
+        d.metrics.health().tick();
     };
     d.notifier.stopping();
     info!(reason, "shutting down: reverting every fault");
@@ -215,6 +220,10 @@ impl Daemon {
         }
         self.metrics.reloaded(rejected.is_empty());
         self.runs.reload(desired, &self.kill).await;
+        // Ready when every file of the directory is accepted: a file
+        // refused earlier and not fixed since still counts.
+        self.metrics.health().reloaded(self.files.errors().len());
+        self.metrics.health().tick();
         self.publish();
         info!(
             cause,

@@ -15,6 +15,7 @@
 //! and backend), never from packet data, so the label set is bounded by
 //! the policies.
 
+pub mod health;
 mod http;
 pub mod otlp;
 
@@ -216,6 +217,7 @@ pub struct Metrics {
     _provider: SdkMeterProvider,
     server: Option<tokio::task::JoinHandle<()>>,
     push: Option<otlp::Push>,
+    health: Arc<health::Health>,
 }
 
 /// Binds `addr` for the listener. A bind failure is a usage error (exit
@@ -262,7 +264,8 @@ impl Metrics {
         let shared: Shared = Arc::default();
         instruments(&provider, &shared);
 
-        let server = listener.map(|l| tokio::spawn(http::serve(l, registry)));
+        let health = Arc::new(health::Health::default());
+        let server = listener.map(|l| tokio::spawn(http::serve(l, registry, Arc::clone(&health))));
         if let Some(p) = &mut push {
             p.start();
         }
@@ -277,6 +280,7 @@ impl Metrics {
             _provider: provider,
             server,
             push,
+            health,
         })
     }
 
@@ -289,6 +293,12 @@ impl Metrics {
     /// metrics are served.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.addr
+    }
+
+    /// What `/healthz` and `/readyz` answer: live and ready unless the
+    /// owner (the daemon) says otherwise.
+    pub fn health(&self) -> &health::Health {
+        &self.health
     }
 
     /// Replaces the faults and counters reported.
