@@ -216,22 +216,32 @@ impl Rtnl {
         self.request(msg, flags | NLM_F_ACK).map(|_| ())
     }
 
-    /// The qdiscs of interface `ifindex`.
-    pub fn qdiscs(&mut self, ifindex: u32) -> Result<Vec<Qdisc>> {
+    /// The qdiscs of every interface of the namespace, with their
+    /// interfaces' indexes.
+    pub fn all_qdiscs(&mut self) -> Result<Vec<(u32, Qdisc)>> {
         let msg = RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default());
         let mut out = Vec::new();
         for payload in self.request(msg, NLM_F_DUMP)? {
             let (header, kind) = tc_header_and_kind(&payload)?;
-            // The kernel dumps every interface's qdiscs.
-            if header.index as u32 == ifindex {
-                out.push(Qdisc {
-                    kind,
-                    handle: header.handle.into(),
-                    parent: header.parent.into(),
-                });
-            }
+            let qdisc = Qdisc {
+                kind,
+                handle: header.handle.into(),
+                parent: header.parent.into(),
+            };
+            out.push((header.index as u32, qdisc));
         }
         Ok(out)
+    }
+
+    /// The qdiscs of interface `ifindex`.
+    pub fn qdiscs(&mut self, ifindex: u32) -> Result<Vec<Qdisc>> {
+        // The kernel dumps every interface's qdiscs.
+        Ok(self
+            .all_qdiscs()?
+            .into_iter()
+            .filter(|(index, _)| *index == ifindex)
+            .map(|(_, q)| q)
+            .collect())
     }
 
     /// Whether any filter hangs off `parent` (e.g. [`TC_H_CLSACT_INGRESS`])

@@ -224,15 +224,37 @@ pub fn undo(s: &Shaping) -> std::result::Result<(), String> {
     }
 }
 
-/// Removes our ifb devices (by name) from the current namespace; start-up
-/// clean-up calls it when no agent is alive. Our fq qdiscs need no such
-/// scan: each is recorded in a state file before it is installed, and only
-/// a reboot (which takes the qdisc along) empties `/run`.
+/// Removes our ifb devices (by name) and our root qdiscs (by handle) from
+/// the current namespace; start-up clean-up calls it when no agent is
+/// alive, for state whose record was lost (a wiped `/run`).
 pub fn clean_namespace(interfaces: &[String]) {
     for iface in interfaces.iter().filter(|i| i.starts_with(IFB_PREFIX)) {
         match delete_link(iface) {
             Ok(()) => info!(iface, "removed a leftover ifb device of an earlier run"),
             Err(e) => warn!(iface, "leftover ifb device not removed: {e}"),
+        }
+    }
+    // One dump for all interfaces.
+    let ours = Rtnl::open().and_then(|mut nl| {
+        let roots: Vec<u32> = nl
+            .all_qdiscs()?
+            .into_iter()
+            .filter(|(_, q)| q.is_root() && our_handle(q.handle))
+            .map(|(index, _)| index)
+            .collect();
+        Ok((nl, roots))
+    });
+    let (mut nl, roots) = match ours {
+        Ok(found) => found,
+        Err(e) => {
+            warn!("could not look for leftover qdiscs: {e}");
+            return;
+        }
+    };
+    for index in roots {
+        match nl.delete_qdisc(index, TC_H_ROOT, None) {
+            Ok(()) => info!(ifindex = index, "removed a leftover fq of an earlier run"),
+            Err(e) => warn!(ifindex = index, "leftover fq not removed: {e}"),
         }
     }
 }
