@@ -138,16 +138,12 @@ pub fn rows() -> Vec<Row> {
     ] {
         out.push(match qdisc::qdisc_available(kind) {
             Ok(()) => row(feature, true, format!("{kind} qdisc available ({what})")),
-            Err(e) => row(
-                feature,
-                false,
-                format!("{} is missing: {e}", qdisc::config_option(kind)),
-            ),
+            Err(e) => row(feature, false, unavailable(kind, &e)),
         });
     }
     out.push(match qdisc::ifb_available() {
         Ok(()) => row("ifb", true, "ifb devices can be made (ingress delay)"),
-        Err(e) => row("ifb", false, format!("CONFIG_IFB is missing: {e}")),
+        Err(e) => row("ifb", false, unavailable("ifb", &e)),
     });
     out.push(match qdisc::tstamp_writable() {
         Ok(()) if crate::net::has_ingress_delay() => row(
@@ -172,6 +168,17 @@ pub fn rows() -> Vec<Row> {
         )
     });
     out
+}
+
+/// The detail of a "no" for a qdisc or device kind: the config option
+/// when the kernel does not know the kind, else why we could not tell.
+fn unavailable(kind: &str, e: &qdisc::Unavailable) -> String {
+    let option = qdisc::config_option(kind);
+    if e.is_missing() {
+        format!("{option} is missing: {e}")
+    } else {
+        format!("unknown whether the kernel has {option}: {e}")
+    }
 }
 
 pub fn print(json: bool) -> Result<ExitCode> {

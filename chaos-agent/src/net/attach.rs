@@ -11,10 +11,7 @@
 //! agents sharing an interface leave its qdiscs as they found them, in
 //! whichever order they end.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::path::{Path, PathBuf};
 
 use aya::programs::{
     SchedClassifier, TcAttachType,
@@ -24,7 +21,10 @@ use aya::programs::{
 use chaos_common::DIR_INGRESS;
 use tracing::warn;
 
-use super::journal::NetlinkRecord;
+use super::{
+    journal::NetlinkRecord,
+    rtnl::{Rtnl, TC_H_CLSACT, TC_H_CLSACT_EGRESS, TC_H_CLSACT_INGRESS},
+};
 use crate::{
     error::{Error, Result, map_err},
     fault::Backend,
@@ -215,35 +215,25 @@ pub fn detach_recorded(r: &NetlinkRecord) -> std::result::Result<(), String> {
 }
 
 /// Deletes the clsact qdisc of `iface` once no filter is left on it
-/// (someone else may have added theirs meanwhile). Uses `tc` from iproute2;
-/// without it the empty qdisc stays, which changes no packet. True when it
-/// is gone.
+/// (someone else may have added theirs meanwhile). True when it is gone.
 fn remove_clsact_if_empty(iface: &str) -> bool {
-    let shows_filters = |dir: &str| {
-        Command::new("tc")
-            .args(["filter", "show", "dev", iface, dir])
-            .output()
-            .map(|o| !o.stdout.is_empty())
-            .unwrap_or(true)
+    let Some(index) = super::netns::ifindex(iface) else {
+        return true;
     };
-    if shows_filters("ingress") || shows_filters("egress") {
-        return false;
-    }
-    match Command::new("tc")
-        .args(["qdisc", "del", "dev", iface, "clsact"])
-        .output()
-    {
-        Ok(o) if o.status.success() => true,
-        Ok(o) => {
-            warn!(
-                iface,
-                "could not remove our clsact qdisc: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            false
+    let gone = Rtnl::open().and_then(|mut nl| {
+        // A dump we cannot read counts as filters: keep the qdisc.
+        if nl.has_filters(index, TC_H_CLSACT_INGRESS)?
+            || nl.has_filters(index, TC_H_CLSACT_EGRESS)?
+        {
+            return Ok(false);
         }
+        nl.delete_qdisc(index, TC_H_CLSACT, Some("clsact"))
+            .map(|()| true)
+    });
+    match gone {
+        Ok(gone) => gone,
         Err(e) => {
-            warn!(iface, "could not run tc to remove our clsact qdisc: {e}");
+            warn!(iface, "could not remove our clsact qdisc: {e}");
             false
         }
     }

@@ -6,9 +6,10 @@
 //! host first uses a network namespace, a journal whose lock is free
 //! belongs to a dead agent: its filters are removed (and a clsact qdisc it
 //! added), its qdiscs and devices undone. When no agent is alive at all,
-//! any filter carrying our program names and any `chaosifb*` device in the
-//! namespaces about to be used go too, for state that was lost (a wiped
-//! /run). Filters we did not make are never touched.
+//! any filter carrying our program names, any `chaosifb*` device and any root
+//! qdisc with our handle in the namespaces about to be used go too, for
+//! state that was lost (a wiped /run). All of it over netlink: aya's for
+//! the filters, `rtnl.rs` for qdiscs and links. Filters we did not make are never touched.
 
 use std::fs::{self, OpenOptions};
 

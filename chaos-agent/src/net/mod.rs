@@ -19,6 +19,7 @@ mod journal;
 mod leftovers;
 pub mod netns;
 pub mod qdisc;
+mod rtnl;
 mod shaping;
 mod table;
 
@@ -210,31 +211,41 @@ impl NetHost {
             cgroup::resolve(c)?;
         }
         self.mode()?;
-        self.check_features(n).map_err(Error::Unsupported)
+        self.check_features(n)
     }
 
-    fn check_features(&mut self, n: &NetworkFault) -> std::result::Result<(), String> {
+    fn check_features(&mut self, n: &NetworkFault) -> Result<()> {
         if !n.action.needs_fq() {
             return Ok(());
         }
         let action = n.action.kind().to_string();
+        // A kind the kernel does not know is exit 3; not being able to ask
+        // is no statement about the kernel.
+        let refused = |e: qdisc::Unavailable, missing: String| match e {
+            qdisc::Unavailable::Missing(_) => Error::Unsupported(missing),
+            qdisc::Unavailable::NotAsked(why) => Error::Runtime(format!("{action}: {why}")),
+        };
         if !self.checked.contains("fq") {
-            qdisc::qdisc_available("fq").map_err(|why| qdisc::missing(&action, "fq", &why))?;
+            qdisc::qdisc_available("fq").map_err(|e| {
+                let text = qdisc::missing(&action, "fq", &e.to_string());
+                refused(e, text)
+            })?;
             self.checked.insert("fq");
         }
         if n.direction == Direction::Egress {
             return Ok(());
         }
         if !has_ingress_delay() {
-            return Err(format!(
+            return Err(Error::Unsupported(format!(
                 "{action} on ingress needs Linux 6.4: before it, ifb drops packets a BPF program redirects to it (bpf_redirect did not mark them redirected); use direction: egress on the sending side instead"
-            ));
+            )));
         }
         if !self.checked.contains("ifb") {
-            qdisc::ifb_available().map_err(|why| {
-                format!(
-                    "{action} on ingress needs an ifb device (CONFIG_IFB); the kernel said: {why}"
-                )
+            qdisc::ifb_available().map_err(|e| {
+                let text = format!(
+                    "{action} on ingress needs an ifb device (CONFIG_IFB); the kernel said: {e}"
+                );
+                refused(e, text)
             })?;
             self.checked.insert("ifb");
         }

@@ -71,3 +71,24 @@ pub fn ifindex(name: &str) -> Option<u32> {
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (index != 0).then_some(index)
 }
+
+/// Runs `f` on a thread of its own in a new, empty network namespace: only
+/// that thread moves (a network namespace is per thread), so nothing
+/// outside it is touched, and the namespace goes when the thread ends and
+/// the sockets `f` opened there are closed. Needs CAP_SYS_ADMIN.
+pub fn in_scratch_netns<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<T> {
+    std::thread::Builder::new()
+        .name("scratch-netns".into())
+        .spawn(move || {
+            // SAFETY: plain syscall; CLONE_NEWNET moves the calling thread
+            // alone.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(f())
+        })?
+        .join()
+        .map_err(|_| std::io::Error::other("the thread in the scratch namespace panicked"))?
+}

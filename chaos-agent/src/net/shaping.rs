@@ -19,66 +19,51 @@
 //! are shared by reference count: two faults (or two daemon policies) on
 //! one interface install fq once and remove it when the last goes.
 
-use std::{collections::BTreeMap, process::Command};
+use std::collections::BTreeMap;
 
 use chaos_common::{FQ_HANDLE_MAJOR, IFB_PREFIX};
-use serde::Deserialize;
 use tracing::{info, warn};
 
 use super::{
     journal::{Journal, Shaping},
     netns::{self, NetnsGuard},
+    rtnl::{FqOptions, Qdisc, Rtnl, TC_H_CLSACT, TC_H_ROOT},
 };
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    policy::limits::FQ_HORIZON,
+};
 
 /// fq's defaults hold 100 packets per flow and 10,000 in all: one UDP flow
 /// at 5,000 packets per second delayed by 100 ms is 500 packets in flight,
-/// and fq would drop most of them. These hold 10,000 per flow.
-const FQ_ARGS: &[&str] = &["fq", "limit", "100000", "flow_limit", "10000"];
+/// and fq would drop most of them. These hold 10,000 per flow. The horizon
+/// is the kernel's default, stated so that validation's limit
+/// ([`FQ_HORIZON`]) is the qdisc's whatever the kernel's default.
+const FQ: FqOptions = FqOptions {
+    limit: 100_000,
+    flow_limit: 10_000,
+    horizon_us: FQ_HORIZON.as_micros() as u32,
+};
 
-/// One qdisc as `tc -j qdisc show` prints it.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-struct Qdisc {
-    kind: String,
-    handle: String,
-    #[serde(default)]
-    root: bool,
-}
-
-fn tc(args: &[&str]) -> std::result::Result<String, String> {
-    let out = Command::new("tc")
-        .args(args)
-        .output()
-        .map_err(|e| format!("could not run tc (iproute2): {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+/// A handle as `tc` prints it (`ca05:`, `ca05:1`).
+fn handle_text(handle: u32) -> String {
+    match handle & 0xffff {
+        0 => format!("{:x}:", handle >> 16),
+        minor => format!("{:x}:{minor:x}", handle >> 16),
     }
 }
 
-fn ip(args: &[&str]) -> std::result::Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("could not run ip (iproute2): {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
+fn our_handle(handle: u32) -> bool {
+    let major = (handle >> 16) as u16;
+    (FQ_HANDLE_MAJOR..FQ_HANDLE_MAJOR + 0x1000).contains(&major)
 }
 
-/// The qdiscs of `iface` in the current thread's namespace.
-fn qdiscs(iface: &str) -> std::result::Result<Vec<Qdisc>, String> {
-    let text = tc(&["-j", "qdisc", "show", "dev", iface])?;
-    serde_json::from_str(&text).map_err(|e| format!("unexpected `tc -j qdisc show` output: {e}"))
-}
-
-fn our_handle(handle: &str) -> bool {
-    let major = handle.split(':').next().unwrap_or("");
-    u16::from_str_radix(major, 16)
-        .is_ok_and(|m| (FQ_HANDLE_MAJOR..FQ_HANDLE_MAJOR + 0x1000).contains(&m))
+/// A route netlink socket in the current thread's namespace, and the index
+/// of `iface` there.
+fn open(iface: &str) -> std::result::Result<(Rtnl, u32), String> {
+    let index = netns::ifindex(iface).ok_or_else(|| format!("{iface} is gone"))?;
+    let nl = Rtnl::open().map_err(|e| e.to_string())?;
+    Ok((nl, index))
 }
 
 /// What is at the root of an interface, as far as delay is concerned.
@@ -92,30 +77,35 @@ enum Root {
     /// mq and fq under each queue.
     DefaultMq(usize),
     /// Configured by someone: leave it.
-    Configured { kind: String, handle: String },
+    Configured { kind: String, handle: u32 },
 }
 
 fn classify_root(list: &[Qdisc]) -> Root {
-    let Some(root) = list.iter().find(|q| q.root) else {
+    let Some(root) = list.iter().find(|q| q.is_root()) else {
         return Root::Default;
     };
-    if root.kind == "fq" || our_handle(&root.handle) {
+    if root.kind == "fq" || our_handle(root.handle) {
         return Root::Usable;
     }
-    if root.handle != "0:" {
+    if root.handle != 0 {
         return Root::Configured {
             kind: root.kind.clone(),
-            handle: root.handle.clone(),
+            handle: root.handle,
         };
     }
     if root.kind != "mq" {
         return Root::Default;
     }
-    let children: Vec<&Qdisc> = list.iter().filter(|q| !q.root).collect();
-    if let Some(c) = children.iter().find(|q| q.handle != "0:") {
+    // The queues' qdiscs; clsact or ingress (for our filters or anyone's)
+    // hang off the device, not off mq.
+    let children: Vec<&Qdisc> = list
+        .iter()
+        .filter(|q| !q.is_root() && q.parent != TC_H_CLSACT)
+        .collect();
+    if let Some(c) = children.iter().find(|q| q.handle != 0) {
         return Root::Configured {
             kind: format!("mq with a configured {} child", c.kind),
-            handle: c.handle.clone(),
+            handle: c.handle,
         };
     }
     Root::DefaultMq(children.len())
@@ -124,41 +114,35 @@ fn classify_root(list: &[Qdisc]) -> Root {
 /// Puts fq at the root of `iface` (current namespace) unless it is there.
 /// Returns true when we installed it (and so must remove it).
 fn install_fq(iface: &str) -> Result<bool> {
-    let list =
-        qdiscs(iface).map_err(|e| Error::Runtime(format!("reading the qdiscs of {iface}: {e}")))?;
-    let handle = format!("{FQ_HANDLE_MAJOR:x}:");
-    let root_with = |args: &[&str]| -> std::result::Result<String, String> {
-        let mut all = vec!["qdisc", "replace", "dev", iface, "root", "handle", &handle];
-        all.extend_from_slice(args);
-        tc(&all)
-    };
+    let reading = |e: String| Error::Runtime(format!("reading the qdiscs of {iface}: {e}"));
+    let (mut nl, index) = open(iface).map_err(reading)?;
+    let list = nl.qdiscs(index).map_err(|e| reading(e.to_string()))?;
+    let ours = u32::from(FQ_HANDLE_MAJOR) << 16;
     match classify_root(&list) {
         Root::Usable => Ok(false),
         Root::Configured { kind, handle } => Err(Error::Unsupported(format!(
-            "{iface} has a configured root qdisc ({kind} {handle}); delay and bandwidth need fq there, and chaos-agent replaces only a kernel default it can restore exactly; replace it with fq yourself to use them on {iface}"
+            "{iface} has a configured root qdisc ({kind} {}); delay and bandwidth need fq there, and chaos-agent replaces only a kernel default it can restore exactly; replace it with fq yourself to use them on {iface}",
+            handle_text(handle)
         ))),
         Root::Default => {
-            root_with(FQ_ARGS)
+            nl.replace_qdisc(index, TC_H_ROOT, ours, "fq", FQ.to_options())
                 .map_err(|e| Error::Runtime(format!("installing fq on {iface} failed: {e}")))?;
             Ok(true)
         }
         Root::DefaultMq(queues) => {
             // Our own mq (the default one's children cannot be addressed:
             // its handle is 0), then fq under each of its classes.
-            root_with(&["mq"])
+            nl.replace_qdisc(index, TC_H_ROOT, ours, "mq", vec![])
                 .map_err(|e| Error::Runtime(format!("installing mq on {iface} failed: {e}")))?;
-            for queue in 1..=queues {
-                let parent = format!("{FQ_HANDLE_MAJOR:x}:{queue:x}");
-                let child = format!("{:x}:", usize::from(FQ_HANDLE_MAJOR) + queue);
-                let mut args = vec![
-                    "qdisc", "replace", "dev", iface, "parent", &parent, "handle", &child,
-                ];
-                args.extend_from_slice(FQ_ARGS);
-                if let Err(e) = tc(&args) {
+            for queue in 1..=queues as u32 {
+                let parent = ours | queue;
+                let child = ours + (queue << 16);
+                if let Err(e) = nl.replace_qdisc(index, parent, child, "fq", FQ.to_options()) {
                     // Back to the kernel's default before reporting.
-                    let _ = tc(&["qdisc", "del", "dev", iface, "root"]);
+                    let _ = nl.delete_qdisc(index, TC_H_ROOT, None);
                     return Err(Error::Runtime(format!(
-                        "installing fq under mq {parent} on {iface} failed: {e}"
+                        "installing fq under mq {} on {iface} failed: {e}",
+                        handle_text(parent)
                     )));
                 }
             }
@@ -170,12 +154,20 @@ fn install_fq(iface: &str) -> Result<bool> {
 /// Deletes the root qdisc of `iface` if it is ours, which brings back the
 /// kernel's default.
 fn remove_fq(iface: &str) -> std::result::Result<(), String> {
-    let list = qdiscs(iface)?;
-    let ours = list.iter().any(|q| q.root && our_handle(&q.handle));
+    let (mut nl, index) = open(iface)?;
+    let list = nl.qdiscs(index).map_err(|e| e.to_string())?;
+    let ours = list.iter().any(|q| q.is_root() && our_handle(q.handle));
     if !ours {
         return Ok(());
     }
-    tc(&["qdisc", "del", "dev", iface, "root"]).map(|_| ())
+    nl.delete_qdisc(index, TC_H_ROOT, None)
+        .map_err(|e| e.to_string())
+}
+
+/// Deletes the link `name` of the current namespace.
+fn delete_link(name: &str) -> std::result::Result<(), String> {
+    let (mut nl, index) = open(name)?;
+    nl.delete_link(index).map_err(|e| e.to_string())
 }
 
 /// The name of the ifb device for ingress delay on the interface `ifindex`.
@@ -189,16 +181,22 @@ fn install_ifb(ifb: &str) -> Result<bool> {
     if netns::ifindex(ifb).is_some() {
         return Ok(false);
     }
-    ip(&["link", "add", "name", ifb, "type", "ifb"]).map_err(|e| {
+    let creating = |e: String| {
         Error::Runtime(format!(
             "creating the ifb device {ifb} failed: {e} (ingress delay needs CONFIG_IFB)"
         ))
-    })?;
-    let ready = ip(&["link", "set", "dev", ifb, "up"])
-        .map_err(|e| Error::Runtime(format!("bringing {ifb} up failed: {e}")))
+    };
+    let mut nl = Rtnl::open().map_err(|e| creating(e.to_string()))?;
+    nl.add_ifb(ifb).map_err(|e| creating(e.to_string()))?;
+    let ready = netns::ifindex(ifb)
+        .ok_or_else(|| creating(format!("{ifb} is not there after its creation")))
+        .and_then(|index| {
+            nl.set_up(index)
+                .map_err(|e| Error::Runtime(format!("bringing {ifb} up failed: {e}")))
+        })
         .and_then(|()| install_fq(ifb).map(|_| ()));
     if let Err(e) = ready {
-        let _ = ip(&["link", "del", "dev", ifb]);
+        let _ = delete_link(ifb);
         return Err(e);
     }
     Ok(true)
@@ -221,20 +219,42 @@ pub fn undo(s: &Shaping) -> std::result::Result<(), String> {
         Shaping::Fq { iface, .. } => remove_fq(iface)
             .map_err(|e| format!("could not restore the root qdisc of {iface}: {e}")),
         Shaping::Ifb { ifb, .. } => {
-            ip(&["link", "del", "dev", ifb]).map_err(|e| format!("could not delete {ifb}: {e}"))
+            delete_link(ifb).map_err(|e| format!("could not delete {ifb}: {e}"))
         }
     }
 }
 
-/// Removes our ifb devices (by name) from the current namespace; start-up
-/// clean-up calls it when no agent is alive. Our fq qdiscs need no such
-/// scan: each is recorded in a state file before it is installed, and only
-/// a reboot (which takes the qdisc along) empties `/run`.
+/// Removes our ifb devices (by name) and our root qdiscs (by handle) from
+/// the current namespace; start-up clean-up calls it when no agent is
+/// alive, for state whose record was lost (a wiped `/run`).
 pub fn clean_namespace(interfaces: &[String]) {
     for iface in interfaces.iter().filter(|i| i.starts_with(IFB_PREFIX)) {
-        match ip(&["link", "del", "dev", iface]) {
+        match delete_link(iface) {
             Ok(()) => info!(iface, "removed a leftover ifb device of an earlier run"),
             Err(e) => warn!(iface, "leftover ifb device not removed: {e}"),
+        }
+    }
+    // One dump for all interfaces.
+    let ours = Rtnl::open().and_then(|mut nl| {
+        let roots: Vec<u32> = nl
+            .all_qdiscs()?
+            .into_iter()
+            .filter(|(_, q)| q.is_root() && our_handle(q.handle))
+            .map(|(index, _)| index)
+            .collect();
+        Ok((nl, roots))
+    });
+    let (mut nl, roots) = match ours {
+        Ok(found) => found,
+        Err(e) => {
+            warn!("could not look for leftover qdiscs: {e}");
+            return;
+        }
+    };
+    for index in roots {
+        match nl.delete_qdisc(index, TC_H_ROOT, None) {
+            Ok(()) => info!(ifindex = index, "removed a leftover fq of an earlier run"),
+            Err(e) => warn!(ifindex = index, "leftover fq not removed: {e}"),
         }
     }
 }
@@ -311,46 +331,66 @@ impl Shaper {
 mod tests {
     use super::*;
 
-    fn parse(json: &str) -> Vec<Qdisc> {
-        serde_json::from_str(json).unwrap()
+    fn q(kind: &str, handle: u32, parent: u32) -> Qdisc {
+        Qdisc {
+            kind: kind.into(),
+            handle,
+            parent,
+        }
     }
 
     #[test]
     fn kernel_defaults_are_replaced_configured_roots_are_not() {
-        let veth =
-            parse(r#"[{"kind":"noqueue","handle":"0:","root":true,"refcnt":2,"options":{}}]"#);
+        let veth = [q("noqueue", 0, TC_H_ROOT)];
         assert_eq!(classify_root(&veth), Root::Default);
-        let mq = parse(
-            r#"[{"kind":"mq","handle":"0:","root":true,"options":{}},
-                {"kind":"fq_codel","handle":"0:","parent":":2","options":{}},
-                {"kind":"fq_codel","handle":"0:","parent":":1","options":{}}]"#,
-        );
+        let mq = [
+            q("mq", 0, TC_H_ROOT),
+            q("fq_codel", 0, 2),
+            q("fq_codel", 0, 1),
+        ];
         assert_eq!(classify_root(&mq), Root::DefaultMq(2));
-        let htb = parse(r#"[{"kind":"htb","handle":"1:","root":true,"options":{}}]"#);
+        // A clsact for filters is no queue of mq's.
+        let mq_clsact = [
+            q("mq", 0, TC_H_ROOT),
+            q("fq_codel", 0, 1),
+            q("clsact", 0xffff_0000, TC_H_CLSACT),
+        ];
+        assert_eq!(classify_root(&mq_clsact), Root::DefaultMq(1));
+        let htb = [q("htb", 0x0001_0000, TC_H_ROOT)];
         assert!(matches!(classify_root(&htb), Root::Configured { .. }));
-        let users_fq = parse(r#"[{"kind":"fq","handle":"8001:","root":true,"options":{}}]"#);
+        let users_fq = [q("fq", 0x8001_0000, TC_H_ROOT)];
         assert_eq!(classify_root(&users_fq), Root::Usable);
-        let mq_configured = parse(
-            r#"[{"kind":"mq","handle":"0:","root":true,"options":{}},
-                {"kind":"sfq","handle":"8002:","parent":":1","options":{}}]"#,
-        );
+        let mq_configured = [q("mq", 0, TC_H_ROOT), q("sfq", 0x8002_0000, 1)];
         assert!(matches!(
             classify_root(&mq_configured),
             Root::Configured { .. }
         ));
-        let ours_mq = parse(
-            r#"[{"kind":"mq","handle":"ca05:","root":true,"options":{}},
-                {"kind":"fq","handle":"ca06:","parent":"ca05:1","options":{}}]"#,
-        );
+        let ours_mq = [
+            q("mq", 0xca05_0000, TC_H_ROOT),
+            q("fq", 0xca06_0000, 0xca05_0001),
+        ];
         assert_eq!(classify_root(&ours_mq), Root::Usable);
+        assert_eq!(classify_root(&[]), Root::Default);
     }
 
     #[test]
     fn our_handles_are_recognised() {
-        assert!(our_handle("ca05:"));
-        assert!(our_handle("ca06:"));
-        assert!(!our_handle("0:"));
-        assert!(!our_handle("8001:"));
-        assert!(!our_handle("1:"));
+        assert!(our_handle(0xca05_0000));
+        assert!(our_handle(0xca06_0000));
+        assert!(!our_handle(0));
+        assert!(!our_handle(0x8001_0000));
+        assert!(!our_handle(0x0001_0000));
+    }
+
+    #[test]
+    fn handles_print_as_tc_prints_them() {
+        assert_eq!(handle_text(0xca05_0000), "ca05:");
+        assert_eq!(handle_text(0xca05_0003), "ca05:3");
+        assert_eq!(handle_text(0), "0:");
+    }
+
+    #[test]
+    fn fq_gets_the_horizon_validation_checks_against() {
+        assert_eq!(u128::from(FQ.horizon_us), FQ_HORIZON.as_micros());
     }
 }
