@@ -65,7 +65,7 @@ fn clsact_mark(netns: Option<&str>, iface: &str) -> PathBuf {
 }
 
 /// Marks the clsact of `iface` as added by one of our agents (before the
-/// first filter goes on it, so no crash leaves it unmarked).
+/// qdisc is added, so no crash leaves it unmarked).
 fn mark_clsact(netns: Option<&str>, iface: &str) -> Result<()> {
     let path = clsact_mark(netns, iface);
     std::fs::create_dir_all(path.parent().expect("has a parent"))
@@ -144,14 +144,27 @@ pub fn attach(
             netlink: None,
         });
     }
+    // The mark goes first: an agent killed between adding the qdisc and
+    // marking it would leave a clsact no later start knows to be ours. A
+    // mark without its qdisc (killed before the add) is forgotten by the
+    // next start's clean-up.
+    let marked_before = clsact_mark(netns, iface).exists();
+    if !marked_before {
+        mark_clsact(netns, iface)?;
+    }
     let created_clsact = match tc::qdisc_add_clsact(iface_c.as_c_str()) {
-        Ok(()) => {
-            mark_clsact(netns, iface)?;
-            true
-        }
+        Ok(()) => true,
         // There already: someone's, or one of our agents' (then marked).
-        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
+        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
+            if !marked_before {
+                forget_clsact_mark(netns, iface);
+            }
+            false
+        }
         Err(e) => {
+            if !marked_before {
+                forget_clsact_mark(netns, iface);
+            }
             return Err(Error::Runtime(format!(
                 "adding the clsact qdisc on {iface} failed: {e}"
             )));
@@ -221,6 +234,9 @@ fn remove_clsact_if_empty(iface: &str) -> bool {
         return true;
     };
     let gone = Rtnl::open().and_then(|mut nl| {
+        if !nl.qdiscs(index)?.iter().any(|q| q.kind == "clsact") {
+            return Ok(true);
+        }
         // A dump we cannot read counts as filters: keep the qdisc.
         if nl.has_filters(index, TC_H_CLSACT_INGRESS)?
             || nl.has_filters(index, TC_H_CLSACT_EGRESS)?
