@@ -8,37 +8,11 @@
 
 mod common;
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    time::Duration,
-};
-
 use chaos_tests::{NetnsPair, require_root};
 use common::{
     daemon::{Daemon, sample},
     eventually,
 };
-
-/// `GET path` on the daemon's metrics port: (status, body).
-fn get(d: &Daemon, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", d.metrics_port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (status, body.to_owned())
-}
 
 fn loss_policy(name: &str, pair: &NetnsPair, percent: u32) -> String {
     format!(
@@ -68,7 +42,7 @@ spec:
 fn readyz_becomes(d: &Daemon, status: u16) -> String {
     let mut last = (0, String::new());
     let ok = eventually(5, || {
-        last = get(d, "/readyz");
+        last = d.get("/readyz");
         last.0 == status
     });
     assert!(
@@ -93,15 +67,15 @@ fn healthz_and_readyz_follow_the_loop_and_the_last_reload() {
     );
 
     // Healthy: both 200, "ok".
-    assert_eq!(get(&d, "/healthz"), (200, "ok\n".into()));
-    assert_eq!(get(&d, "/readyz"), (200, "ok\n".into()));
+    assert_eq!(d.get("/healthz"), (200, "ok\n".into()));
+    assert_eq!(d.get("/readyz"), (200, "ok\n".into()));
 
     // A file that is not YAML: refused, so not ready; still live, and the
     // other policy stays in force.
     d.write_policy("b.yaml", "apiVersion: chaos-agent/v1\nkind: [FaultPolicy\n");
     let why = readyz_becomes(&d, 503);
     assert!(why.contains("1 policy file(s) refused"), "{why}");
-    assert_eq!(get(&d, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(d.get("/healthz"), (200, "ok\n".into()));
     assert_eq!(d.status()["policies"][0]["state"], "active");
 
     // Another file's good edit reloads (counted "ok": it refused nothing
@@ -121,7 +95,7 @@ fn healthz_and_readyz_follow_the_loop_and_the_last_reload() {
         "no successful reload after the edit of a.yaml:\n{}",
         d.log()
     );
-    assert_eq!(get(&d, "/readyz").0, 503);
+    assert_eq!(d.get("/readyz").0, 503);
 
     // Fixed: ready again.
     d.write_policy("b.yaml", &loss_policy("b", &pair, 5));
@@ -136,8 +110,8 @@ fn healthz_and_readyz_follow_the_loop_and_the_last_reload() {
     readyz_becomes(&d, 503);
     std::fs::remove_file(d.policies.0.join("b.yaml")).unwrap();
     assert_eq!(readyz_becomes(&d, 200), "ok\n");
-    assert_eq!(get(&d, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(d.get("/healthz"), (200, "ok\n".into()));
 
     // Probes are GET only; other paths are 404.
-    assert_eq!(get(&d, "/nothing").0, 404);
+    assert_eq!(d.get("/nothing").0, 404);
 }

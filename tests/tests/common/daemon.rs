@@ -214,19 +214,32 @@ impl Daemon {
         }
     }
 
+    /// The metrics page; it must answer 200.
     pub fn scrape(&self) -> String {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// `GET path` on the metrics listener: (status, body) of an HTTP/1.1
+    /// answer.
+    pub fn get(&self, path: &str) -> (u16, String) {
         let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         write!(
             s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut raw = String::new();
         s.read_to_string(&mut raw).unwrap();
         let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        body.to_owned()
+        let status = head
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP/1.1 status in {head:?}"));
+        (status, body.to_owned())
     }
 }
 
