@@ -12,7 +12,7 @@ use std::{net::SocketAddrV4, time::Duration};
 use chaos_tests::{
     CgroupGuard, NetnsPair, Side, loaded_prog_names, monotonic_ns, require_root,
     syscaller::{Acceptor, Outcome, tcp_connects},
-    within_3_sigma,
+    within_k_sigma,
 };
 use common::{Blast, agent_output};
 
@@ -108,7 +108,7 @@ fn syscall_connect_gets_the_errno_in_the_cgroup_only() {
 }
 
 #[test]
-fn syscall_percent_50_is_within_3_sigma() {
+fn syscall_percent_50_is_within_4_sigma() {
     require_root!();
     let pair = NetnsPair::new("sysp").unwrap();
     let cg = CgroupGuard::new("sysp").unwrap();
@@ -134,7 +134,12 @@ fn syscall_percent_50_is_within_3_sigma() {
         "percent 50 over {n} connects: {failed} failed ({:.2} %)",
         100.0 * failed as f64 / f64::from(n)
     );
-    assert!(within_3_sigma(u64::from(n), 0.5, failed), "{failed} of {n}");
+    // One check at 4 sigma (3 sigma failed a CI run on Debian 6.1: 1 in
+    // 370 runs of a correct implementation fall outside it).
+    assert!(
+        within_k_sigma(u64::from(n), 0.5, 4.0, failed),
+        "{failed} of {n} is outside the 4-sigma band"
+    );
     // The kernel's counters are exactly what the client saw.
     let (matched, injected, _) = row(&reverted);
     assert_eq!((matched, injected), (u64::from(n), failed));
