@@ -281,6 +281,8 @@ fn metrics_over_http_agree_with_the_receiver() {
         std::thread::sleep(Duration::from_millis(200));
     };
     eprintln!("sent {} received {} lost {lost}", sent.sent, got.distinct);
+    assert_eq!(sent.sent, 5_000, "sender: {sent:?}");
+    common::assert_share("daemon udp 30% lost", sent.sent, 0.3, lost);
     assert_eq!(
         sample(&text, "chaos_agent_packets_matched_total", &labels),
         Some(sent.sent as f64),

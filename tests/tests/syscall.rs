@@ -126,7 +126,8 @@ fn syscall_percent_50_is_within_3_sigma() {
     );
     let n = 10_000;
     let out = connects(&pair, Some(&cg), l.addr, n);
-    let (_, reverted) = blast.stop().unwrap();
+    let (status, reverted) = blast.stop().unwrap();
+    assert!(status.success(), "agent exit: {status}");
     let failed = out.failed_with(libc::ECONNREFUSED);
     assert_eq!(out.total(), u64::from(n));
     assert_eq!(out.failed(), failed, "only the injected errno: {out:?}");
@@ -158,7 +159,8 @@ fn syscall_max_injections_stops_at_the_budget() {
         ],
     );
     let out = connects(&pair, Some(&cg), l.addr, 1_000);
-    let (_, reverted) = blast.stop().unwrap();
+    let (status, reverted) = blast.stop().unwrap();
+    assert!(status.success(), "agent exit: {status}");
     // One client: calls are sequential, so the budget is exact.
     assert_eq!(out.failed_with(libc::ECONNREFUSED), 100, "{out:?}");
     assert_eq!(out.ok, 900);
@@ -175,7 +177,12 @@ fn syscall_sigkill_of_the_agent_removes_the_fault_at_once() {
     let mut blast = connect_blast(&cg, &["--errno", "ECONNREFUSED", "--duration", "120s"]);
     assert_eq!(connects(&pair, Some(&cg), l.addr, 10).failed(), 10);
     blast.signal(libc::SIGKILL);
-    let _ = blast.wait(Duration::from_secs(5));
+    let status = blast.wait(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "{status}"
+    );
     // The links went with the agent's file descriptors.
     assert_eq!(connects(&pair, Some(&cg), l.addr, 10).ok, 10);
     assert!(none_of_ours_loaded());

@@ -71,7 +71,8 @@ fn syscall_cost_of_the_cgroup_backend() {
     .unwrap();
     let with = best_rate(&outside);
     let with_inside = best_rate(&inside);
-    blast.stop().unwrap();
+    let (status, _) = blast.stop().unwrap();
+    assert!(status.success(), "agent exit: {status}");
     report("cgroup", "process outside the target cgroup", without, with);
     report(
         "cgroup",
@@ -110,7 +111,8 @@ fn cost_of_a_per_task_backend(backend: &str, available: Result<(), String>, floo
     ])
     .unwrap();
     let with = best_rate(&place);
-    blast.stop().unwrap();
+    let (status, _) = blast.stop().unwrap();
+    assert!(status.success(), "agent exit: {status}");
     report(backend, "process with another comm", without, with);
     assert!(with > without * floor, "{with} vs {without}");
 }

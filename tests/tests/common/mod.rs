@@ -292,14 +292,16 @@ pub fn assert_share(what: &str, n: u64, p: f64, observed: u64) {
     );
 }
 
-/// The first fault's counters from a `reverted` or `counters` event.
+/// The first fault's counters from a `reverted` or `counters` event. A
+/// missing field fails the test (it is not read as 0).
 pub fn fault_counters(event: &Value) -> (u64, u64, u64) {
     let f = &event["faults"][0];
-    (
-        f["matched"].as_u64().unwrap_or(0),
-        f["injected"].as_u64().unwrap_or(0),
-        f["guard_passed"].as_u64().unwrap_or(0),
-    )
+    let field = |name: &str| {
+        f[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no faults[0].{name} counter in the event: {event}"))
+    };
+    (field("matched"), field("injected"), field("guard_passed"))
 }
 
 /// No program of ours is loaded in the kernel.
