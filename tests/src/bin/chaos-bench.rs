@@ -503,6 +503,12 @@ fn apply_latency(pair: &NetnsPair) -> Result<f64> {
         std::thread::sleep(Duration::from_millis(200));
     })?;
     agent.context("blast never started")??.stop()?;
+    // Without traffic arriving before the start there is nothing to
+    // measure: no figure (rather than 0 ms, which would read as met).
+    ensure!(
+        rec.iter().any(|(tx, _)| *tx < started),
+        "no datagram arrived before the blast started: the latency cannot be measured"
+    );
     // The last datagram sent after the start that still arrived.
     let last = rec
         .iter()
