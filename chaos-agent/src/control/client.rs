@@ -131,11 +131,7 @@ fn render_status(v: &Status) -> String {
                     .map(|p| format!(", flap {p}"))
                     .unwrap_or_default(),
                 f.matched,
-                if f.shadow {
-                    "would inject"
-                } else {
-                    "injected"
-                },
+                if f.shadow { "would inject" } else { "injected" },
                 f.injected,
                 f.guard_passed,
                 f.problem

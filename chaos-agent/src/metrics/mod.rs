@@ -530,7 +530,14 @@ mod tests {
         let keys = |l: Labels| l.pairs.iter().map(|(k, _)| *k).collect::<Vec<_>>();
         assert_eq!(
             keys(Labels::of(&net_row(None))),
-            ["policy", "fault", "action", "interface", "direction", "mode"]
+            [
+                "policy",
+                "fault",
+                "action",
+                "interface",
+                "direction",
+                "mode"
+            ]
         );
         let with = Labels::of(&net_row(Some("edge")));
         assert_eq!(

@@ -22,9 +22,8 @@ use aya::{
     maps::{Array, PerCpuArray},
 };
 use chaos_common::syscall::{
-    MAP_SYS_BUDGET, MAP_SYS_COUNTERS, MAP_SYS_LEASE, MAP_SYS_RULE, NO_BUDGET,
-    PROG_KPROBE_OVERRIDE, SLOT_KPROBE, SYS_SHADOW, SysCounters, SysRule, TARGET_CGROUP,
-    TARGET_COMM, TARGET_PID,
+    MAP_SYS_BUDGET, MAP_SYS_COUNTERS, MAP_SYS_LEASE, MAP_SYS_RULE, NO_BUDGET, PROG_KPROBE_OVERRIDE,
+    SLOT_KPROBE, SYS_SHADOW, SysCounters, SysRule, TARGET_CGROUP, TARGET_COMM, TARGET_PID,
 };
 use tracing::info;
 
@@ -34,8 +33,7 @@ use crate::{
     fault::{Active, Backend, Counts, Hook, Row, kernel_schedule, monotonic_ns, threshold},
     policy::{
         model::{
-            ActionKind, CgroupSelector, Fault, FaultKind, Mode, Policy, SyscallFault,
-            SyscallTarget,
+            ActionKind, CgroupSelector, Fault, FaultKind, Mode, Policy, SyscallFault, SyscallTarget,
         },
         values,
     },
@@ -370,7 +368,7 @@ fn reset_budget(ebpf: &mut Ebpf) -> Result<()> {
             .ok_or_else(|| map_err(MAP_SYS_BUDGET, "missing"))?,
     )
     .map_err(|e| map_err(MAP_SYS_BUDGET, e))?;
-    map.set(0, 0, 0).map_err(|e| map_err(MAP_SYS_BUDGET, e))
+    map.set(0, &0, 0).map_err(|e| map_err(MAP_SYS_BUDGET, e))
 }
 
 fn write_lease(ebpf: &mut Ebpf, lease_ns: u64) -> Result<()> {

@@ -92,7 +92,14 @@ impl Runs {
             phase: f.id.and_then(|id| {
                 let row = self.engine.rows(id).first()?;
                 row.schedule?;
-                Some(if row.is_on(monotonic_ns()) { "on" } else { "off" }.to_owned())
+                Some(
+                    if row.is_on(monotonic_ns()) {
+                        "on"
+                    } else {
+                        "off"
+                    }
+                    .to_owned(),
+                )
             }),
         };
         match &f.fault.kind {
