@@ -310,7 +310,8 @@ impl Schedule {
 /// Bad goes Good with probability `leave`, both as thresholds compared with
 /// a 32-bit random number (`2^32`: always). The mean run of losses is
 /// `1 / leave`, the long-run loss `enter / (enter + leave)`. netem's `loss
-/// gemodel p r 100% 0%` is the same chain in the same order.
+/// gemodel p r 100% 0%` is the same chain (netem moves first and decides
+/// by the state it moved to: the same loss process, one packet later).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Burst {

@@ -12,8 +12,10 @@
 //! of 1 packet, at most every other packet can be lost.
 //!
 //! It is netem's `loss gemodel p r 1-h 1-k` with `1-h = 100%` (loss in
-//! Bad) and `1-k = 0%` (loss in Good), p and r in percent, decided in the
-//! same order (a packet by the state it finds, then the transition).
+//! Bad) and `1-k = 0%` (loss in Good), p and r in percent. netem moves
+//! the chain first and decides a packet by the state it moved to, we
+//! decide by the state a packet finds and then move: the sequence of
+//! states, and so the loss process, is the same Markov chain.
 
 use super::{model::Percent, values::quoted};
 
