@@ -130,6 +130,63 @@ fn shadow_connect_fault_lets_every_call_succeed_and_counts_it() {
     assert_eq!(reverted["faults"][0]["shadow"], true, "{reverted}");
 }
 
+/// A connect fault flapping 300 ms on, 300 ms off: single connects every
+/// few milliseconds for 2.4 s fail in runs and succeed in runs, about
+/// half of them fail, and the counters agree with the client.
+#[test]
+fn flapping_connect_fault_fails_calls_in_its_on_part_only() {
+    require_root!();
+    let pair = NetnsPair::new("flpc").unwrap();
+    let cg = CgroupGuard::new("flpc").unwrap();
+    let l = Acceptor::start(&pair, Side::B, 47302).unwrap();
+    let rel = cg.rel_path();
+    let blast = Blast::start(&[
+        "syscall",
+        "--syscall",
+        "connect",
+        "--cgroup",
+        &rel,
+        "--backend",
+        "cgroup",
+        "--errno",
+        "ECONNREFUSED",
+        "--flap",
+        "300ms/300ms",
+        "--duration",
+        "30s",
+    ])
+    .unwrap();
+    let start = std::time::Instant::now();
+    let mut outcomes = Vec::new();
+    while start.elapsed() < Duration::from_millis(2_400) {
+        let out = tcp_connects(&pair, Some(cg.path()), l.addr, 1).unwrap();
+        outcomes.push(out.ok == 1);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (status, reverted) = blast.stop().unwrap();
+    assert!(status.success(), "{status}");
+    let failed = outcomes.iter().filter(|ok| !**ok).count();
+    let share = failed as f64 / outcomes.len() as f64;
+    let switches = outcomes.windows(2).filter(|w| w[0] != w[1]).count();
+    println!(
+        "flapping connect 300ms/300ms: {failed} of {} calls failed ({:.1} %), {switches} switches",
+        outcomes.len(),
+        100.0 * share
+    );
+    let (matched, injected, _) = fault_counters(&reverted);
+    assert_eq!(
+        (matched, injected),
+        (outcomes.len() as u64, failed as u64),
+        "{reverted}"
+    );
+    assert!((share - 0.5).abs() <= 0.15, "{:.1} % failed", 100.0 * share);
+    // Eight half-periods in 2.4 s: runs, not a coin toss per call.
+    assert!(
+        (5..=12).contains(&switches),
+        "{switches} switches: {outcomes:?}"
+    );
+}
+
 /// 100 % loss flapping 500 ms on, 500 ms off, over 4 s of numbered UDP at
 /// 1,000/s: the runs between the first and the last (which the start and
 /// the end of the stream cut) last 500 ms ± 5 % each, measured from the
