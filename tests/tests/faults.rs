@@ -250,16 +250,26 @@ fn flapping_loss_alternates_runs_of_500ms() {
         "too few alternating runs: {runs:?} {text:?}"
     );
     assert!(lengths.iter().any(|l| l.0) && lengths.iter().any(|l| !l.0));
+    // Under an emulated CPU (the VMs) a virtual CPU of a busy host stalls
+    // now and then for tens of milliseconds, with the sender's datagrams
+    // queued behind it: the bounds widen there, and say so.
+    let (run_tol, loss_tol) = if emulated() {
+        println!("run tolerance 10 %, loss tolerance 5 %: emulated CPU (5 % and 3 % on real CPUs)");
+        (50.0, 0.05)
+    } else {
+        (25.0, 0.03)
+    };
     for (_, ms) in &lengths {
         assert!(
-            (ms - 500.0).abs() <= 25.0,
-            "a run of {ms:.1} ms, not 500 ms ± 5 %: {text:?}"
+            (ms - 500.0).abs() <= run_tol,
+            "a run of {ms:.1} ms, not 500 ms ± {run_tol} ms: {text:?}"
         );
     }
     assert!(
-        (share - 0.5).abs() <= 0.03,
-        "loss {:.2} %, not 50 % ± 3 %",
-        100.0 * share
+        (share - 0.5).abs() <= loss_tol,
+        "loss {:.2} %, not 50 % ± {} %",
+        100.0 * share,
+        100.0 * loss_tol
     );
 }
 
