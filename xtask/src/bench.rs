@@ -14,10 +14,11 @@ const PACKAGES: &[&str] = &["iperf3"];
 
 /// The integration tests that measure what only a VM kernel can show (the
 /// syscall backends this host cannot load; delay, jitter and bandwidth,
-/// which need fq, side by side with netem); they print `figure: ...`
-/// lines, which `--vm` collects. Libtest filters: `delay` selects every
-/// test of tests/delay.rs.
-const VM_TESTS: &[&str] = &["syscall_cost", "delay"];
+/// which need fq, side by side with netem; burst loss next to netem's
+/// `loss gemodel`); they print `figure: ...` lines, which `--vm`
+/// collects. Libtest filters: `delay` selects every test of
+/// tests/delay.rs.
+const VM_TESTS: &[&str] = &["syscall_cost", "delay", "burst_loss"];
 const VM_KERNEL: &str = "fi-6.12";
 
 /// `figure: ` lines of a VM console log, without the prefix.

@@ -19,8 +19,8 @@ use crate::{
     metrics::{Metrics, otlp},
     policy::{
         self,
-        flags::{self, AbortFlags, NetFlags, SyscallFlags},
-        model::Policy,
+        flags::{self, AbortFlags, ModeFlags, NetFlags, SyscallFlags},
+        model::{Mode, Policy},
     },
     probe,
     version::{BUILD_DATE, COMMIT, VERSION},
@@ -87,7 +87,9 @@ Examples:
   Run the faults of a policy file until its duration ends, Ctrl-C or SIGTERM:
     chaos-agent blast --policy policies/demo.yaml
   The same with netlink clsact filters, events as JSON lines:
-    chaos-agent blast --policy policies/demo.yaml --attach netlink --json";
+    chaos-agent blast --policy policies/demo.yaml --attach netlink --json
+  See what a policy would hit, without touching anything (shadow mode):
+    chaos-agent blast --policy policies/demo.yaml --shadow";
 
 const NET_EXAMPLES: &str = "\
 Examples:
@@ -98,14 +100,20 @@ Examples:
   Squeeze backup.service to 1 Mbit/s; stop early when the local API stops answering:
     chaos-agent blast net --iface eth0 --unit backup.service --rate 1mbit --duration 10m --abort-http http://127.0.0.1:8080/health
   Name the run in its metrics and push them to an OpenTelemetry collector (OTLP/HTTP):
-    chaos-agent blast net --iface eth0 --proto udp --dport 7000 --loss 5 --duration 30s --name edge-loss --otlp-endpoint http://127.0.0.1:4318";
+    chaos-agent blast net --iface eth0 --proto udp --dport 7000 --loss 5 --duration 30s --name edge-loss --otlp-endpoint http://127.0.0.1:4318
+  Lose 10 % of it in runs of 8 packets on average, as a wireless link does:
+    chaos-agent blast net --iface eth0 --proto udp --dport 7000 --loss 10 --burst 8 --duration 1m
+  A link that dies for 200 ms every 5 s; first count what it would drop:
+    chaos-agent blast net --iface eth0 --loss 100 --flap 200ms/4800ms --shadow --duration 1m";
 
 const SYSCALL_EXAMPLES: &str = "\
 Examples:
   Refuse half of the connect() calls of payment.service, for 5 minutes:
     chaos-agent blast syscall --syscall connect --errno ECONNREFUSED --percent 50 --unit payment.service --duration 5m
   Fail openat and read of process 4242 with EIO, at most 100 times:
-    chaos-agent blast syscall --syscall openat,read --errno EIO --pid 4242 --max-injections 100 --duration 1m";
+    chaos-agent blast syscall --syscall openat,read --errno EIO --pid 4242 --max-injections 100 --duration 1m
+  Refuse every connect() of api.service for 1 s out of 10:
+    chaos-agent blast syscall --syscall connect --errno ECONNREFUSED --unit api.service --flap 1s/9s --duration 10m";
 
 const VALIDATE_EXAMPLES: &str = "\
 Examples:
@@ -285,6 +293,9 @@ pub struct BlastArgs {
     /// Run the faults of a policy file (network, syscall or both).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// With --policy: shadow mode whatever the file says (spec.mode: shadow).
+    #[arg(long, requires = "policy", help_heading = RUN)]
+    pub shadow: bool,
     #[command(flatten)]
     pub tc: TcFlags,
     #[command(flatten)]
@@ -423,6 +434,11 @@ pub struct NetArgs {
     /// Limit matching traffic to RATE: 10mbit, 500kbit (bits/s), 1kbps (bytes/s); needs fq.
     #[arg(long, value_name = "RATE", group = "action", help_heading = FAULT)]
     pub rate: Option<String>,
+    /// With --loss: drop in runs of N consecutive packets on average (a Gilbert chain).
+    #[arg(long, value_name = "N", help_heading = FAULT)]
+    pub burst: Option<String>,
+    #[command(flatten)]
+    pub modes: ModeArgs,
     #[command(flatten)]
     pub abort: AbortArgs,
     /// How long the fault lasts; the kernel stops acting at start + DUR.
@@ -433,6 +449,26 @@ pub struct NetArgs {
     pub name: Option<String>,
     #[command(flatten)]
     pub tc: TcFlags,
+}
+
+/// Shadow mode and flapping, on both kinds of blast.
+#[derive(Args, Debug)]
+pub struct ModeArgs {
+    /// Decide and count as usual, act on nothing: injected counts what would have been done.
+    #[arg(long, help_heading = FAULT)]
+    pub shadow: bool,
+    /// Act for ON, rest for OFF, over and over from the start (200ms/5s).
+    #[arg(long, value_name = "ON/OFF", help_heading = FAULT)]
+    pub flap: Option<String>,
+}
+
+impl From<&ModeArgs> for ModeFlags {
+    fn from(m: &ModeArgs) -> Self {
+        ModeFlags {
+            shadow: m.shadow,
+            flap: m.flap.clone(),
+        }
+    }
 }
 
 /// The steady-state guard of a blast (a policy's `spec.abortWhen`).
@@ -513,8 +549,10 @@ impl From<&NetArgs> for NetFlags {
             corrupt: a.corrupt.clone(),
             duplicate: a.duplicate.clone(),
             rate: a.rate.clone(),
+            burst: a.burst.clone(),
             duration: a.duration.clone(),
             abort: (&a.abort).into(),
+            modes: (&a.modes).into(),
         }
     }
 }
@@ -554,6 +592,8 @@ pub struct SyscallArgs {
     #[arg(long, value_name = "UNIT", group = "target", help_heading = TARGET)]
     pub unit: Option<String>,
     #[command(flatten)]
+    pub modes: ModeArgs,
+    #[command(flatten)]
     pub abort: AbortArgs,
     /// How long the fault lasts; the kernel stops acting at start + DUR.
     #[arg(long, value_name = "DUR", help_heading = RUN)]
@@ -586,6 +626,7 @@ impl From<&SyscallArgs> for SyscallFlags {
             max_injections: a.max_injections.clone(),
             duration: a.duration.clone(),
             abort: (&a.abort).into(),
+            modes: (&a.modes).into(),
         }
     }
 }
@@ -698,11 +739,14 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
             // The attach flags are on `blast --policy` and `blast net`;
             // syscall faults attach no classifier.
             let (policy, tc, backend) = match (&b.policy, &b.kind) {
-                (Some(path), None) => (
-                    policy::load_file(path).map_err(|e| Error::Invalid(e.to_string()))?,
-                    b.tc.clone(),
-                    None,
-                ),
+                (Some(path), None) => {
+                    let mut p =
+                        policy::load_file(path).map_err(|e| Error::Invalid(e.to_string()))?;
+                    if b.shadow {
+                        p.faults.iter_mut().for_each(|f| f.mode = Mode::Shadow);
+                    }
+                    (p, b.tc.clone(), None)
+                }
                 (None, Some(BlastKind::Net(net))) => (net_policy(net)?, net.tc.clone(), None),
                 (None, Some(BlastKind::Syscall(s))) => (
                     syscall_policy(s)?,

@@ -51,6 +51,7 @@ pub const LEASE_LAPSES: &str = "chaos_agent_lease_lapses";
 pub const BUILD_INFO: &str = "chaos_agent_build_info";
 pub const FAULT_DEADLINE: &str = "chaos_agent_fault_deadline_seconds";
 pub const RELOADS: &str = "chaos_agent_reloads";
+pub const FAULT_PHASE: &str = "chaos_agent_fault_phase";
 
 /// Which family of counters a label set belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -100,6 +101,9 @@ impl Labels {
                 Family::Syscall
             }
         };
+        // Shadow counts are what would have been done: never summed with
+        // what was done.
+        pairs.push(("mode", row.mode.to_string()));
         Labels { family, pairs }
     }
 
@@ -120,6 +124,9 @@ pub struct Tally {
     /// CLOCK_MONOTONIC ns at which the kernel stops acting, per label set
     /// of a row in force (the earliest, should two rows share labels).
     pub deadlines: BTreeMap<Labels, u64>,
+    /// The schedule of each label set in force (`None`: always on), for
+    /// the phase gauge, computed when it is read.
+    pub schedules: BTreeMap<Labels, Option<chaos_common::Schedule>>,
     faults: BTreeSet<(String, String)>,
 }
 
@@ -135,6 +142,7 @@ impl Tally {
             if self.faults.insert((row.policy.clone(), row.fault.clone())) {
                 *active += 1;
             }
+            self.schedules.insert(labels.clone(), row.schedule);
             let at = self.deadlines.entry(labels).or_insert(d);
             *at = (*at).min(d);
         }
@@ -464,6 +472,23 @@ fn instruments(provider: &SdkMeterProvider, shared: &Shared) {
         })
         .build();
 
+    let phases = Arc::clone(shared);
+    meter
+        .u64_observable_gauge(FAULT_PHASE)
+        .with_description(
+            "1 while a fault in force acts, 0 in the off part of its schedule (flapping); always 1 without one",
+        )
+        .with_unit("1")
+        .with_callback(move |observer| {
+            let Ok(snap) = phases.lock() else { return };
+            let now = monotonic_ns();
+            for (labels, s) in &snap.tally.schedules {
+                let on = s.is_none_or(|s| s.is_on(now));
+                observer.observe(u64::from(on), &labels.attributes());
+            }
+        })
+        .build();
+
     let build = [
         KeyValue::new("version", crate::version::VERSION),
         KeyValue::new("commit", crate::version::COMMIT),
@@ -491,7 +516,7 @@ mod tests {
     use super::*;
     use crate::{
         fault::Backend,
-        policy::model::{ActionKind, Direction},
+        policy::model::{ActionKind, Direction, Mode},
     };
 
     fn net_row(netns: Option<&str>) -> Row {
@@ -505,6 +530,8 @@ mod tests {
                 netns: netns.map(str::to_owned),
                 direction: Direction::Egress,
             },
+            mode: Mode::Enforce,
+            schedule: None,
         }
     }
 
@@ -513,7 +540,14 @@ mod tests {
         let keys = |l: Labels| l.pairs.iter().map(|(k, _)| *k).collect::<Vec<_>>();
         assert_eq!(
             keys(Labels::of(&net_row(None))),
-            ["policy", "fault", "action", "interface", "direction"]
+            [
+                "policy",
+                "fault",
+                "action",
+                "interface",
+                "direction",
+                "mode"
+            ]
         );
         let with = Labels::of(&net_row(Some("edge")));
         assert_eq!(
@@ -524,7 +558,8 @@ mod tests {
                 "action",
                 "interface",
                 "netns",
-                "direction"
+                "direction",
+                "mode"
             ]
         );
         assert_eq!(with.pairs[4].1, "edge");
@@ -620,6 +655,11 @@ mod tests {
         assert!(
             line("chaos_agent_packets_matched_total{").contains(r#"netns="edge""#),
             "{body}"
+        );
+        let phase = line("chaos_agent_fault_phase{");
+        assert!(
+            phase.contains(r#"mode="enforce""#) && phase.ends_with(" 1"),
+            "{phase}"
         );
     }
 

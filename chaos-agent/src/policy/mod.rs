@@ -28,6 +28,7 @@ mod fuzz;
 pub mod limits;
 mod locate;
 pub mod model;
+pub mod modes;
 mod raw;
 mod schema;
 mod schema_rules;
@@ -549,6 +550,8 @@ spec:
                             jitter: Duration::from_millis(20),
                         },
                     }),
+                    mode: Mode::Enforce,
+                    schedule: None,
                 },
                 Fault {
                     name: "refuse-connect".into(),
@@ -559,6 +562,8 @@ spec:
                         target: SyscallTarget::Unit("payment.service".into()),
                         max_injections: Some(1000),
                     }),
+                    mode: Mode::Enforce,
+                    schedule: None,
                 },
             ],
         };
@@ -1605,7 +1610,8 @@ spec:
         assert_eq!(
             n.action,
             NetworkAction::Loss {
-                percent: Percent(30.0)
+                percent: Percent(30.0),
+                burst: None
             }
         );
         let partition = got
@@ -1615,7 +1621,7 @@ spec:
             .expect("partition-cidr.yaml");
         let net: IpAddr = "10.20.0.0".parse().unwrap();
         assert!(partition.faults.iter().all(|f| matches!(&f.kind,
-            FaultKind::Network(n) if n.action == NetworkAction::Loss { percent: Percent(100.0) }
+            FaultKind::Network(n) if n.action == NetworkAction::Loss { percent: Percent(100.0), burst: None }
                 && (n.matcher.dst_cidrs.iter().chain(&n.matcher.src_cidrs)).all(|c| c.addr == net))));
     }
 }
