@@ -762,7 +762,8 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
             let otlp = otlp::Config::resolve(b.run.otlp_endpoint.as_deref())?;
             block_on(async {
                 // Bound before anything is applied, so a busy port fails
-                // early; its port joins the built-in guard.
+                // early; its port and the collector's join the built-in
+                // guard.
                 let metrics = (b.run.metrics_addr.is_some() || otlp.is_some())
                     .then(|| Metrics::new(b.run.metrics_addr, otlp.as_ref()))
                     .transpose()?;
@@ -772,8 +773,7 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
                         debug_kernel: tc.debug_kernel,
                         extra_default_ports: metrics
                             .iter()
-                            .filter_map(|m| m.local_addr())
-                            .map(|a| a.port())
+                            .flat_map(Metrics::guarded_ports)
                             .collect(),
                     },
                     syscall_backend: backend,

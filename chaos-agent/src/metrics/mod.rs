@@ -225,6 +225,8 @@ pub struct Metrics {
     _provider: SdkMeterProvider,
     server: Option<tokio::task::JoinHandle<()>>,
     push: Option<otlp::Push>,
+    /// The collector's port, when pushing.
+    push_port: Option<u16>,
     health: Arc<health::Health>,
 }
 
@@ -244,6 +246,7 @@ impl Metrics {
     /// Serves `GET /metrics` on `addr` and pushes to the OTLP endpoint of
     /// `push`, either or both, on the current tokio runtime.
     pub fn new(addr: Option<SocketAddr>, push: Option<&otlp::Config>) -> Result<Metrics> {
+        let push_config = push;
         let listener = addr.map(listen).transpose()?;
         let addr = listener
             .as_ref()
@@ -288,6 +291,7 @@ impl Metrics {
             _provider: provider,
             server,
             push,
+            push_port: push_config.map(otlp::Config::port),
             health,
         })
     }
@@ -301,6 +305,12 @@ impl Metrics {
     /// metrics are served.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.addr
+    }
+
+    /// The ports of the agent's own metrics traffic (the listener's and
+    /// the collector's), for the built-in guard.
+    pub fn guarded_ports(&self) -> Vec<u16> {
+        self.addr.map(|a| a.port()).into_iter().chain(self.push_port).collect()
     }
 
     /// What `/healthz` and `/readyz` answer: live and ready unless the
