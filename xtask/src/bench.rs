@@ -201,7 +201,11 @@ mod tests {
             .find_map(|l| l.strip_prefix(SECTIONS))
             .expect("docs/benchmarks.md has no section list: write it with ./x bench");
         let listed: Vec<&str> = stamp.trim_end_matches('.').split("; ").collect();
-        assert_eq!(listed, headings(&md), "docs/benchmarks.md was edited by hand");
+        assert_eq!(
+            listed,
+            headings(&md),
+            "docs/benchmarks.md was edited by hand"
+        );
     }
 
     #[test]

@@ -310,7 +310,11 @@ impl Metrics {
     /// The ports of the agent's own metrics traffic (the listener's and
     /// the collector's), for the built-in guard.
     pub fn guarded_ports(&self) -> Vec<u16> {
-        self.addr.map(|a| a.port()).into_iter().chain(self.push_port).collect()
+        self.addr
+            .map(|a| a.port())
+            .into_iter()
+            .chain(self.push_port)
+            .collect()
     }
 
     /// What `/healthz` and `/readyz` answer: live and ready unless the

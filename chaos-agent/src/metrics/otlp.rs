@@ -420,7 +420,12 @@ mod tests {
 
     #[test]
     fn the_collector_port_is_guarded_80_by_default() {
-        let port = |flag| resolve(Some(flag), &[]).unwrap().expect("an endpoint").port();
+        let port = |flag| {
+            resolve(Some(flag), &[])
+                .unwrap()
+                .expect("an endpoint")
+                .port()
+        };
         assert_eq!(port("http://127.0.0.1:4318"), 4318);
         assert_eq!(port("http://collector.local/otlp"), 80);
         assert_eq!(port("http://[::1]:14318"), 14318);
