@@ -21,7 +21,10 @@ use crate::{
     error::{Error, Result},
     fault::{Counts, Hook, Row, monotonic_ns},
     metrics::{Metrics, Tally},
-    policy::{model::Policy, values},
+    policy::{
+        model::{Mode, Policy},
+        values,
+    },
     steady,
 };
 
@@ -70,8 +73,16 @@ fn errno_text(errno: i32) -> String {
         .unwrap_or_else(|| errno.to_string())
 }
 
+/// "on" or "off" for a flapping row at `now_ns`, `None` for one without a
+/// schedule.
+fn phase(r: &Row, now_ns: u64) -> Option<&'static str> {
+    r.schedule?;
+    Some(if r.is_on(now_ns) { "on" } else { "off" })
+}
+
 /// The `faults` array of the `counters` and `reverted` events.
 fn counters_json(rows: &[&Row], counters: &[Counts]) -> Value {
+    let now = monotonic_ns();
     let rows: Vec<Value> = rows
         .iter()
         .zip(counters)
@@ -80,6 +91,7 @@ fn counters_json(rows: &[&Row], counters: &[Counts]) -> Value {
                 "policy": r.policy, "fault": r.fault, "action": r.action.to_string(),
                 "backend": r.backend.to_string(),
                 "matched": c.matched, "injected": c.injected,
+                "shadow": r.mode == Mode::Shadow, "phase": phase(r, now),
             });
             match &r.hook {
                 Hook::Net {
@@ -109,14 +121,22 @@ fn counters_json(rows: &[&Row], counters: &[Counts]) -> Value {
     json!(rows)
 }
 
-/// The human counter line, rows separated by ` | `.
+/// The human counter line, rows separated by ` | `. A shadow row says
+/// what it would do ("would drop"), a flapping one its phase.
 fn human_line(rows: &[&Row], counters: &[Counts]) -> String {
+    let now = monotonic_ns();
     rows.iter()
         .zip(counters)
         .map(|(r, c)| {
             let share = c.share();
-            let verb = r.action.verb();
-            match &r.hook {
+            let verb = match r.mode {
+                Mode::Shadow => r.action.shadow_verb(),
+                Mode::Enforce => r.action.verb(),
+            };
+            let phase = phase(r, now)
+                .map(|p| format!(" (flap {p})"))
+                .unwrap_or_default();
+            let line = match &r.hook {
                 Hook::Net {
                     interface,
                     direction,
@@ -133,7 +153,8 @@ fn human_line(rows: &[&Row], counters: &[Counts]) -> String {
                     c.injected,
                     errno_text(*errno)
                 ),
-            }
+            };
+            format!("{line}{phase}")
         })
         .collect::<Vec<_>>()
         .join(" | ")
@@ -245,17 +266,24 @@ pub async fn run(policy: &Policy, mut engine: Engine, output: Output) -> Result<
     let mode = engine.mode(&force.ids);
     let total = policy.duration;
     let tty = std::io::stderr().is_terminal() && !json;
+    // A policy has one mode for all its faults.
+    let shadow = policy.faults.iter().all(|f| f.mode == Mode::Shadow);
     if json {
         out!(
             "{}",
             json!({"event": "applied", "policy": policy.name, "mode": mode,
-                   "deadline_ns": deadline_ns, "pid": std::process::id()})
+                   "shadow": shadow, "deadline_ns": deadline_ns, "pid": std::process::id()})
         );
     } else {
         err!(
-            "chaos-agent: {} fault(s) of {} in force via {mode}; reverting in {} (Ctrl-C to stop now)",
+            "chaos-agent: {} fault(s) of {} in force via {mode}{}; reverting in {} (Ctrl-C to stop now)",
             policy.faults.len(),
             policy.name,
+            if shadow {
+                " in shadow mode (nothing is done: the counters say what would be)"
+            } else {
+                ""
+            },
             humantime::format_duration(total)
         );
     }
@@ -407,6 +435,8 @@ mod tests {
                 netns: None,
                 direction: Direction::Egress,
             },
+            mode: Mode::Enforce,
+            schedule: None,
         };
         let sys = Row {
             policy: "p".into(),
@@ -418,6 +448,8 @@ mod tests {
                 errno: 111,
                 target: "cgroup /x".into(),
             },
+            mode: Mode::Enforce,
+            schedule: None,
         };
         let c = Counts {
             matched: 10,
@@ -432,5 +464,66 @@ mod tests {
         assert_eq!(v[0]["direction"], "egress");
         assert_eq!(v[1]["errno_name"], "ECONNREFUSED");
         assert_eq!(v[1]["backend"], "cgroup");
+        assert_eq!(v[0]["shadow"], false);
+        assert_eq!(v[0]["phase"], Value::Null);
+    }
+
+    #[test]
+    fn shadow_rows_say_what_they_would_do_and_flapping_ones_their_phase() {
+        let now = monotonic_ns();
+        let row = |action, hook, schedule| Row {
+            policy: "p".into(),
+            fault: "f".into(),
+            action,
+            backend: Backend::Cgroup,
+            hook,
+            mode: Mode::Shadow,
+            schedule,
+        };
+        let net = row(
+            ActionKind::Loss,
+            Hook::Net {
+                interface: "eth0".into(),
+                netns: None,
+                direction: Direction::Ingress,
+            },
+            None,
+        );
+        // A schedule that started now with 1 h on: on.
+        let on = chaos_common::Schedule {
+            start_ns: now,
+            on_ns: 3_600_000_000_000,
+            period_ns: 7_200_000_000_000,
+        };
+        let sys = row(
+            ActionKind::Errno,
+            Hook::Syscall {
+                names: "connect".into(),
+                errno: 111,
+                target: "cgroup /x".into(),
+            },
+            Some(on),
+        );
+        let c = Counts {
+            matched: 4,
+            injected: 4,
+            guard_passed: 0,
+        };
+        assert_eq!(
+            human_line(&[&net, &sys], &[c, c]),
+            "eth0 ingress f: matched 4 would drop 4 (100.0%) guard-passed 0 | f connect via cgroup: matched 4 would fail 4 (100.0%) with ECONNREFUSED (flap on)"
+        );
+        let v = counters_json(&[&net, &sys], &[c, c]);
+        assert_eq!(v[0]["shadow"], true);
+        assert_eq!(v[1]["phase"], "on");
+        // Started 1.5 h ago: in the off half.
+        let off = chaos_common::Schedule {
+            start_ns: now.saturating_sub(5_400_000_000_000),
+            ..on
+        };
+        let late = row(ActionKind::Errno, sys.hook.clone(), Some(off));
+        if now > 5_400_000_000_000 {
+            assert_eq!(phase(&late, monotonic_ns()), Some("off"));
+        }
     }
 }

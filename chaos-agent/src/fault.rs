@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::{
     error::Result,
-    policy::model::{ActionKind, Direction, Fault, Percent},
+    policy::model::{ActionKind, Direction, Fault, Mode, Percent},
 };
 
 /// How a fault reaches the kernel: the attach mechanism of a network fault
@@ -85,6 +85,32 @@ pub struct Row {
     pub action: ActionKind,
     pub backend: Backend,
     pub hook: Hook,
+    /// Shadow rows count what they would do (the `mode` label).
+    pub mode: Mode,
+    /// A flapping fault's schedule as the kernel holds it (with the
+    /// moment it was applied), so the agent computes the same phase.
+    pub schedule: Option<chaos_common::Schedule>,
+}
+
+impl Row {
+    /// Whether the fault acts at `now_ns` (CLOCK_MONOTONIC): always,
+    /// unless it flaps and is in the "off" part of its schedule.
+    pub fn is_on(&self, now_ns: u64) -> bool {
+        self.schedule.is_none_or(|s| s.is_on(now_ns))
+    }
+}
+
+/// The kernel form of `fault`'s schedule, its first "on" starting at
+/// `start_ns` (CLOCK_MONOTONIC); period 0 (always on) without one.
+pub fn kernel_schedule(fault: &Fault, start_ns: u64) -> chaos_common::Schedule {
+    match fault.schedule {
+        None => chaos_common::Schedule::default(),
+        Some(s) => chaos_common::Schedule {
+            start_ns,
+            on_ns: s.on.as_nanos() as u64,
+            period_ns: (s.on + s.off).as_nanos() as u64,
+        },
+    }
 }
 
 /// A row's kernel counters, summed over CPUs.
@@ -108,6 +134,16 @@ impl std::ops::AddAssign for Counts {
 }
 
 impl Counts {
+    /// What was counted since `base` (a fault's counters start afresh when
+    /// it changes mode, without touching the kernel's).
+    pub fn since(self, base: Counts) -> Counts {
+        Counts {
+            matched: self.matched.saturating_sub(base.matched),
+            injected: self.injected.saturating_sub(base.injected),
+            guard_passed: self.guard_passed.saturating_sub(base.guard_passed),
+        }
+    }
+
     /// Share of matched packets or calls that were injected, in percent.
     pub fn share(&self) -> f64 {
         if self.matched > 0 {
@@ -129,9 +165,11 @@ pub trait Active {
     fn deadline_ns(&self) -> u64;
     /// Current counters, one per row.
     fn counters(&self, host: &Self::Host) -> Vec<Counts>;
-    /// Changes the action in place (same selection, hooks and deadline):
-    /// a map write, nothing detached. `Err` when `to` needs more than that;
-    /// the caller then replaces the fault.
+    /// Changes the action, mode or schedule in place (same selection,
+    /// hooks and deadline): a map write, nothing detached. A new mode
+    /// starts the counters afresh (the rows' `mode` changes with it); a new
+    /// schedule starts its first "on" now. `Err` when `to` needs more than
+    /// that; the caller then replaces the fault.
     fn set_action(&mut self, host: &mut Self::Host, to: &Fault) -> Result<()>;
     /// Removes the fault; returns what could not be removed.
     fn revert(self, host: &mut Self::Host) -> Vec<String>;

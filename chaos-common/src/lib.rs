@@ -25,6 +25,7 @@ pub const MAP_GUARD_PORTS: &str = "CHAOS_GUARD_PORTS";
 pub const MAP_GUARD_NETS: &str = "CHAOS_GUARD_NETS";
 pub const MAP_PACE: &str = "CHAOS_PACE";
 pub const MAP_CONFIG: &str = "CHAOS_CONFIG";
+pub const MAP_BURST: &str = "CHAOS_BURST";
 
 /// Name of the read-only global that switches kernel-side debug logging on.
 pub const GLOBAL_DEBUG: &str = "CHAOS_DEBUG";
@@ -84,6 +85,14 @@ pub const ACTION_DUPLICATE: u32 = 3;
 pub const ACTION_DELAY: u32 = 4;
 /// Pace the rule's packets to a rate: departure times from a virtual clock.
 pub const ACTION_BANDWIDTH: u32 = 5;
+
+/// `Rule::flags`: shadow mode. The rule is matched, guarded, drawn and
+/// counted as usual, but the packet passes untouched: `injected` counts
+/// what would have been done.
+pub const RULE_SHADOW: u32 = 1 << 0;
+/// `Rule::flags`: the rule's draw is its Gilbert chain (`Rule::burst`,
+/// state in `CHAOS_BURST`) instead of `Rule::threshold` (burst loss).
+pub const RULE_BURST: u32 = 1 << 1;
 
 /// The handle major of the fq qdiscs the agent installs (`ca05:`), so that
 /// start-up clean-up can tell them from anyone else's.
@@ -261,8 +270,78 @@ pub struct Rule {
     /// acts (then the lowest rule id). The agent gives rules their order of
     /// policy file name, then fault order within the file.
     pub priority: u32,
+    /// `RULE_SHADOW`, `RULE_BURST`.
+    pub flags: u32,
+    pub _pad: u32,
+    /// When the rule acts (flapping); always when `period_ns` is 0.
+    pub schedule: Schedule,
+    /// With `RULE_BURST`: the Gilbert chain's transition probabilities.
+    pub burst: Burst,
 }
-const _: () = assert!(core::mem::size_of::<Rule>() == 56);
+const _: () = assert!(core::mem::size_of::<Rule>() == 104);
+
+/// A fault's on/off schedule (flapping): it acts during the first `on_ns`
+/// of every `period_ns`, counted from `start_ns` (CLOCK_MONOTONIC, as
+/// `bpf_ktime_get_ns`: the moment the fault was applied). The kernel
+/// programs and the agent's metrics compute the phase with [`Schedule::is_on`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Schedule {
+    pub start_ns: u64,
+    pub on_ns: u64,
+    /// on + off; 0: no schedule, always on.
+    pub period_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Schedule>() == 24);
+
+impl Schedule {
+    /// Whether the fault acts at `now_ns`. One 64-bit remainder, only for
+    /// faults that have a schedule. Before `start_ns` (never, in practice)
+    /// it counts as the start of the first "on".
+    #[inline(always)]
+    pub fn is_on(&self, now_ns: u64) -> bool {
+        self.period_ns == 0 || now_ns.saturating_sub(self.start_ns) % self.period_ns < self.on_ns
+    }
+}
+
+/// A burst-loss rule's two-state (simple Gilbert) chain: in state Bad every
+/// packet is lost, in Good none. Each packet is decided by the state it
+/// finds, then the chain moves on: Good goes Bad with probability `enter`,
+/// Bad goes Good with probability `leave`, both as thresholds compared with
+/// a 32-bit random number (`2^32`: always). The mean run of losses is
+/// `1 / leave`, the long-run loss `enter / (enter + leave)`. netem's `loss
+/// gemodel p r 100% 0%` is the same chain (netem moves first and decides
+/// by the state it moved to: the same loss process, one packet later).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Burst {
+    pub enter: u64,
+    pub leave: u64,
+}
+const _: () = assert!(core::mem::size_of::<Burst>() == 16);
+
+impl Burst {
+    /// One packet: whether it is lost, and the state the next finds.
+    #[inline(always)]
+    pub fn step(&self, bad: bool, draw: u32) -> (bool, bool) {
+        if bad {
+            (true, u64::from(draw) >= self.leave)
+        } else {
+            (false, u64::from(draw) < self.enter)
+        }
+    }
+}
+
+/// A burst-loss rule's chain state (`CHAOS_BURST`, indexed by rule id):
+/// one per rule, shared by all CPUs, written only when it changes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BurstState {
+    /// 1 in state Bad.
+    pub bad: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<BurstState>() == 8);
 
 /// Per-rule, per-CPU decision counters (`CHAOS_COUNTERS`).
 #[repr(C)]
@@ -354,4 +433,74 @@ mod pod {
     unsafe impl aya::Pod for GuardNet {}
     unsafe impl aya::Pod for Pace {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for BurstState {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_is_on_for_the_first_part_of_each_period() {
+        let s = Schedule {
+            start_ns: 1_000,
+            on_ns: 200,
+            period_ns: 1_000,
+        };
+        for (now, on) in [
+            (1_000, true),
+            (1_199, true),
+            (1_200, false),
+            (1_999, false),
+            (2_000, true),
+            (5_150, true),
+            (5_250, false),
+            // Before the start: the start of the first "on".
+            (10, true),
+        ] {
+            assert_eq!(s.is_on(now), on, "at {now}");
+        }
+        assert!(Schedule::default().is_on(12_345));
+    }
+
+    /// The chain, driven by a plain xorshift generator: 10 % loss in runs
+    /// of 8 on average, as the agent encodes `loss 10, burst 8`.
+    #[test]
+    fn burst_chain_keeps_its_loss_and_run_length() {
+        let two32 = 4_294_967_296.0f64;
+        let (loss, burst) = (0.1f64, 8.0f64);
+        let leave = 1.0 / burst;
+        let b = Burst {
+            enter: (two32 * leave * loss / (1.0 - loss)).round() as u64,
+            leave: (two32 * leave).round() as u64,
+        };
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let (mut bad, mut lost, mut runs, mut run) = (false, 0u64, 0u64, 0u64);
+        let n = 2_000_000u64;
+        for _ in 0..n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (l, next) = b.step(bad, (x >> 32) as u32);
+            bad = next;
+            if l {
+                lost += 1;
+                run += 1;
+            } else if run > 0 {
+                runs += 1;
+                run = 0;
+            }
+        }
+        let share = lost as f64 / n as f64;
+        let mean = lost as f64 / runs as f64;
+        assert!((share - 0.1).abs() < 0.005, "loss {share}");
+        assert!((mean - 8.0).abs() < 0.3, "mean run {mean}");
+        // Burst 1 leaves Bad after every loss.
+        let one = Burst {
+            enter: 1 << 31,
+            leave: 1 << 32,
+        };
+        assert_eq!(one.step(true, u32::MAX), (true, false));
+        assert_eq!(one.step(false, 0), (false, true));
+    }
 }

@@ -93,6 +93,10 @@ pub const TARGET_COMM: u32 = 2;
 /// The task's cgroup at `SysRule::cgroup_level` is `SysRule::cgroup_id`.
 pub const TARGET_CGROUP: u32 = 3;
 
+/// `SysRule::flags`: shadow mode: calls are matched, drawn, counted and
+/// charged to the budget as usual, but none fails.
+pub const SYS_SHADOW: u32 = 1 << 0;
+
 /// `SysRule::max_injections` meaning "no budget".
 pub const NO_BUDGET: u64 = u64::MAX;
 
@@ -130,8 +134,13 @@ pub struct SysRule {
     /// can prove to be in [-4095, 0], and it tracks a loaded value through
     /// signed compares but not through a negation (before Linux 6.13).
     pub neg_errno: i64,
+    /// `SYS_SHADOW`.
+    pub flags: u32,
+    pub _pad: u32,
+    /// When the fault acts (flapping); always when `period_ns` is 0.
+    pub schedule: crate::Schedule,
 }
-const _: () = assert!(core::mem::size_of::<SysRule>() == 80);
+const _: () = assert!(core::mem::size_of::<SysRule>() == 112);
 
 /// Per-slot, per-CPU counters (`CHAOS_SYS_COUNTERS`).
 #[repr(C)]

@@ -44,16 +44,7 @@ pub fn corrupt(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
     if l4 > MAX_L4_OFFSET {
         return Err(());
     }
-    let (payload, csum_off, flags) = match pkt.proto {
-        IPPROTO_TCP => {
-            let data_off: u8 = ctx.load(l4 + 12).map_err(|_| ())?;
-            (l4 + usize::from(data_off >> 4) * 4, l4 + 16, 0)
-        }
-        // A zero UDP checksum (IPv4 only) means "none": leave it zero.
-        IPPROTO_UDP => (l4 + 8, l4 + 6, u64::from(BPF_F_MARK_MANGLED_0)),
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => (l4 + 8, l4 + 2, 0),
-        _ => return Err(()),
-    };
+    let (payload, csum_off, flags) = payload_span(ctx, pkt)?;
     let len = ctx.len() as usize;
     if payload >= len {
         return Err(());
@@ -83,6 +74,31 @@ pub fn corrupt(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
     let to = u64::from(u16::from_ne_bytes([new_hi, new_lo]));
     ctx.l4_csum_replace(csum_off, from, to, flags | CSUM_FIELD_16)
         .map_err(|_| ())
+}
+
+/// Where a packet's L4 payload starts, where its checksum is, and the
+/// checksum flags: `Err` when [`corrupt`] has nothing to act on (no
+/// payload, another protocol). Shadow mode asks this alone.
+#[inline(always)]
+pub fn payload_span(ctx: &TcContext, pkt: &Packet) -> Result<(usize, usize, u64), ()> {
+    let l4 = usize::from(pkt.l4_off);
+    if l4 > MAX_L4_OFFSET {
+        return Err(());
+    }
+    let span = match pkt.proto {
+        IPPROTO_TCP => {
+            let data_off: u8 = ctx.load(l4 + 12).map_err(|_| ())?;
+            (l4 + usize::from(data_off >> 4) * 4, l4 + 16, 0)
+        }
+        // A zero UDP checksum (IPv4 only) means "none": leave it zero.
+        IPPROTO_UDP => (l4 + 8, l4 + 6, u64::from(BPF_F_MARK_MANGLED_0)),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => (l4 + 8, l4 + 2, 0),
+        _ => return Err(()),
+    };
+    if span.0 >= ctx.len() as usize {
+        return Err(());
+    }
+    Ok(span)
 }
 
 /// True for the copy [`duplicate`] made, seen again as it passes the same

@@ -22,11 +22,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use chaos_common::{
-    ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, Config,
-    Counters, DIR_EGRESS, DIR_INGRESS, DPORT_FILTERS, DportFilter, FAMILY_ANY, FIELD_CGROUP,
-    FIELD_DPORT, FIELD_PROTO, FIELD_SPORT, GUARD_PORT_SLOTS, GuardEntry, GuardNet,
+    ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, BurstState,
+    Config, Counters, DIR_EGRESS, DIR_INGRESS, DPORT_FILTERS, DportFilter, FAMILY_ANY,
+    FIELD_CGROUP, FIELD_DPORT, FIELD_PROTO, FIELD_SPORT, GUARD_PORT_SLOTS, GuardEntry, GuardNet,
     HOOK_SLOT_SHARED, HOOK_SLOTS, HookConf, HookKey, HookSlot, MAX_GUARD_NETS, MAX_HOOKS,
-    MAX_RULE_KEYS, MAX_RULES, MAX_SHAPES, Pace, Rule, RuleKey, RuleRef, Shape,
+    MAX_RULE_KEYS, MAX_RULES, MAX_SHAPES, Pace, RULE_BURST, RULE_SHADOW, Rule, RuleKey, RuleRef,
+    Shape,
 };
 use parse::{Packet, Parsed};
 
@@ -67,6 +68,11 @@ static DPORT_FILTER_TABLE: Array<DportFilter> = Array::with_max_entries(DPORT_FI
 /// Bandwidth rules' virtual clocks, by rule id.
 #[map(name = "CHAOS_PACE")]
 static PACE: Array<Pace> = Array::with_max_entries(MAX_RULES, 0);
+
+/// Burst-loss rules' Gilbert chain states, by rule id: one per rule,
+/// shared by all CPUs (see `draw`).
+#[map(name = "CHAOS_BURST")]
+static BURST: Array<BurstState> = Array::with_max_entries(MAX_RULES, 0);
 
 #[map(name = "CHAOS_COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
@@ -192,8 +198,20 @@ fn classify(ctx: &TcContext, direction: u32) -> Result<Decision, ()> {
         counters.guard_passed += 1;
         return Ok(Decision::Pass);
     }
-    // A 32-bit random number below the threshold acts; threshold 2^32 always.
-    if u64::from(unsafe { bpf_get_prandom_u32() }) >= rule.threshold {
+    // Flapping: the rule acts only in the "on" part of each period of its
+    // schedule, by the clock its deadline was compared with.
+    if !rule.schedule.is_on(now) {
+        return Ok(Decision::Pass);
+    }
+    if !draw(rule_id, rule) {
+        return Ok(Decision::Pass);
+    }
+    // Shadow mode: counted as what would have been done, nothing done.
+    // Corruption would find nothing to act on without a payload.
+    if rule.flags & RULE_SHADOW != 0 {
+        if rule.action != ACTION_CORRUPT || actions::payload_span(ctx, pkt).is_ok() {
+            counters.injected += 1;
+        }
         return Ok(Decision::Pass);
     }
     match rule.action {
@@ -230,6 +248,37 @@ fn classify(ctx: &TcContext, direction: u32) -> Result<Decision, ()> {
         }
         _ => Ok(Decision::Pass),
     }
+}
+
+/// Whether the rule acts on this matched packet: a 32-bit random number
+/// below the threshold (2^32: always), or for burst loss a step of the
+/// rule's Gilbert chain on the same draw.
+///
+/// The chain's state is one word per rule shared by all CPUs, read on
+/// every packet and written only when the state changes (on average once
+/// per `burst` losses), so CPUs rarely contend for its cache line. Two
+/// CPUs deciding packets of one rule at the same instant may both read the
+/// same state: both are decided by it and one transition may be lost,
+/// which lengthens or shortens that run by a packet. One flow (one CPU at
+/// a time) follows the chain exactly.
+#[inline(always)]
+fn draw(rule_id: u32, rule: &Rule) -> bool {
+    // SAFETY: helper without arguments.
+    let r = unsafe { bpf_get_prandom_u32() };
+    if rule.flags & RULE_BURST == 0 {
+        return u64::from(r) < rule.threshold;
+    }
+    let Some(state) = BURST.get_ptr_mut(rule_id) else {
+        return false;
+    };
+    // SAFETY: a valid map value; concurrent use is discussed above.
+    let state = unsafe { &mut *state };
+    let bad = state.bad != 0;
+    let (lost, next) = rule.burst.step(bad, r);
+    if next != bad {
+        state.bad = u32::from(next);
+    }
+    lost
 }
 
 /// Delay and bandwidth: gives the packet its departure time (see

@@ -25,6 +25,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod ethtool;
 pub mod inspect;
+pub mod kernel;
 pub mod netns;
 pub mod payload;
 pub mod policygen;

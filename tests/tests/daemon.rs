@@ -281,6 +281,8 @@ fn metrics_over_http_agree_with_the_receiver() {
         std::thread::sleep(Duration::from_millis(200));
     };
     eprintln!("sent {} received {} lost {lost}", sent.sent, got.distinct);
+    assert_eq!(sent.sent, 5_000, "sender: {sent:?}");
+    common::assert_share("daemon udp 30% lost", sent.sent, 0.3, lost);
     assert_eq!(
         sample(&text, "chaos_agent_packets_matched_total", &labels),
         Some(sent.sent as f64),
@@ -569,7 +571,7 @@ fn unsupported_faults_are_reported_and_expiry_and_start_after_are_honoured() {
     // (getpid has no LSM or cgroup hook): unsupported where kprobe override
     // is missing, which is most kernels. Windows of 3 s leave room for the
     // checks before them under qemu's emulated CPU (1 s did not).
-    let kprobe = common::probe_row("syscall-kprobe").is_ok();
+    let kprobe = chaos_tests::kernel::kprobe_override().is_ok();
     let mixed = loss_policy("mixed", &pair, 100, "").replace("duration: 5m", "duration: 3s")
         + "    - name: pid\n      syscall:\n        names: [getpid]\n        errno: EPERM\n        target: { comm: nothing-here }\n";
     let later = loss_policy("later", &pair, 100, "  startAfter: 3s\n")

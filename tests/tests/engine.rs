@@ -19,7 +19,7 @@ use chaos_tests::{
 use common::{
     Blast, agent_output,
     daemon::{Daemon, TempDir, sample},
-    eventually, probe_row,
+    eventually,
 };
 use serde_json::Value;
 
@@ -134,7 +134,7 @@ fn sigterm_reverts_all(mut d: Daemon, pair: &NetnsPair) {
 #[test]
 fn daemon_runs_a_syscall_policy_next_to_five_network_policies() {
     require_root!();
-    if let Err(why) = probe_row("syscall-cgroup") {
+    if let Err(why) = chaos_tests::kernel::cgroup_errno() {
         println!("skipped: the cgroup socket hooks do not run here: {why}");
         return;
     }
@@ -184,7 +184,7 @@ fn daemon_runs_a_syscall_policy_next_to_five_network_policies() {
 #[test]
 fn daemon_runs_an_lsm_syscall_policy_next_to_five_network_policies() {
     require_root!();
-    if let Err(why) = probe_row("syscall-lsm") {
+    if let Err(why) = chaos_tests::kernel::bpf_lsm() {
         println!("skipped: BPF LSM programs do not run here: {why}");
         return;
     }
@@ -234,7 +234,7 @@ fn daemon_runs_an_lsm_syscall_policy_next_to_five_network_policies() {
 #[test]
 fn a_blast_policy_with_a_network_and_a_syscall_fault_applies_both() {
     require_root!();
-    if let Err(why) = probe_row("syscall-cgroup") {
+    if let Err(why) = chaos_tests::kernel::cgroup_errno() {
         println!("skipped: the cgroup socket hooks do not run here: {why}");
         return;
     }

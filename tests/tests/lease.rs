@@ -17,7 +17,7 @@ use chaos_tests::{
 use common::{
     Blast,
     daemon::{Daemon, sample},
-    eventually, probe_row,
+    eventually,
 };
 
 const MS: u64 = 1_000_000;
@@ -111,7 +111,7 @@ fn a_killed_netlink_blast_stops_faulting_within_its_lease() {
 #[test]
 fn a_stopped_syscall_blast_stops_failing_calls_within_its_lease() {
     require_root!();
-    if let Err(why) = probe_row("syscall-cgroup") {
+    if let Err(why) = chaos_tests::kernel::cgroup_errno() {
         println!("skipped: the cgroup socket hooks do not run here: {why}");
         return;
     }

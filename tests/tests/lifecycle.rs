@@ -41,6 +41,11 @@ fn loss_args<'a>(pair: &'a NetnsPair, duration: &'a str, attach: &'a str) -> Vec
     ]
 }
 
+/// A sanity bound on how soon traffic flows again, wide enough for an
+/// emulated CPU: the figures themselves (well under a millisecond for tcx
+/// on this machine) are `./x bench`'s and `./x soak`'s to report.
+const SANITY_NS: u64 = 1_000 * MS;
+
 #[test]
 fn deadline_holds_with_the_agent_stopped() {
     require_root!();
@@ -63,7 +68,7 @@ fn deadline_holds_with_the_agent_stopped() {
     let late_ms = (first - deadline) as f64 / MS as f64;
     eprintln!("first datagram {late_ms:.2} ms after the kernel deadline (agent stopped)");
     assert!(
-        first - deadline < 100 * MS,
+        first - deadline < SANITY_NS,
         "traffic recovered {late_ms:.1} ms after the deadline"
     );
     // Everything sent after the deadline (plus one send interval) arrived.
@@ -99,7 +104,7 @@ fn sigkill_with_tcx_leaves_nothing_attached() {
         .expect("nothing arrived after SIGKILL");
     let ms = (first - killed_at) as f64 / MS as f64;
     eprintln!("traffic recovered {ms:.2} ms after SIGKILL (tcx)");
-    assert!(first - killed_at < 100 * MS, "recovery took {ms:.1} ms");
+    assert!(first - killed_at < SANITY_NS, "recovery took {ms:.1} ms");
     let left = attachments_on(pair.ns_a(), pair.if_a()).unwrap();
     assert!(left.is_empty(), "left attached after SIGKILL: {left:?}");
 }
@@ -130,7 +135,7 @@ fn sigkill_with_netlink_leaves_an_inert_filter_that_the_next_start_removes() {
         .min()
         .expect("nothing arrived after the deadline");
     assert!(
-        first - deadline < 100 * MS,
+        first - deadline < SANITY_NS,
         "leftover inert only {} ms after the deadline",
         (first - deadline) / MS
     );

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use chaos_tests::{AddrKind, Direction, NetnsPair, Side, require_root, udp_run};
-use common::{Blast, agent_output};
+use common::{Blast, agent_output, assert_share};
 
 const TARGET: u16 = 7000;
 const COUNT: u32 = 5_000;
@@ -176,6 +176,8 @@ fn exposition_matches_traffic() {
         "sent {} received {} lost {lost}\n{text}",
         sent.sent, got.distinct
     );
+    // The 30 % rule dropped what it should (the band of 5,000 datagrams).
+    assert_share("metrics udp 30% lost", sent.sent, 0.3, lost);
 
     assert!(
         head.to_ascii_lowercase()

@@ -192,6 +192,7 @@ impl Loaded {
         let rule = net::kernel_rule(
             &NetworkAction::Loss {
                 percent: Percent(100.0),
+                burst: None,
             },
             monotonic_ns() + 60_000_000_000,
             0,

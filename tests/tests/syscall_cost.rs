@@ -11,7 +11,7 @@ use chaos_tests::{
     CgroupGuard, require_root,
     syscaller::{Call, Placement, spawn_calls},
 };
-use common::{Blast, agent_output};
+use common::Blast;
 
 const CALLS: u32 = 50_000;
 
@@ -71,7 +71,8 @@ fn syscall_cost_of_the_cgroup_backend() {
     .unwrap();
     let with = best_rate(&outside);
     let with_inside = best_rate(&inside);
-    blast.stop().unwrap();
+    let (status, _) = blast.stop().unwrap();
+    assert!(status.success(), "agent exit: {status}");
     report("cgroup", "process outside the target cgroup", without, with);
     report(
         "cgroup",
@@ -83,23 +84,11 @@ fn syscall_cost_of_the_cgroup_backend() {
 }
 
 /// A backend every task passes through (LSM, kprobe): the non-target is
-/// told apart by comm. Skips, naming the reason, where the backend does not
-/// run (`probe` row `feature`).
-fn cost_of_a_per_task_backend(backend: &str, feature: &str, floor: f64) {
-    let (_, out, _) = agent_output(&["probe", "--json"]).unwrap();
-    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["feature"] == feature)
-        .cloned()
-        .unwrap_or_default();
-    if row["supported"] != true {
-        println!(
-            "skipped: the {backend} backend does not run here: {}",
-            row["detail"]
-        );
+/// told apart by comm. Skips, naming the reason, where the kernel lacks
+/// the backend (`available`, asked of the kernel, not of the agent).
+fn cost_of_a_per_task_backend(backend: &str, available: Result<(), String>, floor: f64) {
+    if let Err(why) = available {
+        println!("skipped: the {backend} backend does not run here: {why}");
         return;
     }
     let place = Placement {
@@ -122,7 +111,8 @@ fn cost_of_a_per_task_backend(backend: &str, feature: &str, floor: f64) {
     ])
     .unwrap();
     let with = best_rate(&place);
-    blast.stop().unwrap();
+    let (status, _) = blast.stop().unwrap();
+    assert!(status.success(), "agent exit: {status}");
     report(backend, "process with another comm", without, with);
     assert!(with > without * floor, "{with} vs {without}");
 }
@@ -130,11 +120,11 @@ fn cost_of_a_per_task_backend(backend: &str, feature: &str, floor: f64) {
 #[test]
 fn syscall_cost_of_the_lsm_backend() {
     require_root!();
-    cost_of_a_per_task_backend("lsm", "syscall-lsm", 0.3);
+    cost_of_a_per_task_backend("lsm", chaos_tests::kernel::bpf_lsm(), 0.3);
 }
 
 #[test]
 fn syscall_cost_of_the_kprobe_backend() {
     require_root!();
-    cost_of_a_per_task_backend("kprobe", "syscall-kprobe", 0.3);
+    cost_of_a_per_task_backend("kprobe", chaos_tests::kernel::kprobe_override(), 0.3);
 }

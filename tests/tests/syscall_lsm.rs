@@ -9,15 +9,16 @@ mod common;
 
 use std::time::Duration;
 
+use chaos_tests::kernel;
 use chaos_tests::{
     require_root,
     syscaller::{Call, Placement, run_calls, spawn_calls},
 };
-use common::{Blast, agent_output, probe_row};
+use common::{Blast, agent_output};
 
 macro_rules! require_lsm {
     () => {
-        if let Err(why) = probe_row("syscall-lsm") {
+        if let Err(why) = kernel::bpf_lsm() {
             println!("skipped: BPF LSM programs do not run here: {why}");
             return;
         }
@@ -122,7 +123,7 @@ fn syscall_lsm_write_fails_for_one_pid_only() {
 #[test]
 fn syscall_kprobe_fails_getpid_and_openat_for_one_comm_only() {
     require_root!();
-    if let Err(why) = probe_row("syscall-kprobe") {
+    if let Err(why) = kernel::kprobe_override() {
         println!("skipped: kprobe override is not available here: {why}");
         return;
     }
@@ -172,14 +173,11 @@ fn syscall_kprobe_fails_getpid_and_openat_for_one_comm_only() {
 #[test]
 fn syscall_kprobe_only_request_names_the_config() {
     require_root!();
-    match probe_row("syscall-kprobe") {
-        Err(why) if why.contains("CONFIG_BPF_KPROBE_OVERRIDE") => {}
-        other => {
-            println!(
-                "skipped: this kernel has kprobe override ({other:?}); the refusal for a missing CONFIG_BPF_KPROBE_OVERRIDE cannot be seen here"
-            );
-            return;
-        }
+    if kernel::kprobe_override().is_ok() {
+        println!(
+            "skipped: this kernel has kprobe override (CONFIG_BPF_KPROBE_OVERRIDE=y); the refusal for a missing one cannot be seen here"
+        );
+        return;
     }
     let (code, _, err) = agent_output(&[
         "blast",

@@ -14,10 +14,11 @@ const PACKAGES: &[&str] = &["iperf3"];
 
 /// The integration tests that measure what only a VM kernel can show (the
 /// syscall backends this host cannot load; delay, jitter and bandwidth,
-/// which need fq, side by side with netem); they print `figure: ...`
-/// lines, which `--vm` collects. Libtest filters: `delay` selects every
-/// test of tests/delay.rs.
-const VM_TESTS: &[&str] = &["syscall_cost", "delay"];
+/// which need fq, side by side with netem; burst loss next to netem's
+/// `loss gemodel`); they print `figure: ...` lines, which `--vm`
+/// collects. Libtest filters: `delay` selects every test of
+/// tests/delay.rs.
+const VM_TESTS: &[&str] = &["syscall_cost", "delay", "burst_loss"];
 const VM_KERNEL: &str = "fi-6.12";
 
 /// `figure: ` lines of a VM console log, without the prefix.
@@ -92,12 +93,32 @@ pub fn bench(quick: bool, vm: bool, only: &[String]) -> Result<()> {
     if vm {
         md.push_str(&vm_section()?);
     }
+    let md = stamped(&md);
     print!("{md}");
     let path = root().join("docs/benchmarks.md");
     fs::create_dir_all(path.parent().context("docs has a parent")?)?;
     fs::write(&path, &md)?;
     eprintln!("xtask: wrote {}", path.display());
     Ok(())
+}
+
+/// What opens the line that lists a report's sections.
+const SECTIONS: &str = "Sections of this run: ";
+
+/// The `## ` headings of a report, in order.
+fn headings(md: &str) -> Vec<&str> {
+    md.lines().filter_map(|l| l.strip_prefix("## ")).collect()
+}
+
+/// `md` with a line after its first paragraph naming every section this
+/// run wrote, so a section added or kept by hand shows (a unit test holds
+/// docs/benchmarks.md to it).
+fn stamped(md: &str) -> String {
+    let line = format!("{SECTIONS}{}.", headings(md).join("; "));
+    match md.find("\n\n") {
+        Some(i) => format!("{}\n\n{line}{}", &md[..i], &md[i..]),
+        None => format!("{md}\n{line}\n"),
+    }
 }
 
 /// `cargo xtask soak`: builds the agent and `chaos-soak`, runs the
@@ -160,6 +181,32 @@ pub fn soak(cycles: usize, only: &[String], record: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stamp_lists_every_section() {
+        let md = stamped("# B\n\nWritten by x.\n\n## One\n\nt\n\n## Two (a, b)\n\nu\n");
+        assert!(
+            md.starts_with("# B\n\nSections of this run: One; Two (a, b).\n\nWritten by x."),
+            "{md}"
+        );
+    }
+
+    /// docs/benchmarks.md holds exactly the sections its run wrote: none
+    /// added, kept from another run or left out by hand.
+    #[test]
+    fn benchmarks_md_holds_what_its_stamp_lists() {
+        let md = fs::read_to_string(root().join("docs/benchmarks.md")).unwrap();
+        let stamp = md
+            .lines()
+            .find_map(|l| l.strip_prefix(SECTIONS))
+            .expect("docs/benchmarks.md has no section list: write it with ./x bench");
+        let listed: Vec<&str> = stamp.trim_end_matches('.').split("; ").collect();
+        assert_eq!(
+            listed,
+            headings(&md),
+            "docs/benchmarks.md was edited by hand"
+        );
+    }
 
     #[test]
     fn collects_figure_lines_from_a_console_log() {

@@ -235,9 +235,24 @@ pub fn package(agent: &Path, work: &Path, out_dir: &Path) -> Result<PathBuf> {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
         .collect();
     examples.sort();
+    // The examples name the schema relative to the repository's policies/
+    // (`../docs/policy.schema.json`); here it sits next to examples/.
+    copy(
+        &repo.join("docs/policy.schema.json"),
+        &doc.join("policy.schema.json"),
+        0o644,
+    )?;
     for p in &examples {
         let name = p.file_name().expect("file");
-        copy(p, &doc.join("examples").join(name), 0o644)?;
+        let text = fs::read_to_string(p)?.replacen(
+            "$schema=../docs/policy.schema.json",
+            "$schema=../policy.schema.json",
+            1,
+        );
+        let to = doc.join("examples").join(name);
+        fs::create_dir_all(doc.join("examples"))?;
+        fs::write(&to, text)?;
+        fs::set_permissions(&to, fs::Permissions::from_mode(0o644))?;
     }
     let debian = tree.join("DEBIAN");
     fs::create_dir_all(&debian)?;
@@ -387,6 +402,22 @@ mod tests {
         )))
         .unwrap();
         assert_eq!(bash, "# bash completion\n");
+        // Every example's schema line points at a file of the package.
+        let doc = work.join(format!(
+            "chaos-agent_{}_{}/usr/share/doc/chaos-agent",
+            env!("CARGO_PKG_VERSION"),
+            deb_arch()
+        ));
+        for e in fs::read_dir(doc.join("examples")).unwrap() {
+            let text = fs::read_to_string(e.unwrap().path()).unwrap();
+            let target = text
+                .lines()
+                .next()
+                .and_then(|l| l.split_once("$schema="))
+                .map(|(_, t)| t.trim())
+                .expect("a $schema line");
+            assert!(doc.join("examples").join(target).is_file(), "{target}");
+        }
         let info = Command::new("dpkg-deb")
             .arg("--info")
             .arg(&deb)

@@ -5,6 +5,7 @@
 mod bench;
 mod deb;
 mod demo;
+mod required;
 mod setup;
 mod vm;
 
@@ -15,6 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::{Parser, Subcommand};
+use vm::console::{Console, Outcome};
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -246,122 +248,224 @@ pub(crate) fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Totals over every `cargo test` run of `./x test`.
+/// Totals over every test run of `./x test`.
 #[derive(Default)]
 struct Tally {
     passed: u64,
     failed: u64,
     skipped: u64,
-    /// Skips seen in host runs, which cargo also counted as passed.
-    host_skipped: u64,
 }
 
 impl Tally {
-    /// Runs a `cargo test`, echoing its output, and adds up its results
-    /// (`test result:` lines, and `skipped: ...` lines that tests print
-    /// when the kernel or the user lacks something). Fails when cargo does.
-    fn run(&mut self, cmd: &mut Command) -> Result<()> {
-        use std::io::{BufRead as _, BufReader};
-        cmd.current_dir(root()).stdout(std::process::Stdio::piped());
-        eprintln!("xtask: {}", display(cmd));
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot run {}", display(cmd)))?;
-        let stdout = child.stdout.take().expect("piped");
-        for line in BufReader::new(stdout).lines() {
-            let line = line?;
-            println!("{line}");
-            if let Some(rest) = line.strip_prefix("test result: ") {
-                let count = |word: &str| {
-                    rest.split(';')
-                        .find_map(|part| {
-                            part.trim()
-                                .trim_start_matches("ok. ")
-                                .trim_start_matches("FAILED. ")
-                                .strip_suffix(word)
-                        })
-                        .and_then(|n| n.trim().parse::<u64>().ok())
-                        .unwrap_or(0)
-                };
-                self.passed += count(" passed");
-                self.failed += count(" failed");
-            } else if line.trim_start().starts_with("skipped:") {
-                self.skipped += 1;
-                self.host_skipped += 1;
-            }
-        }
-        let status = child.wait()?;
-        if !status.success() {
-            bail!("{} failed: {status}", display(cmd));
-        }
-        Ok(())
+    fn add(&mut self, c: &Console, crashed: u64) {
+        self.passed += c.count(Outcome::Passed);
+        self.failed += c.count(Outcome::Failed) + crashed;
+        self.skipped += c.count(Outcome::Skipped);
     }
+}
+
+/// Runs `cmd` (a `cargo test` or a test executable), echoing its output
+/// and parsing libtest's results, with `skipped: ...` lines in a test's
+/// captured output counted as skips, not passes. Returns whether it exited
+/// 0. With `krate`, `cmd` is a `cargo test` that runs several executables:
+/// each one's results are keyed `krate#N` (libtest starts each with
+/// `running N tests`), so equal test names in two of them stay apart.
+fn run_tests(cmd: &mut Command, console: &mut Console, krate: Option<&str>) -> Result<bool> {
+    use std::io::{BufRead as _, BufReader};
+    cmd.stdout(Stdio::piped());
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(root());
+    }
+    eprintln!("xtask: {}", display(cmd));
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {}", display(cmd)))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut executables = 0;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(krate) = krate
+            && line.starts_with("running ")
+            && (line.ends_with(" tests") || line.ends_with(" test"))
+        {
+            executables += 1;
+            console.start_binary(&format!("{krate}#{executables}"));
+        }
+        console.line_at(&line, 0.0);
+    }
+    Ok(child.wait()?.success())
 }
 
 fn test(filter: Option<String>, host_only: bool) -> Result<()> {
     setup::setup()?;
     lint()?;
     let mut tally = Tally::default();
-    let mut result = test_all(filter.clone(), &mut tally);
-    if result.is_ok() && !host_only {
+    let mut errors = Vec::new();
+    // Unit tests: one `cargo test` per crate so that results are keyed by
+    // crate; --no-fail-fast so that one failing executable hides no other,
+    // --show-output so that skips reach the count.
+    for krate in ["chaos-common", "chaos-agent", "xtask"] {
+        let mut console = Console::default();
+        let ok = run_tests(
+            cargo().args([
+                "test",
+                "--locked",
+                "--no-fail-fast",
+                "-p",
+                krate,
+                "--",
+                "--show-output",
+            ]),
+            &mut console,
+            Some(krate),
+        )?;
+        tally.add(
+            &console,
+            u64::from(!ok && console.count(Outcome::Failed) == 0),
+        );
+        if !ok {
+            errors.push(format!("the unit tests of {krate} failed"));
+        }
+    }
+    let host = host_tests(filter.clone(), &mut tally);
+    match host {
+        Ok(row) => {
+            println!();
+            vm::print_table(std::iter::once(row.as_row()));
+            if row.result != "ok" {
+                errors.push("the host's integration tests failed".to_owned());
+            }
+        }
+        Err(e) => errors.push(format!("{e:#}")),
+    }
+    if errors.is_empty() && !host_only {
         // The kernel matrix: 6.1 (netlink only) and 6.12 (tcx) under qemu.
-        result = vm::vm_test(vm::Options {
+        let result = vm::vm_test(vm::Options {
             kernels: Vec::new(),
             filters: filter.into_iter().collect(),
             full: false,
             timeout: vm::parse_timeout(vm::DEFAULT_TIMEOUT).map_err(anyhow::Error::msg)?,
-        })
-        .map(|t| {
-            tally.passed += t.passed;
-            tally.failed += t.failed;
-            tally.skipped += t.skipped;
         });
+        match result {
+            Ok(t) => {
+                tally.passed += t.passed;
+                tally.failed += t.failed;
+                tally.skipped += t.skipped;
+            }
+            Err(e) => errors.push(format!("{e:#}")),
+        }
     }
-    // A plain closing line over all runs. Skipped tests pass in cargo's
-    // count on the host (the VM runner counts them apart already); they are
-    // subtracted here, because a skip is not a pass.
+    // A plain closing line over all runs; a skip is never a pass.
     println!(
         "xtask: {} passed, {} failed, {} skipped",
-        tally.passed - tally.host_skipped.min(tally.passed),
-        tally.failed,
-        tally.skipped
+        tally.passed, tally.failed, tally.skipped
     );
-    result
+    if !errors.is_empty() {
+        bail!("{}", errors.join("; "));
+    }
+    Ok(())
 }
 
-fn test_all(filter: Option<String>, tally: &mut Tally) -> Result<()> {
-    tally.run(cargo().args([
-        "test",
-        "--locked",
-        "-p",
-        "chaos-common",
-        "-p",
-        "chaos-agent",
-        "-p",
-        "xtask",
-    ]))?;
+/// The host's line of the per-kernel table.
+struct HostRun {
+    required: usize,
+    ran: u64,
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+    wall: std::time::Duration,
+    result: &'static str,
+}
+
+impl HostRun {
+    fn as_row(&self) -> vm::Row<'_> {
+        vm::Row {
+            kernel: "host",
+            required: self.required,
+            ran: self.ran,
+            passed: self.passed,
+            failed: self.failed,
+            skipped: self.skipped,
+            wall: self.wall,
+            result: self.result,
+        }
+    }
+}
+
+/// The privileged integration tests on the host: every test executable in
+/// turn (one failing executable does not stop the others), one test at a
+/// time, then the host's required tests checked.
+fn host_tests(filter: Option<String>, tally: &mut Tally) -> Result<HostRun> {
     let agent = build()?;
     if !is_root() {
         bail!(
             "the integration tests attach eBPF programs and create network namespaces: run `./x test` as root"
         );
     }
-    // One at a time: every test builds its own namespaces, but they share
-    // the kernel's BPF statistics and the agent's leftover state directory.
-    // --show-output puts each test's measurements (and skips) in the log.
-    let mut cmd = cargo();
-    cmd.args(["test", "--locked", "--release", "-p", "chaos-tests", "--"])
-        .args(filter.iter())
-        .args(["--test-threads=1", "--show-output"])
-        .env("CHAOS_AGENT_BIN", &agent)
-        .env(
-            "CHAOS_TRAFFIC_BIN",
-            root().join("target/release/chaos-traffic"),
-        )
-        .env("CHAOS_POLICIES_DIR", root().join("policies"))
-        // deploy.rs packages the agent under test (`xtask deb --agent`).
-        .env("CHAOS_XTASK_BIN", std::env::current_exe()?);
-    tally.run(&mut cmd)
+    let start = std::time::Instant::now();
+    let facts = required::KernelFacts::host()?;
+    let executables = vm::test_executables()?;
+    let args: Vec<String> = filter.into_iter().collect();
+    let requirement =
+        required::Requirement::new(&required::selected_tests(&executables, &args)?, &facts);
+    let mut console = Console::default();
+    let mut crashed = Vec::new();
+    for (name, exe) in &executables {
+        console.start_binary(name);
+        // One at a time: every test builds its own namespaces, but they
+        // share the kernel's BPF statistics and the agent's leftover state
+        // directory. --show-output puts each test's measurements (and
+        // skips) in the log. cargo would run them from the package's
+        // directory.
+        let mut cmd = Command::new(exe);
+        cmd.args(&args)
+            .args(["--test-threads=1", "--show-output"])
+            .current_dir(root().join("tests"))
+            .env("CHAOS_AGENT_BIN", &agent)
+            .env(
+                "CHAOS_TRAFFIC_BIN",
+                root().join("target/release/chaos-traffic"),
+            )
+            .env("CHAOS_POLICIES_DIR", root().join("policies"))
+            // deploy.rs packages the agent under test (`xtask deb --agent`).
+            .env("CHAOS_XTASK_BIN", std::env::current_exe()?);
+        let ok = run_tests(&mut cmd, &mut console, None)?;
+        let failed_here = console
+            .tests
+            .iter()
+            .any(|(k, r)| r.outcome == Outcome::Failed && k.starts_with(&format!("{name}::")));
+        if !ok && !failed_here {
+            crashed.push(name.clone());
+        }
+    }
+    tally.add(&console, crashed.len() as u64);
+    println!();
+    println!("== host (Linux {})", facts.release);
+    for (test, why) in &requirement.exempt {
+        println!("   not required here: {test} ({why})");
+    }
+    let missing = requirement.missing(&console);
+    for line in &missing {
+        println!("   FAILED   {line}");
+    }
+    for name in &crashed {
+        println!("   FAILED   {name} exited non-zero without a failed test");
+    }
+    let failed = console.count(Outcome::Failed) + crashed.len() as u64;
+    Ok(HostRun {
+        required: requirement.required.len(),
+        ran: console.count(Outcome::Passed) + console.count(Outcome::Failed),
+        passed: console.count(Outcome::Passed),
+        failed,
+        skipped: console.count(Outcome::Skipped),
+        wall: start.elapsed(),
+        result: if failed == 0 && missing.is_empty() {
+            "ok"
+        } else {
+            "FAILED"
+        },
+    })
 }
 
 /// Errors end the output as one line, without the backtrace anyhow would

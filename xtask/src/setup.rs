@@ -31,6 +31,7 @@ const PACKAGES: &[&str] = &[
     "man-db",
     "binutils",
     "lintian",
+    "strace",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

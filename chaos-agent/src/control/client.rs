@@ -90,8 +90,9 @@ fn render_status(v: &Status) -> String {
             })
             .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
-            "{} [{}] {} left {}{}\n",
+            "{}{} [{}] {} left {}{}\n",
             p.name,
+            if p.shadow { " (shadow)" } else { "" },
             state_name(&p.state),
             p.file,
             left,
@@ -121,11 +122,16 @@ fn render_status(v: &Status) -> String {
                 (None, None) => String::new(),
             };
             out.push_str(&format!(
-                "  {} {} {place} [{}]: matched {} injected {} guard-passed {}{}\n",
+                "  {} {} {place} [{}{}]: matched {} {} {} guard-passed {}{}\n",
                 f.fault,
                 f.action,
                 state_name(&f.state),
+                f.phase
+                    .as_deref()
+                    .map(|p| format!(", flap {p}"))
+                    .unwrap_or_default(),
                 f.matched,
+                if f.shadow { "would inject" } else { "injected" },
                 f.injected,
                 f.guard_passed,
                 f.problem

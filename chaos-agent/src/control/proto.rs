@@ -62,6 +62,9 @@ pub struct PolicyStatus {
     pub reason: Option<String>,
     pub time_left_ms: Option<u64>,
     pub starts_in_ms: Option<u64>,
+    /// `spec.mode: shadow`: its faults count what they would do.
+    #[serde(default)]
+    pub shadow: bool,
     pub faults: Vec<FaultStatus>,
 }
 
@@ -102,8 +105,15 @@ pub struct FaultStatus {
     pub state: FaultState,
     pub problem: Option<String>,
     pub matched: u64,
+    /// In shadow mode: what would have been injected.
     pub injected: u64,
     pub guard_passed: u64,
+    /// Counts what it would do, does nothing.
+    #[serde(default)]
+    pub shadow: bool,
+    /// A flapping fault in force: "on" or "off" now.
+    #[serde(default)]
+    pub phase: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

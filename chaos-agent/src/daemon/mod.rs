@@ -102,7 +102,7 @@ pub async fn run(args: DaemonArgs) -> Result<ExitCode> {
         net: NetOptions {
             attach: args.attach,
             debug_kernel: false,
-            extra_default_ports: vec![metrics_addr.port()],
+            extra_default_ports: metrics.guarded_ports(),
         },
         syscall_backend: None,
         lease: args.lease,

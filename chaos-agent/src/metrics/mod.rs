@@ -51,6 +51,7 @@ pub const LEASE_LAPSES: &str = "chaos_agent_lease_lapses";
 pub const BUILD_INFO: &str = "chaos_agent_build_info";
 pub const FAULT_DEADLINE: &str = "chaos_agent_fault_deadline_seconds";
 pub const RELOADS: &str = "chaos_agent_reloads";
+pub const FAULT_PHASE: &str = "chaos_agent_fault_phase";
 
 /// Which family of counters a label set belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -100,6 +101,9 @@ impl Labels {
                 Family::Syscall
             }
         };
+        // Shadow counts are what would have been done: never summed with
+        // what was done.
+        pairs.push(("mode", row.mode.to_string()));
         Labels { family, pairs }
     }
 
@@ -120,6 +124,9 @@ pub struct Tally {
     /// CLOCK_MONOTONIC ns at which the kernel stops acting, per label set
     /// of a row in force (the earliest, should two rows share labels).
     pub deadlines: BTreeMap<Labels, u64>,
+    /// The schedule of each label set in force (`None`: always on), for
+    /// the phase gauge, computed when it is read.
+    pub schedules: BTreeMap<Labels, Option<chaos_common::Schedule>>,
     faults: BTreeSet<(String, String)>,
 }
 
@@ -135,6 +142,7 @@ impl Tally {
             if self.faults.insert((row.policy.clone(), row.fault.clone())) {
                 *active += 1;
             }
+            self.schedules.insert(labels.clone(), row.schedule);
             let at = self.deadlines.entry(labels).or_insert(d);
             *at = (*at).min(d);
         }
@@ -217,6 +225,8 @@ pub struct Metrics {
     _provider: SdkMeterProvider,
     server: Option<tokio::task::JoinHandle<()>>,
     push: Option<otlp::Push>,
+    /// The collector's port, when pushing.
+    push_port: Option<u16>,
     health: Arc<health::Health>,
 }
 
@@ -236,6 +246,7 @@ impl Metrics {
     /// Serves `GET /metrics` on `addr` and pushes to the OTLP endpoint of
     /// `push`, either or both, on the current tokio runtime.
     pub fn new(addr: Option<SocketAddr>, push: Option<&otlp::Config>) -> Result<Metrics> {
+        let push_config = push;
         let listener = addr.map(listen).transpose()?;
         let addr = listener
             .as_ref()
@@ -280,6 +291,7 @@ impl Metrics {
             _provider: provider,
             server,
             push,
+            push_port: push_config.map(otlp::Config::port),
             health,
         })
     }
@@ -293,6 +305,16 @@ impl Metrics {
     /// metrics are served.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.addr
+    }
+
+    /// The ports of the agent's own metrics traffic (the listener's and
+    /// the collector's), for the built-in guard.
+    pub fn guarded_ports(&self) -> Vec<u16> {
+        self.addr
+            .map(|a| a.port())
+            .into_iter()
+            .chain(self.push_port)
+            .collect()
     }
 
     /// What `/healthz` and `/readyz` answer: live and ready unless the
@@ -464,6 +486,23 @@ fn instruments(provider: &SdkMeterProvider, shared: &Shared) {
         })
         .build();
 
+    let phases = Arc::clone(shared);
+    meter
+        .u64_observable_gauge(FAULT_PHASE)
+        .with_description(
+            "1 while a fault in force acts, 0 in the off part of its schedule (flapping); always 1 without one",
+        )
+        .with_unit("1")
+        .with_callback(move |observer| {
+            let Ok(snap) = phases.lock() else { return };
+            let now = monotonic_ns();
+            for (labels, s) in &snap.tally.schedules {
+                let on = s.is_none_or(|s| s.is_on(now));
+                observer.observe(u64::from(on), &labels.attributes());
+            }
+        })
+        .build();
+
     let build = [
         KeyValue::new("version", crate::version::VERSION),
         KeyValue::new("commit", crate::version::COMMIT),
@@ -491,7 +530,7 @@ mod tests {
     use super::*;
     use crate::{
         fault::Backend,
-        policy::model::{ActionKind, Direction},
+        policy::model::{ActionKind, Direction, Mode},
     };
 
     fn net_row(netns: Option<&str>) -> Row {
@@ -505,6 +544,8 @@ mod tests {
                 netns: netns.map(str::to_owned),
                 direction: Direction::Egress,
             },
+            mode: Mode::Enforce,
+            schedule: None,
         }
     }
 
@@ -513,7 +554,14 @@ mod tests {
         let keys = |l: Labels| l.pairs.iter().map(|(k, _)| *k).collect::<Vec<_>>();
         assert_eq!(
             keys(Labels::of(&net_row(None))),
-            ["policy", "fault", "action", "interface", "direction"]
+            [
+                "policy",
+                "fault",
+                "action",
+                "interface",
+                "direction",
+                "mode"
+            ]
         );
         let with = Labels::of(&net_row(Some("edge")));
         assert_eq!(
@@ -524,7 +572,8 @@ mod tests {
                 "action",
                 "interface",
                 "netns",
-                "direction"
+                "direction",
+                "mode"
             ]
         );
         assert_eq!(with.pairs[4].1, "edge");
@@ -620,6 +669,11 @@ mod tests {
         assert!(
             line("chaos_agent_packets_matched_total{").contains(r#"netns="edge""#),
             "{body}"
+        );
+        let phase = line("chaos_agent_fault_phase{");
+        assert!(
+            phase.contains(r#"mode="enforce""#) && phase.ends_with(" 1"),
+            "{phase}"
         );
     }
 

@@ -84,6 +84,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The collector's port (80 when the URL names none): it joins the
+    /// built-in guard, so a fault does not cut the agent's own pushes.
+    pub fn port(&self) -> u16 {
+        self.url
+            .parse::<Uri>()
+            .ok()
+            .and_then(|u| u.port_u16())
+            .unwrap_or(80)
+    }
+
     /// The push asked for by `--otlp-endpoint` (`flag`) or, without it, by
     /// the environment; `None` when neither names an endpoint. A bad URL
     /// or interval is a usage error (exit 2) naming the flag or variable.
@@ -406,6 +416,19 @@ mod tests {
 
     fn url(flag: Option<&str>, vars: &[(&str, &str)]) -> String {
         resolve(flag, vars).unwrap().expect("an endpoint").url
+    }
+
+    #[test]
+    fn the_collector_port_is_guarded_80_by_default() {
+        let port = |flag| {
+            resolve(Some(flag), &[])
+                .unwrap()
+                .expect("an endpoint")
+                .port()
+        };
+        assert_eq!(port("http://127.0.0.1:4318"), 4318);
+        assert_eq!(port("http://collector.local/otlp"), 80);
+        assert_eq!(port("http://[::1]:14318"), 14318);
     }
 
     #[test]

@@ -14,10 +14,10 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use chaos_common::{
-    ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, FAMILY_ANY,
-    FAMILY_V4, FAMILY_V6, FIELD_CGROUP, FIELD_DPORT, FIELD_PROTO, FIELD_SPORT, HOOK_SLOT_SHARED,
-    HookConf, HookKey, HookSlot, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Rule,
-    RuleKey, Shape,
+    ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, Burst,
+    FAMILY_ANY, FAMILY_V4, FAMILY_V6, FIELD_CGROUP, FIELD_DPORT, FIELD_PROTO, FIELD_SPORT,
+    HOOK_SLOT_SHARED, HookConf, HookKey, HookSlot, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP, RULE_BURST, RULE_SHADOW, Rule, RuleKey, Shape,
 };
 
 pub use crate::cgroup::ResolvedCgroup;
@@ -25,7 +25,8 @@ use crate::{
     fault::threshold,
     policy::{
         limits::{self, MAX_KEYS_PER_RULE},
-        model::{Cidr, Match, NetworkAction, Percent, PortRange, Protocol},
+        model::{Cidr, Match, Mode, NetworkAction, Percent, PortRange, Protocol},
+        modes,
     },
 };
 
@@ -73,7 +74,21 @@ pub fn kernel_rule(
         ..Rule::default()
     };
     let percent = match action {
-        NetworkAction::Loss { percent } => {
+        NetworkAction::Loss {
+            percent,
+            burst: Some(burst),
+        } => {
+            rule.action = ACTION_LOSS;
+            // Validation refused the impossible combinations.
+            let (p, r) = modes::gilbert(*percent, *burst).unwrap_or((0.0, 1.0));
+            rule.flags |= RULE_BURST;
+            rule.burst = Burst {
+                enter: threshold(Percent(100.0 * p)),
+                leave: threshold(Percent(100.0 * r)),
+            };
+            *percent
+        }
+        NetworkAction::Loss { percent, .. } => {
             rule.action = ACTION_LOSS;
             *percent
         }
@@ -99,6 +114,15 @@ pub fn kernel_rule(
     };
     rule.threshold = threshold(percent);
     rule
+}
+
+/// Writes a fault's mode and schedule into its rule.
+pub fn set_mode(rule: &mut Rule, mode: Mode, schedule: chaos_common::Schedule) {
+    rule.flags &= !RULE_SHADOW;
+    if mode == Mode::Shadow {
+        rule.flags |= RULE_SHADOW;
+    }
+    rule.schedule = schedule;
 }
 
 /// Departure-time cost of one byte at `rate_bps` bits per second, in
@@ -412,7 +436,13 @@ mod tests {
     fn each_action_has_its_kernel_code() {
         let pct = Percent(5.0);
         let code = |a: NetworkAction| kernel_rule(&a, 1, 0, 0).action;
-        assert_eq!(code(NetworkAction::Loss { percent: pct }), ACTION_LOSS);
+        assert_eq!(
+            code(NetworkAction::Loss {
+                percent: pct,
+                burst: None
+            }),
+            ACTION_LOSS
+        );
         assert_eq!(
             code(NetworkAction::Corrupt { percent: pct }),
             ACTION_CORRUPT
@@ -424,6 +454,42 @@ mod tests {
         let r = kernel_rule(&NetworkAction::Corrupt { percent: pct }, 77, 3, 9);
         assert_eq!((r.deadline_ns, r.guard_mask, r.priority), (77, 3, 9));
         assert_eq!(r.threshold, threshold(pct));
+    }
+
+    #[test]
+    fn burst_loss_and_modes_in_the_rule() {
+        let r = kernel_rule(
+            &NetworkAction::Loss {
+                percent: Percent(10.0),
+                burst: Some(8.0),
+            },
+            1,
+            0,
+            0,
+        );
+        assert_eq!(r.flags, RULE_BURST);
+        assert_eq!(r.burst.leave, 1 << 29);
+        assert_eq!(r.burst.enter, threshold(Percent(100.0 / 72.0)));
+        let plain = kernel_rule(
+            &NetworkAction::Loss {
+                percent: Percent(10.0),
+                burst: None,
+            },
+            1,
+            0,
+            0,
+        );
+        assert_eq!((plain.flags, plain.burst), (0, Burst::default()));
+        let mut m = r;
+        let s = chaos_common::Schedule {
+            start_ns: 5,
+            on_ns: 1,
+            period_ns: 2,
+        };
+        set_mode(&mut m, Mode::Shadow, s);
+        assert_eq!((m.flags, m.schedule), (RULE_BURST | RULE_SHADOW, s));
+        set_mode(&mut m, Mode::Enforce, s);
+        assert_eq!(m.flags, RULE_BURST);
     }
 
     #[test]

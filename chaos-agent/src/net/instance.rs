@@ -19,11 +19,11 @@ use aya::{
     programs::SchedClassifier,
 };
 use chaos_common::{
-    Config, Counters, DIR_INGRESS, DportFilter, FAMILY_V4, FAMILY_V6, GLOBAL_DEBUG,
+    BurstState, Config, Counters, DIR_INGRESS, DportFilter, FAMILY_V4, FAMILY_V6, GLOBAL_DEBUG,
     GLOBAL_SET_TSTAMP, GUARD_DEFAULT, GUARD_SETS, GuardEntry, GuardNet, HookConf, HookKey,
-    HookSlot, MAP_CONFIG, MAP_COUNTERS, MAP_DPORT_FILTERS, MAP_GUARD_NETS, MAP_GUARD_PORTS,
-    MAP_HOOK_SLOTS, MAP_HOOKS, MAP_PACE, MAP_RULE_INDEX, MAP_RULES, PROG_TC_EGRESS,
-    PROG_TC_INGRESS, Pace, Rule, RuleKey, RuleRef,
+    HookSlot, MAP_BURST, MAP_CONFIG, MAP_COUNTERS, MAP_DPORT_FILTERS, MAP_GUARD_NETS,
+    MAP_GUARD_PORTS, MAP_HOOK_SLOTS, MAP_HOOKS, MAP_PACE, MAP_RULE_INDEX, MAP_RULES,
+    PROG_TC_EGRESS, PROG_TC_INGRESS, Pace, Rule, RuleKey, RuleRef,
 };
 use tracing::warn;
 
@@ -328,7 +328,8 @@ impl Instance {
         Ok(id)
     }
 
-    /// A new rule starts from zero: its counters and its pacing clock.
+    /// A new rule starts from zero: its counters, its pacing clock and its
+    /// burst-loss chain (in state Good).
     fn reset_slot(&mut self, id: u32) -> Result<()> {
         let cpus = aya::util::nr_cpus()
             .map_err(|(what, e)| Error::Runtime(format!("{what}: {e}")))?
@@ -343,7 +344,11 @@ impl Instance {
             .map_err(|e| map_err(MAP_COUNTERS, e))?;
         let mut pace: Array<_, Pace> = array(&mut self.ebpf, MAP_PACE)?;
         pace.set(id, &Pace::default(), 0)
-            .map_err(|e| map_err(MAP_PACE, e))
+            .map_err(|e| map_err(MAP_PACE, e))?;
+        let mut burst: Array<_, BurstState> = array(&mut self.ebpf, MAP_BURST)?;
+        burst
+            .set(id, &BurstState::default(), 0)
+            .map_err(|e| map_err(MAP_BURST, e))
     }
 
     /// Rewrites a rule's kernel entry in place (action or priority).

@@ -42,8 +42,8 @@ use shaping::{Hold, Shaper};
 use crate::{
     cgroup,
     error::{Error, Result},
-    fault::{Active, Backend, Counts, Hook, Row},
-    policy::model::{Cidr, Direction, Fault, FaultKind, NetworkFault, Policy},
+    fault::{Active, Backend, Counts, Hook, Row, kernel_schedule, monotonic_ns},
+    policy::model::{Cidr, Direction, Fault, FaultKind, Mode, NetworkFault, Policy, Schedule},
 };
 
 /// How programs are attached to interfaces.
@@ -134,6 +134,11 @@ fn directions(d: Direction) -> &'static [u32] {
 pub struct NetFault {
     rows: Vec<Row>,
     fault: NetworkFault,
+    mode: Mode,
+    schedule: Option<Schedule>,
+    /// Kernel counters when the mode last changed: what is reported is
+    /// counted since.
+    base: Counts,
     netns: Option<String>,
     rule_id: u32,
     deadline_ns: u64,
@@ -146,6 +151,7 @@ pub struct NetFault {
 /// A network fault resolved, ready to add.
 struct Planned<'a> {
     name: &'a str,
+    whole: &'a Fault,
     fault: &'a NetworkFault,
     spec: RuleSpec,
 }
@@ -285,6 +291,7 @@ impl NetHost {
             encode::expand(&spec).map_err(|e| Error::Invalid(at(e.to_string())))?;
             planned.push(Planned {
                 name: &f.name,
+                whole: f,
                 fault: n,
                 spec,
             });
@@ -335,6 +342,8 @@ impl NetHost {
         mode: Backend,
     ) -> Result<NetFault> {
         let n = p.fault;
+        // A schedule counts from the moment the fault is applied.
+        let schedule = kernel_schedule(p.whole, monotonic_ns());
         let mut fault = NetFault {
             rows: vec![Row {
                 policy: policy.name.clone(),
@@ -346,8 +355,13 @@ impl NetHost {
                     netns: n.netns.clone(),
                     direction: n.direction,
                 },
+                mode: p.whole.mode,
+                schedule: p.whole.schedule.map(|_| schedule),
             }],
             fault: n.clone(),
+            mode: p.whole.mode,
+            schedule: p.whole.schedule,
+            base: Counts::default(),
             netns: n.netns.clone(),
             rule_id: u32::MAX,
             deadline_ns,
@@ -405,6 +419,7 @@ impl NetHost {
             let mut rule =
                 encode::kernel_rule(&n.action, deadline_ns, default | guard_bit, priority);
             rule.ifb_ifindex = ifb_ifindex;
+            encode::set_mode(&mut rule, p.whole.mode, schedule);
             Ok((guard_bit, rule))
         });
         let (guard_bit, rule) = match added {
@@ -538,12 +553,12 @@ impl Active for NetFault {
             .get(&self.netns)
             .map(|i| i.counters(self.rule_id))
             .unwrap_or_default();
-        vec![c]
+        vec![c.since(self.base)]
     }
 
-    /// A new percentage, latency, jitter or rate: one map write. Starting
-    /// or ending a delay adds or removes qdiscs, and a new selection other
-    /// keys: those replace the fault.
+    /// A new percentage, burst, latency, jitter or rate, mode or schedule:
+    /// one map write. Starting or ending a delay adds or removes qdiscs,
+    /// and a new selection other keys: those replace the fault.
     fn set_action(&mut self, host: &mut NetHost, to: &Fault) -> Result<()> {
         let FaultKind::Network(n) = &to.kind else {
             return Err(Error::Invalid("not a network fault".into()));
@@ -569,8 +584,23 @@ impl Active for NetFault {
         let mut rule =
             encode::kernel_rule(&n.action, old.deadline_ns, old.guard_mask, old.priority);
         rule.ifb_ifindex = old.ifb_ifindex;
+        let schedule = if to.schedule == self.schedule {
+            old.schedule
+        } else {
+            kernel_schedule(to, monotonic_ns())
+        };
+        encode::set_mode(&mut rule, to.mode, schedule);
         instance.set_rule(self.rule_id, rule)?;
+        if to.mode != self.mode {
+            self.base = instance.counters(self.rule_id);
+        }
         self.fault = n.clone();
+        self.mode = to.mode;
+        self.schedule = to.schedule;
+        for row in &mut self.rows {
+            row.mode = to.mode;
+            row.schedule = to.schedule.map(|_| schedule);
+        }
         Ok(())
     }
 

@@ -56,8 +56,20 @@ pub struct NetFlags {
     pub corrupt: Option<String>,
     pub duplicate: Option<String>,
     pub rate: Option<String>,
+    /// `--burst`: `loss.burst`.
+    pub burst: Option<String>,
     pub duration: String,
     pub abort: AbortFlags,
+    pub modes: ModeFlags,
+}
+
+/// `--shadow` and `--flap`, on both kinds of blast, as typed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModeFlags {
+    /// `spec.mode: shadow`.
+    pub shadow: bool,
+    /// `ON/OFF`: the fault's `schedule`.
+    pub flap: Option<String>,
 }
 
 /// The `--abort-*` flags (the policy's `spec.abortWhen`), as typed.
@@ -85,6 +97,7 @@ pub struct SyscallFlags {
     pub max_injections: Option<String>,
     pub duration: String,
     pub abort: AbortFlags,
+    pub modes: ModeFlags,
 }
 
 /// Flags that do not make a valid blast: `--dport: expected a port ...`.
@@ -121,6 +134,7 @@ pub fn net_policy(f: &NetFlags) -> Result<Policy, FlagError> {
         Field::new("--name", "metadata.name", one(&f.name)),
     ];
     fields.extend(abort_fields(&f.abort));
+    fields.extend(mode_fields(&f.modes)?);
     let net = [
         ("--netns", "netns", one(&f.netns)),
         ("--direction", "direction", one(&f.direction)),
@@ -137,6 +151,7 @@ pub fn net_policy(f: &NetFlags) -> Result<Policy, FlagError> {
         ("--corrupt", "corrupt.percent", one(&f.corrupt)),
         ("--duplicate", "duplicate.percent", one(&f.duplicate)),
         ("--rate", "bandwidth.rate", one(&f.rate)),
+        ("--burst", "loss.burst", one(&f.burst)),
     ];
     fields.extend(
         net.into_iter()
@@ -157,6 +172,7 @@ pub fn syscall_policy(f: &SyscallFlags) -> Result<Policy, FlagError> {
         Field::new("--name", "metadata.name", one(&f.name)),
     ];
     fields.extend(abort_fields(&f.abort));
+    fields.extend(mode_fields(&f.modes)?);
     let sys = [
         ("--percent", "percent", one(&f.percent)),
         ("--pid", "target.pid", one(&f.pid)),
@@ -197,6 +213,32 @@ fn abort_fields(a: &AbortFlags) -> Vec<Field> {
             one(&a.failures),
         ),
     ]
+}
+
+/// `--shadow` (`spec.mode`) and `--flap ON/OFF` (the fault's `schedule`:
+/// its two halves go through the loader as `on` and `off`).
+fn mode_fields(m: &ModeFlags) -> Result<Vec<Field>, FlagError> {
+    let mut fields = vec![Field::new(
+        "--shadow",
+        "spec.mode",
+        m.shadow.then(|| text("shadow")),
+    )];
+    if let Some(flap) = &m.flap {
+        let Some((on, off)) = flap.split_once('/') else {
+            return Err(FlagError {
+                flags: vec!["--flap".into()],
+                message: format!(
+                    "expected ON/OFF durations such as 200ms/5s, found {}",
+                    super::values::quoted(flap)
+                ),
+            });
+        };
+        for (half, value) in [("on", on), ("off", off)] {
+            let path = format!("spec.faults[0].schedule.{half}");
+            fields.push(Field::new("--flap", &path, Some(text(value))));
+        }
+    }
+    Ok(fields)
 }
 
 /// One flag and where its value goes in the document.
@@ -451,7 +493,8 @@ mod tests {
         assert_eq!(
             n.action,
             NetworkAction::Loss {
-                percent: Percent(30.0)
+                percent: Percent(30.0),
+                burst: None
             }
         );
 

@@ -51,6 +51,39 @@ pub struct Fault {
     /// `spec.faults[i].name`, unique within the policy.
     pub name: String,
     pub kind: FaultKind,
+    /// `spec.mode`, the same for every fault of a policy (`blast --shadow`
+    /// sets it too). Kept per fault: a change of mode is a change of the
+    /// fault that the daemon writes in place.
+    pub mode: Mode,
+    /// `spec.faults[i].schedule`: flapping.
+    pub schedule: Option<Schedule>,
+}
+
+/// `spec.mode`: whether faults act or only count what they would do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    /// Selected, guarded, drawn and counted as usual, but nothing is done
+    /// to the packet or call: `injected` counts what would have been.
+    Shadow,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        })
+    }
+}
+
+/// `schedule: {on, off}`: the fault acts during `on`, then rests for
+/// `off`, over and over, counted from the moment it is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Schedule {
+    pub on: Duration,
+    pub off: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -142,6 +175,10 @@ pub struct Percent(pub f64);
 pub enum NetworkAction {
     Loss {
         percent: Percent,
+        /// `loss.burst`: losses come in runs of this many packets on
+        /// average (a Gilbert chain, `policy::burst`); independent draws
+        /// without it.
+        burst: Option<f64>,
     },
     Delay {
         latency: Duration,
@@ -204,6 +241,19 @@ impl std::fmt::Display for ActionKind {
 }
 
 impl ActionKind {
+    /// What the live counter line says a shadow fault would do: "would
+    /// drop 30 (30.1%)".
+    pub fn shadow_verb(self) -> &'static str {
+        match self {
+            ActionKind::Loss => "would drop",
+            ActionKind::Delay => "would delay",
+            ActionKind::Corrupt => "would corrupt",
+            ActionKind::Duplicate => "would duplicate",
+            ActionKind::Bandwidth => "would shape",
+            ActionKind::Errno => "would fail",
+        }
+    }
+
     /// The past participle of the live counter line: "dropped 30 (30.1%)".
     pub fn verb(self) -> &'static str {
         match self {

@@ -13,8 +13,8 @@ use serde::{
 };
 
 use super::{
-    model::{Cidr, Direction, Percent, PortRange, Protocol},
-    schema_rules,
+    model::{Cidr, Direction, Mode, Percent, PortRange, Protocol},
+    modes, schema_rules,
     values::{self, quoted},
 };
 
@@ -125,6 +125,8 @@ kinds! {
     PidK: u32 = "a process id (2 or more)", values::parse_pid;
     HttpStatusK: u16 = "an HTTP status code from 100 to 599", parse_http_status;
     CountK: u64 = "a whole number of at least 1", parse_count;
+    ModeK: Mode = modes::MODE_EXPECTED, modes::parse_mode;
+    BurstK: f64 = modes::BURST_EXPECTED, modes::parse_burst;
 }
 
 fn parse_http_status(s: &str) -> Result<u16, String> {
@@ -256,6 +258,10 @@ pub(crate) struct RawSpec {
     /// Ports and prefixes this policy's network faults never touch, on top
     /// of the built-in guard.
     pub guard: Option<RawGuard>,
+    /// `enforce` (the default) or `shadow`: select, guard, draw and count
+    /// as usual, but do nothing to the packet or call (`injected` counts
+    /// what would have been done).
+    pub mode: Option<Scalar<ModeK>>,
     /// 1 to 256 faults, names unique within the policy.
     pub faults: List<RawFault, 1, MAX_FAULTS>,
 }
@@ -328,6 +334,23 @@ pub(crate) struct RawFault {
     pub network: Option<RawNetwork>,
     /// A syscall error fault (exactly one of `network` and `syscall`).
     pub syscall: Option<RawSyscall>,
+    /// Flapping: act for `on`, rest for `off`, over and over, counted from
+    /// the moment the fault is applied (always on when left out).
+    pub schedule: Option<RawSchedule>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a mapping with on and off"
+)]
+#[schemars(rename = "Schedule")]
+pub(crate) struct RawSchedule {
+    /// How long the fault acts in each period (more than 0).
+    pub on: Scalar<PositiveDurationK>,
+    /// How long it then rests (more than 0).
+    pub off: Scalar<PositiveDurationK>,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -349,8 +372,8 @@ pub(crate) struct RawNetwork {
     /// Which packets the fault acts on; every packet when left out.
     #[serde(rename = "match")]
     pub matcher: Option<RawMatch>,
-    /// Drop this share of the matching packets.
-    pub loss: Option<RawPercentAction>,
+    /// Drop this share of the matching packets, optionally in bursts.
+    pub loss: Option<RawLoss>,
     /// Hold the matching packets back (needs the fq qdisc).
     pub delay: Option<RawDelay>,
     /// Flip one bit in the payload of this share of the matching packets.
@@ -396,6 +419,22 @@ pub(crate) struct RawMatch {
 pub(crate) struct RawPercentAction {
     /// The share of the matching packets, 0 to 100.
     pub percent: Scalar<PercentK>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a mapping with percent and optionally burst"
+)]
+#[schemars(rename = "Loss")]
+pub(crate) struct RawLoss {
+    /// The long-run share of the matching packets dropped, 0 to 100.
+    pub percent: Scalar<PercentK>,
+    /// Drop in runs of this many consecutive packets on average (a
+    /// two-state Gilbert chain per fault, as netem's `loss gemodel`);
+    /// independent drops when left out.
+    pub burst: Option<Scalar<BurstK>>,
 }
 
 #[derive(Deserialize, JsonSchema)]

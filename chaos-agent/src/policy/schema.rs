@@ -24,10 +24,10 @@ use serde_json::{Value, json};
 
 use super::{
     raw::{
-        API_VERSION, ApiVersionK, CgroupK, CidrK, CommK, CountK, DirectionK, DurationK, ErrnoK,
-        HttpStatusK, InterfaceK, KIND, KindK, LeaseK, List, NameK, NetnsK, PercentK, PidK, PortK,
-        PortRangeK, PositiveDurationK, ProtocolK, RateK, RawPolicy, Scalar, ScalarKind,
-        SyscallNameK, UnitK,
+        API_VERSION, ApiVersionK, BurstK, CgroupK, CidrK, CommK, CountK, DirectionK, DurationK,
+        ErrnoK, HttpStatusK, InterfaceK, KIND, KindK, LeaseK, List, ModeK, NameK, NetnsK, PercentK,
+        PidK, PortK, PortRangeK, PositiveDurationK, ProtocolK, RateK, RawPolicy, Scalar,
+        ScalarKind, SyscallNameK, UnitK,
     },
     schema_rules::port,
     values,
@@ -113,6 +113,8 @@ const PORT_RANGE: &str = concat!(r"^\s*", port!(), r"\s*(-\s*", port!(), r"\s*)?
 const PORT: &str = concat!(r"^\s*", port!(), r"\s*$");
 const IPV4_OCTET: &str = "(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])";
 const RATE: &str = r"^\s*[0-9]+(\.[0-9]+)?\s*([kKmMgGtT]?[bB][iI][tT]|[kKmMgG]?[bB][pP][sS])\s*$";
+/// 1 to 1000000, decimals allowed (`loss.burst`).
+const BURST: &str = r"^\s*0*([1-9][0-9]{0,5}(\.[0-9]+)?|1000000(\.0+)?)\s*$";
 const ERRNO_NUMBER: &str = r"^\s*0*([1-9][0-9]{0,2}|[1-3][0-9]{3}|40[0-8][0-9]|409[0-5])\s*$";
 
 fn cidr() -> String {
@@ -231,6 +233,8 @@ kind_schemas! {
         "integer", 100, Some(599), r"^\s*[1-5][0-9]{2}\s*$"
     );
     CountK: "Count" => number_or_string("integer", 1, None, r"^\s*0*[1-9][0-9]{0,19}\s*$");
+    ModeK: "Mode" => json_schema!({ "type": "string", "enum": ["enforce", "shadow"] });
+    BurstK: "Burst" => number_or_string("number", 1, Some(1_000_000), BURST);
 }
 
 impl<K: KindSchema> JsonSchema for Scalar<K> {
@@ -738,6 +742,34 @@ spec: { duration: 30s, faults: [] }
         );
         agree::<ApiVersionK>(&["chaos-agent/v1", "chaos-agent/v2", ""], &[json!(1)]);
         agree::<KindK>(&["FaultPolicy", "Policy"], &[]);
+        agree::<ModeK>(&["enforce", "shadow", "Shadow", "dry-run", ""], &[json!(1)]);
+        agree::<BurstK>(
+            &[
+                "8",
+                "1",
+                "2.5",
+                "1000000",
+                "1000000.0",
+                "007",
+                "0",
+                "0.5",
+                "1000001",
+                "1e2",
+                "inf",
+                ".5",
+                "5.",
+                "-2",
+                "",
+            ],
+            &[
+                json!(8),
+                json!(2.5),
+                json!(1),
+                json!(0.5),
+                json!(1_000_001),
+                json!(0),
+            ],
+        );
     }
 
     /// Where the loader is lenient, the schema asks for the usual spelling

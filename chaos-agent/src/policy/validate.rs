@@ -12,9 +12,10 @@ use super::{
     error::FieldPath,
     limits::{self, Expansion, MAX_KEYS_PER_POLICY, MAX_KEYS_PER_RULE, MAX_SHAPES_PER_HOOK, Shape},
     model::{
-        AbortWhen, CgroupSelector, Direction, Fault, FaultKind, Guard, Match, NetworkAction,
-        NetworkFault, Percent, Policy, Probe, Protocol, SyscallFault, SyscallTarget,
+        AbortWhen, CgroupSelector, Direction, Fault, FaultKind, Guard, Match, Mode, NetworkAction,
+        NetworkFault, Percent, Policy, Probe, Protocol, Schedule, SyscallFault, SyscallTarget,
     },
+    modes,
     raw::{RawFault, RawMatch, RawNetwork, RawPolicy, RawProbe, RawSyscall, RawTarget},
     syscalls,
     values::quoted,
@@ -110,6 +111,7 @@ pub(crate) fn validate(raw: RawPolicy, origin: &str) -> Result<Policy, Invalid> 
         },
     };
 
+    let mode = spec.mode.map_or(Mode::Enforce, |m| m.0);
     let faults_path = spec_path.key("faults");
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut faults = Vec::with_capacity(spec.faults.0.len());
@@ -128,7 +130,7 @@ pub(crate) fn validate(raw: RawPolicy, origin: &str) -> Result<Policy, Invalid> 
             ));
         }
         let has_match = f.network.as_ref().is_some_and(|n| n.matcher.is_some());
-        let fault = fault(f, &path)?;
+        let fault = fault(f, mode, &path)?;
         if let FaultKind::Network(n) = &fault.kind {
             let match_path = path.key("network").key("match");
             check_shapes(&mut hooks, n)
@@ -268,7 +270,7 @@ fn valid_host_port(s: &str) -> bool {
     }
 }
 
-fn fault(f: RawFault, path: &FieldPath) -> Result<Fault, Invalid> {
+fn fault(f: RawFault, mode: Mode, path: &FieldPath) -> Result<Fault, Invalid> {
     let kind = match (f.network, f.syscall) {
         (Some(_), Some(_)) => {
             return Err(invalid(
@@ -290,6 +292,11 @@ fn fault(f: RawFault, path: &FieldPath) -> Result<Fault, Invalid> {
     Ok(Fault {
         name: f.name.0,
         kind,
+        mode,
+        schedule: f.schedule.map(|s| Schedule {
+            on: s.on.0,
+            off: s.off.0,
+        }),
     })
 }
 
@@ -300,12 +307,15 @@ fn network(n: RawNetwork, path: &FieldPath) -> Result<NetworkFault, Invalid> {
 
     let mut actions: Vec<(&str, NetworkAction)> = Vec::new();
     if let Some(a) = n.loss {
-        actions.push((
-            "loss",
-            NetworkAction::Loss {
-                percent: a.percent.0,
-            },
-        ));
+        let burst = a.burst.map(|b| b.0);
+        if let Some(b) = burst {
+            let loss = path.key("loss");
+            modes::gilbert(a.percent.0, b).map_err(|m| {
+                invalid(loss.key("burst"), Anchor::Value, m).also(loss.key("percent"))
+            })?;
+        }
+        let percent = a.percent.0;
+        actions.push(("loss", NetworkAction::Loss { percent, burst }));
     }
     if let Some(a) = n.delay {
         let jitter = a.jitter.as_ref().map_or(Duration::ZERO, |j| j.0);

@@ -78,7 +78,7 @@ fn kprobe_override() -> Result<(), String> {
     }
     // The real test (and the only one without a readable config): the
     // verifier refuses bpf_override_return when the option is off.
-    super::trial_load_kprobe()
+    super::attach::trial_load_kprobe()
 }
 
 /// The active LSMs: from securityfs, else the kernel command line, else the
@@ -112,7 +112,7 @@ fn bpf_lsm() -> Result<(), String> {
     }
     // The real test: a trampoline program loads (some platforms refuse
     // every trampoline with EPERM).
-    super::trial_load_lsm()
+    super::attach::trial_load_lsm()
 }
 
 /// Why a backend cannot serve a syscall, whatever the kernel.

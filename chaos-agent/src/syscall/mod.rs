@@ -11,6 +11,7 @@
 //! before the kernel is touched, and the rule is in its map before any
 //! program is attached.
 
+mod attach;
 pub mod backend;
 pub mod table;
 
@@ -19,34 +20,28 @@ use std::{collections::BTreeMap, fs::File, path::PathBuf};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, PerCpuArray},
-    programs::{CgroupAttachMode, KProbe, Lsm, Program},
 };
 use chaos_common::syscall::{
-    MAP_SYS_COUNTERS, MAP_SYS_LEASE, MAP_SYS_RULE, NO_BUDGET, PROG_KPROBE_OVERRIDE,
-    PROG_LSM_FILE_OPEN, SLOT_KPROBE, SysCounters, SysRule, TARGET_CGROUP, TARGET_COMM, TARGET_PID,
+    MAP_SYS_BUDGET, MAP_SYS_COUNTERS, MAP_SYS_LEASE, MAP_SYS_RULE, NO_BUDGET, PROG_KPROBE_OVERRIDE,
+    SLOT_KPROBE, SYS_SHADOW, SysCounters, SysRule, TARGET_CGROUP, TARGET_COMM, TARGET_PID,
 };
 use tracing::info;
 
 use crate::{
     cgroup,
-    error::{Error, Result, chain, map_err},
-    fault::{Active, Backend, Counts, Hook, Row, threshold},
+    error::{Error, Result, map_err},
+    fault::{Active, Backend, Counts, Hook, Row, kernel_schedule, monotonic_ns, threshold},
     policy::{
         model::{
-            ActionKind, CgroupSelector, Fault, FaultKind, Policy, SyscallFault, SyscallTarget,
+            ActionKind, CgroupSelector, Fault, FaultKind, Mode, Policy, SyscallFault, SyscallTarget,
         },
         values,
     },
 };
+use attach::{OBJECT, attach_cgroup, attach_kprobe, attach_lsm, refused};
 use backend::Availability;
 
-/// The embedded object, built by build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos-syscall"));
-
-/// The embedded syscall object, for `probe`.
-pub fn object() -> &'static [u8] {
-    OBJECT
-}
+pub use attach::object;
 
 /// What syscall faults share in this process.
 pub struct SysHost {
@@ -66,7 +61,12 @@ pub struct SysFault {
     /// Per row: its counter slots.
     slots: Vec<Vec<u32>>,
     fault: SyscallFault,
+    mode: Mode,
+    schedule: Option<crate::policy::model::Schedule>,
     rule: SysRule,
+    /// Kernel counters per row when the mode last changed: what is
+    /// reported is counted since.
+    base: Vec<Counts>,
 }
 
 /// Kernel programs and their counter slots.
@@ -77,6 +77,7 @@ type HooksByBackend = BTreeMap<Backend, Vec<(String, Hooks)>>;
 /// A fault checked and resolved, ready to load.
 struct Planned<'a> {
     name: &'a str,
+    whole: &'a Fault,
     fault: &'a SyscallFault,
     /// Backend -> its program names and slots, per syscall name.
     hooks: HooksByBackend,
@@ -145,8 +146,9 @@ fn hooks_of(name: &str, backend: Backend) -> Hooks {
     .unwrap_or_default()
 }
 
-/// The kernel's view of a fault's selection and action: its rule.
-fn kernel_rule(f: &SyscallFault, deadline_ns: u64) -> SysRule {
+/// The kernel's view of a fault's selection and action: its rule, its
+/// schedule (if any) starting at `start_ns`.
+fn kernel_rule(whole: &Fault, f: &SyscallFault, deadline_ns: u64, start_ns: u64) -> SysRule {
     SysRule {
         deadline_ns,
         threshold: threshold(f.percent),
@@ -154,18 +156,25 @@ fn kernel_rule(f: &SyscallFault, deadline_ns: u64) -> SysRule {
         errno: f.errno as u32,
         neg_errno: -i64::from(f.errno),
         agent_tgid: std::process::id(),
+        flags: if whole.mode == Mode::Shadow {
+            SYS_SHADOW
+        } else {
+            0
+        },
+        schedule: kernel_schedule(whole, start_ns),
         ..SysRule::default()
     }
 }
 
 fn plan<'a>(
     policy: &'a Policy,
-    name: &'a str,
+    whole: &'a Fault,
     f: &'a SyscallFault,
     avail: &Availability,
     forced: Option<Backend>,
     deadline_ns: u64,
 ) -> Result<Planned<'a>> {
+    let name = &whole.name;
     let at = |msg: String| format!("{}: fault {name}: {msg}", policy.origin);
     if !(1..=values::MAX_ERRNO).contains(&f.errno) {
         return Err(Error::Invalid(at(format!(
@@ -174,7 +183,8 @@ fn plan<'a>(
             values::MAX_ERRNO
         ))));
     }
-    let mut rule = kernel_rule(f, deadline_ns);
+    // A schedule counts from the moment the fault is applied.
+    let mut rule = kernel_rule(whole, f, deadline_ns, monotonic_ns());
     let cgroup_dir = resolve_target(&f.target, &mut rule).map_err(|e| match e {
         Error::Invalid(m) => Error::Invalid(at(m)),
         other => other,
@@ -193,162 +203,11 @@ fn plan<'a>(
     }
     Ok(Planned {
         name,
+        whole,
         fault: f,
         hooks,
         cgroup_dir,
         rule,
-    })
-}
-
-/// A kernel that refuses a program: exit 3 with its reason.
-fn refused(what: &str, e: &dyn std::error::Error) -> Error {
-    let detail = chain(e);
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Error::Runtime(format!(
-            "{what}: {detail}: chaos-agent needs root (CAP_BPF, CAP_SYS_ADMIN)"
-        ));
-    }
-    Error::Unsupported(format!(
-        "{what}: the kernel refused it ({detail}); `chaos-agent probe` shows what this kernel supports"
-    ))
-}
-
-/// Loads one cgroup socket program (once) and attaches it to `cgroup`.
-fn attach_cgroup(ebpf: &mut Ebpf, prog_name: &str, cgroup: &File) -> Result<()> {
-    let prog = ebpf
-        .program_mut(prog_name)
-        .ok_or_else(|| map_err(prog_name, "program missing from the object"))?;
-    let what = format!("loading {prog_name}");
-    let attach = |e: aya::programs::ProgramError| {
-        Error::Runtime(format!(
-            "attaching {prog_name} to the cgroup failed: {}",
-            chain(&e)
-        ))
-    };
-    // aya attaches with a bpf_link on Linux 5.7+ (we need 5.18): such links
-    // always run next to other programs on the hook, never replace them,
-    // and the kernel wants flags 0 for them, which is what `Single` passes.
-    let mode = CgroupAttachMode::Single;
-    match prog {
-        Program::CgroupSockAddr(p) => {
-            if p.fd().is_ok() {
-                return Ok(());
-            }
-            p.load().map_err(|e| refused(&what, &e))?;
-            p.attach(cgroup, mode).map_err(attach)?;
-        }
-        Program::CgroupSock(p) => {
-            if p.fd().is_ok() {
-                return Ok(());
-            }
-            p.load().map_err(|e| refused(&what, &e))?;
-            p.attach(cgroup, mode).map_err(attach)?;
-        }
-        Program::CgroupSockopt(p) => {
-            if p.fd().is_ok() {
-                return Ok(());
-            }
-            p.load().map_err(|e| refused(&what, &e))?;
-            p.attach(cgroup, mode).map_err(attach)?;
-        }
-        _ => return Err(map_err(prog_name, "not a cgroup socket program")),
-    }
-    Ok(())
-}
-
-/// The kernel's entry symbol of a syscall, with the architecture prefix
-/// read from /proc/kallsyms (`__x64_sys_openat`; `sys_openat` on kernels
-/// without syscall wrappers).
-pub(crate) fn kallsyms_entry(name: &str) -> Option<String> {
-    let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
-    let candidates = [format!("__x64_sys_{name}"), format!("sys_{name}")];
-    candidates.into_iter().find(|want| {
-        text.lines()
-            .any(|l| l.split_whitespace().nth(2) == Some(want.as_str()))
-    })
-}
-
-/// Loads the override kprobe (once) and attaches it to `name`'s entry.
-fn attach_kprobe(ebpf: &mut Ebpf, name: &str) -> Result<()> {
-    let prog: &mut KProbe = ebpf
-        .program_mut(PROG_KPROBE_OVERRIDE)
-        .ok_or_else(|| map_err(PROG_KPROBE_OVERRIDE, "program missing from the object"))?
-        .try_into()
-        .map_err(|e| map_err(PROG_KPROBE_OVERRIDE, e))?;
-    if prog.fd().is_err() {
-        prog.load()
-            .map_err(|e| refused(&format!("loading {PROG_KPROBE_OVERRIDE}"), &e))?;
-    }
-    let symbol = kallsyms_entry(name)
-        .ok_or_else(|| Error::Unsupported(format!("{name}: no entry symbol in /proc/kallsyms")))?;
-    prog.attach(&symbol, 0).map_err(|e| {
-        Error::Unsupported(format!(
-            "{name}: the kprobe on {symbol} was refused ({}); error injection needs CONFIG_FUNCTION_ERROR_INJECTION",
-            chain(&e)
-        ))
-    })?;
-    Ok(())
-}
-
-/// Whether the override kprobe loads: the verifier refuses
-/// bpf_override_return without CONFIG_BPF_KPROBE_OVERRIDE.
-pub(crate) fn trial_load_kprobe() -> std::result::Result<(), String> {
-    let mut ebpf = EbpfLoader::new()
-        .load(OBJECT)
-        .map_err(|e| format!("loading the syscall object: {e}"))?;
-    let prog: &mut KProbe = ebpf
-        .program_mut(PROG_KPROBE_OVERRIDE)
-        .ok_or("kprobe program missing")?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
-    prog.load().map_err(|e| {
-        let detail = chain(&e);
-        if detail.contains("bpf_override_return") || detail.contains("unknown func") {
-            "CONFIG_BPF_KPROBE_OVERRIDE is not set (the verifier does not know bpf_override_return)"
-                .to_owned()
-        } else {
-            format!("the kernel refused the override kprobe ({detail})")
-        }
-    })
-}
-
-/// Loads one BPF LSM program (once) and attaches it (a bpf_link owned by
-/// the object's file descriptors).
-fn attach_lsm(ebpf: &mut Ebpf, prog_name: &str, btf: &Btf) -> Result<()> {
-    let prog: &mut Lsm = ebpf
-        .program_mut(prog_name)
-        .ok_or_else(|| map_err(prog_name, "program missing from the object"))?
-        .try_into()
-        .map_err(|e| map_err(prog_name, e))?;
-    if prog.fd().is_ok() {
-        return Ok(());
-    }
-    let what = format!("loading {prog_name}");
-    prog.load(table::lsm_hook_of(prog_name), btf)
-        .map_err(|e| refused(&what, &e))?;
-    prog.attach()
-        .map_err(|e| Error::Runtime(format!("attaching {prog_name} failed: {}", chain(&e))))?;
-    Ok(())
-}
-
-/// Whether BPF LSM programs load here: loads `file_open` without
-/// attaching it. `Err` says why not.
-pub(crate) fn trial_load_lsm() -> std::result::Result<(), String> {
-    let btf = Btf::from_sys_fs().map_err(|e| format!("reading the kernel BTF: {e}"))?;
-    let mut ebpf = EbpfLoader::new()
-        .load(OBJECT)
-        .map_err(|e| format!("loading the syscall object: {e}"))?;
-    let prog: &mut Lsm = ebpf
-        .program_mut(PROG_LSM_FILE_OPEN)
-        .ok_or("file_open program missing")?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
-    prog.load("file_open", &btf).map_err(|e| {
-        format!(
-            "the kernel refused a BPF LSM program ({}); trampoline programs do not load here",
-            chain(&e)
-        )
     })
 }
 
@@ -401,7 +260,7 @@ impl SysHost {
         let mut planned = Vec::new();
         for f in faults {
             if let FaultKind::Syscall(s) = &f.kind {
-                planned.push(plan(policy, &f.name, s, &avail, forced, deadline_ns)?);
+                planned.push(plan(policy, f, s, &avail, forced, deadline_ns)?);
             }
         }
         // 2. Load, fill, attach.
@@ -444,6 +303,8 @@ fn load(policy: &Policy, p: Planned<'_>, lease_ns: u64) -> Result<SysFault> {
                     errno: p.fault.errno,
                     target: target_text(&p.fault.target),
                 },
+                mode: p.whole.mode,
+                schedule: p.whole.schedule.map(|_| p.rule.schedule),
             });
             row_slots.push(slots);
         }
@@ -480,9 +341,12 @@ fn load(policy: &Policy, p: Planned<'_>, lease_ns: u64) -> Result<SysFault> {
     }
     Ok(SysFault {
         ebpf,
+        base: vec![Counts::default(); rows.len()],
         rows,
         slots: row_slots,
         fault: p.fault.clone(),
+        mode: p.whole.mode,
+        schedule: p.whole.schedule,
         rule: p.rule,
     })
 }
@@ -494,6 +358,17 @@ fn write_rule(ebpf: &mut Ebpf, rule: &SysRule) -> Result<()> {
     )
     .map_err(|e| map_err(MAP_SYS_RULE, e))?;
     map.set(0, rule, 0).map_err(|e| map_err(MAP_SYS_RULE, e))
+}
+
+/// Forgets the calls failed so far (a fault switched from shadow to
+/// enforce has failed none).
+fn reset_budget(ebpf: &mut Ebpf) -> Result<()> {
+    let mut map: Array<_, u64> = Array::try_from(
+        ebpf.map_mut(MAP_SYS_BUDGET)
+            .ok_or_else(|| map_err(MAP_SYS_BUDGET, "missing"))?,
+    )
+    .map_err(|e| map_err(MAP_SYS_BUDGET, e))?;
+    map.set(0, &0, 0).map_err(|e| map_err(MAP_SYS_BUDGET, e))
 }
 
 fn write_lease(ebpf: &mut Ebpf, lease_ns: u64) -> Result<()> {
@@ -532,6 +407,69 @@ impl Active for SysFault {
     }
 
     fn counters(&self, _host: &SysHost) -> Vec<Counts> {
+        self.raw_counters()
+            .into_iter()
+            .zip(&self.base)
+            .map(|(c, b)| c.since(*b))
+            .collect()
+    }
+
+    /// A new errno, percent or budget for the same syscalls and target,
+    /// a new mode or schedule: one map write (the calls failed so far
+    /// still count to the budget, unless the mode changed: shadow calls
+    /// failed none).
+    fn set_action(&mut self, _host: &mut SysHost, to: &Fault) -> Result<()> {
+        let FaultKind::Syscall(s) = &to.kind else {
+            return Err(Error::Invalid("not a syscall fault".into()));
+        };
+        if s.names != self.fault.names || s.target != self.fault.target {
+            return Err(Error::Invalid(
+                "other syscalls or another target is a new fault".into(),
+            ));
+        }
+        let fresh = kernel_rule(to, s, self.rule.deadline_ns, monotonic_ns());
+        let rule = SysRule {
+            threshold: fresh.threshold,
+            max_injections: fresh.max_injections,
+            errno: fresh.errno,
+            neg_errno: fresh.neg_errno,
+            flags: fresh.flags,
+            schedule: if to.schedule == self.schedule {
+                self.rule.schedule
+            } else {
+                fresh.schedule
+            },
+            ..self.rule
+        };
+        write_rule(&mut self.ebpf, &rule)?;
+        if to.mode != self.mode {
+            reset_budget(&mut self.ebpf)?;
+            self.base = self.raw_counters();
+        }
+        self.rule = rule;
+        self.fault = s.clone();
+        self.mode = to.mode;
+        self.schedule = to.schedule;
+        for row in &mut self.rows {
+            if let Hook::Syscall { errno, .. } = &mut row.hook {
+                *errno = s.errno;
+            }
+            row.mode = to.mode;
+            row.schedule = to.schedule.map(|_| rule.schedule);
+        }
+        Ok(())
+    }
+
+    /// Closing the object closes its links.
+    fn revert(self, _host: &mut SysHost) -> Vec<String> {
+        drop(self.ebpf);
+        Vec::new()
+    }
+}
+
+impl SysFault {
+    /// The kernel's counters per row, summed over CPUs and slots.
+    fn raw_counters(&self) -> Vec<Counts> {
         let array = self
             .ebpf
             .map(MAP_SYS_COUNTERS)
@@ -554,40 +492,5 @@ impl Active for SysFault {
                 sum
             })
             .collect()
-    }
-
-    /// A new errno, percent or budget for the same syscalls and target:
-    /// one map write (the calls failed so far still count to the budget).
-    fn set_action(&mut self, _host: &mut SysHost, to: &Fault) -> Result<()> {
-        let FaultKind::Syscall(s) = &to.kind else {
-            return Err(Error::Invalid("not a syscall fault".into()));
-        };
-        if s.names != self.fault.names || s.target != self.fault.target {
-            return Err(Error::Invalid(
-                "other syscalls or another target is a new fault".into(),
-            ));
-        }
-        let rule = SysRule {
-            threshold: threshold(s.percent),
-            max_injections: s.max_injections.unwrap_or(NO_BUDGET),
-            errno: s.errno as u32,
-            neg_errno: -i64::from(s.errno),
-            ..self.rule
-        };
-        write_rule(&mut self.ebpf, &rule)?;
-        self.rule = rule;
-        self.fault = s.clone();
-        for row in &mut self.rows {
-            if let Hook::Syscall { errno, .. } = &mut row.hook {
-                *errno = s.errno;
-            }
-        }
-        Ok(())
-    }
-
-    /// Closing the object closes its links.
-    fn revert(self, _host: &mut SysHost) -> Vec<String> {
-        drop(self.ebpf);
-        Vec::new()
     }
 }

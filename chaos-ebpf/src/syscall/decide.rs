@@ -11,8 +11,8 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
 };
 use chaos_common::syscall::{
-    MAX_SYS_SLOTS, NO_BUDGET, SysCounters, SysRule, TARGET_ATTACHED, TARGET_CGROUP, TARGET_COMM,
-    TARGET_PID,
+    MAX_SYS_SLOTS, NO_BUDGET, SYS_SHADOW, SysCounters, SysRule, TARGET_ATTACHED, TARGET_CGROUP,
+    TARGET_COMM, TARGET_PID,
 };
 
 #[map(name = "CHAOS_SYS_RULE")]
@@ -42,6 +42,9 @@ pub enum Filter {
 
 /// The rule when the call must fail (its `errno`, `neg_errno`), or `None`
 /// to let it run. Counts the call in `slot` when the caller is a target.
+/// A flapping fault fails calls only in the "on" part of its schedule; a
+/// shadow fault draws, charges its budget and counts as usual, and lets
+/// the call run.
 #[inline(always)]
 pub fn decide(slot: u32, filter: Filter) -> Option<&'static SysRule> {
     let rule = RULE.get(0)?;
@@ -65,6 +68,9 @@ pub fn decide(slot: u32, filter: Filter) -> Option<&'static SysRule> {
     // preempted inside a cgroup hook and another run on this CPU update the
     // same slot meanwhile, so the increments are atomic.
     unsafe { add(&raw mut (*counters).matched) };
+    if !rule.schedule.is_on(now) {
+        return None;
+    }
     // A 32-bit random number below the threshold hits; threshold 2^32 always.
     // SAFETY: helper without arguments.
     if u64::from(unsafe { bpf_get_prandom_u32() }) >= rule.threshold {
@@ -83,6 +89,9 @@ pub fn decide(slot: u32, filter: Filter) -> Option<&'static SysRule> {
     }
     // SAFETY: as above.
     unsafe { add(&raw mut (*counters).injected) };
+    if rule.flags & SYS_SHADOW != 0 {
+        return None;
+    }
     Some(rule)
 }
 

@@ -119,12 +119,14 @@ impl Spread {
 /// egress (the agent runs inside a's namespace): one fault per port up to
 /// the 256 faults a policy may hold, then 250 faults of `n / 250` ports
 /// each. The rule index holds one exact-match key per port either way.
-fn rules_policy(pair: &NetnsPair, n: u32, percent: u32) -> Result<PathBuf> {
+/// `shadow`: in shadow mode (counted, nothing dropped).
+fn rules_policy(pair: &NetnsPair, n: u32, percent: u32, shadow: bool) -> Result<PathBuf> {
     let (faults, per) = if n <= 256 { (n, 1) } else { (250, n / 250) };
     ensure!(faults * per == n, "{n} rules do not split into 250 faults");
+    let mode = if shadow { "shadow" } else { "enforce" };
     let mut y = format!(
         "apiVersion: chaos-agent/v1\nkind: FaultPolicy\nmetadata: {{name: bench-{n}}}\n\
-         spec:\n  duration: 10m\n  faults:\n"
+         spec:\n  duration: 10m\n  mode: {mode}\n  faults:\n"
     );
     for i in 0..faults {
         let lo = u32::from(TARGET) + i * per;
@@ -136,7 +138,7 @@ fn rules_policy(pair: &NetnsPair, n: u32, percent: u32) -> Result<PathBuf> {
         )?;
     }
     let path = std::env::temp_dir().join(format!(
-        "chaos-bench-{}-{n}-{percent}.yaml",
+        "chaos-bench-{}-{n}-{percent}-{mode}.yaml",
         std::process::id()
     ));
     std::fs::write(&path, y)?;
@@ -202,15 +204,18 @@ fn cost(mode: &Mode) -> Result<Vec<Row>> {
 
     let mut by_size = Vec::new();
     for &n in sizes {
-        for (case, percent, port) in [
-            ("unmatched", 0, OTHER),
-            ("matched, 0 %", 0, TARGET),
-            ("matched, 30 % loss", 30, TARGET),
+        // A shadow rule next to the enforcing one: the same decision,
+        // counted, and the packet passes.
+        for (case, percent, port, shadow) in [
+            ("unmatched", 0, OTHER, false),
+            ("matched, 0 %", 0, TARGET, false),
+            ("matched, 30 % loss", 30, TARGET, false),
+            ("matched, 30 % loss, shadow", 30, TARGET, true),
         ] {
             let pair = NetnsPair::new("bcost")?;
             let blast = blast_policy(
                 &pair,
-                rules_policy(&pair, n, percent)?,
+                rules_policy(&pair, n, percent, shadow)?,
                 &["--attach", "tcx"],
             )?;
             let id = egress_prog(&pair)?;
@@ -503,6 +508,12 @@ fn apply_latency(pair: &NetnsPair) -> Result<f64> {
         std::thread::sleep(Duration::from_millis(200));
     })?;
     agent.context("blast never started")??.stop()?;
+    // Without traffic arriving before the start there is nothing to
+    // measure: no figure (rather than 0 ms, which would read as met).
+    ensure!(
+        rec.iter().any(|(tx, _)| *tx < started),
+        "no datagram arrived before the blast started: the latency cannot be measured"
+    );
     // The last datagram sent after the start that still arrived.
     let last = rec
         .iter()

@@ -269,55 +269,45 @@ pub fn hook_blast(
     ])
 }
 
-/// A probabilistic check that is outside its 3-sigma band once in 370 runs
-/// by chance: a second, independent sample decides before we call it wrong.
-pub fn holds_in_one_of_two(mut case: impl FnMut() -> Result<bool>, what: &str) -> Result<()> {
-    if case()? {
-        return Ok(());
-    }
-    eprintln!(
-        "{what}: inconclusive or outside the 3-sigma band; measuring a second, independent sample"
+/// Packets sent for a share strictly between 0 and 100 %: the 4-sigma band
+/// of Binomial(34,000, 0.3) is within ±1 point (±0.99).
+pub const SHARE_SAMPLE: u32 = 34_000;
+
+/// The one check of a measured share, on one sample (no second chance):
+/// `observed` of `n` inside the 4-sigma band of Binomial(n, p), which a
+/// correct implementation leaves by chance once in about 15,800 checks.
+/// Prints the sample and its band either way.
+pub fn assert_share(what: &str, n: u64, p: f64, observed: u64) {
+    let (lo, hi) = chaos_tests::sigma_band(n, p, 4.0);
+    let pct = |x: f64| if n == 0 { 0.0 } else { 100.0 * x / n as f64 };
+    println!(
+        "{what}: {observed} of {n} ({:.2}%), 4-sigma band [{lo:.0}, {hi:.0}] ({:.2}% to {:.2}%)",
+        pct(observed as f64),
+        pct(lo),
+        pct(hi)
     );
     assert!(
-        case()?,
-        "{what}: two samples inconclusive or outside the 3-sigma band"
+        chaos_tests::within_k_sigma(n, p, 4.0, observed),
+        "{what}: {observed} of {n} is outside the 4-sigma band [{lo:.0}, {hi:.0}]"
     );
-    Ok(())
 }
 
-/// The first fault's counters from a `reverted` or `counters` event.
+/// The first fault's counters from a `reverted` or `counters` event. A
+/// missing field fails the test (it is not read as 0).
 pub fn fault_counters(event: &Value) -> (u64, u64, u64) {
     let f = &event["faults"][0];
-    (
-        f["matched"].as_u64().unwrap_or(0),
-        f["injected"].as_u64().unwrap_or(0),
-        f["guard_passed"].as_u64().unwrap_or(0),
-    )
+    let field = |name: &str| {
+        f[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no faults[0].{name} counter in the event: {event}"))
+    };
+    (field("matched"), field("injected"), field("guard_passed"))
 }
 
 /// No program of ours is loaded in the kernel.
 pub fn none_of_ours_loaded() -> Result<bool> {
     let names = chaos_tests::loaded_prog_names()?;
     Ok(!names.iter().any(|n| n.starts_with("chaos_tc")))
-}
-
-/// The probe's verdict on one feature (`chaos-agent probe --json`): Ok, or
-/// Err(its reason).
-pub fn probe_row(feature: &str) -> Result<(), String> {
-    let (code, out, err) = agent_output(&["probe", "--json"]).map_err(|e| e.to_string())?;
-    if code != 0 {
-        return Err(format!("probe exited {code}: {err}"));
-    }
-    let rows: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
-    let row = rows
-        .as_array()
-        .and_then(|r| r.iter().find(|r| r["feature"] == feature))
-        .ok_or_else(|| format!("probe has no {feature} row: {out}"))?;
-    if row["supported"] == true {
-        Ok(())
-    } else {
-        Err(row["detail"].as_str().unwrap_or_default().to_owned())
-    }
 }
 
 /// Polls `what` every 50 ms for up to `secs`; its last answer.

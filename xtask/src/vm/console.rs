@@ -3,15 +3,17 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use crate::required::Requirement;
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum Outcome {
+pub(crate) enum Outcome {
     Passed,
     Failed,
     Skipped,
 }
 
 /// One test's result.
-pub(super) struct TestResult {
+pub(crate) struct TestResult {
     pub outcome: Outcome,
     /// Why it was skipped.
     pub why: String,
@@ -22,7 +24,7 @@ pub(super) struct TestResult {
 
 /// Results parsed from the serial console as it arrives.
 #[derive(Default)]
-pub(super) struct Console {
+pub(crate) struct Console {
     pub binary: String,
     /// `binary::test` -> result.
     pub tests: BTreeMap<String, TestResult>,
@@ -45,6 +47,8 @@ pub(super) struct Console {
     pub summary: Option<(u64, u64, u64)>,
     pub exit: Option<i32>,
     pub booted: bool,
+    /// Modules the guest's init could not load: (file, what insmod said).
+    pub modules_failed: Vec<(String, String)>,
 }
 
 impl Console {
@@ -52,7 +56,7 @@ impl Console {
         format!("{}::{}", self.binary, test)
     }
 
-    pub(super) fn set(&mut self, test: &str, outcome: Outcome, why: &str) {
+    pub(crate) fn set(&mut self, test: &str, outcome: Outcome, why: &str) {
         let key = self.key(test);
         if !self.tests.contains_key(&key) {
             self.order.push(key.clone());
@@ -89,7 +93,7 @@ impl Console {
     }
 
     /// A console line that arrived `at` seconds after qemu started.
-    pub(super) fn line_at(&mut self, line: &str, at: f64) {
+    pub(crate) fn line_at(&mut self, line: &str, at: f64) {
         self.now = at;
         self.line(line);
     }
@@ -107,14 +111,23 @@ impl Console {
         }
     }
 
+    /// The results that follow are `name`'s.
+    pub(crate) fn start_binary(&mut self, name: &str) {
+        self.binary = name.to_owned();
+        self.mark = self.now;
+        self.pending = None;
+        self.section = None;
+    }
+
     fn line(&mut self, line: &str) {
         if line.starts_with("VM_BOOTED") {
             self.booted = true;
+        } else if let Some(rest) = line.strip_prefix("VM_MODULE_FAILED ") {
+            let (module, why) = rest.split_once(' ').unwrap_or((rest, ""));
+            self.modules_failed
+                .push((module.to_owned(), why.trim().to_owned()));
         } else if let Some(name) = line.strip_prefix("VM_TEST_BINARY ") {
-            self.binary = name.trim().to_owned();
-            self.mark = self.now;
-            self.pending = None;
-            self.section = None;
+            self.start_binary(name.trim());
         } else if let Some(rest) = line.strip_prefix("VM_TEST_BINARY_DONE ") {
             let mut words = rest.split_whitespace();
             let name = words.next().unwrap_or_default().to_owned();
@@ -178,12 +191,12 @@ impl Console {
         }
     }
 
-    pub(super) fn count(&self, outcome: Outcome) -> u64 {
+    pub(crate) fn count(&self, outcome: Outcome) -> u64 {
         self.tests.values().filter(|r| r.outcome == outcome).count() as u64
     }
 
     /// Test executables that failed without a failed test (crash, signal).
-    pub(super) fn crashed(&self) -> Vec<&(String, i32, f64)> {
+    pub(crate) fn crashed(&self) -> Vec<&(String, i32, f64)> {
         self.binaries
             .iter()
             .filter(|(name, rc, _)| {
@@ -197,30 +210,42 @@ impl Console {
 }
 
 /// One kernel's run.
-pub(super) struct KernelRun {
+pub(crate) struct KernelRun {
     pub kernel: &'static str,
     pub package: String,
     pub console: Console,
     pub timed_out: bool,
     pub wall: Duration,
     pub error: Option<String>,
+    /// The tests this kernel must run.
+    pub requirement: Requirement,
+    /// Modules the kernel needs that are not in the image or did not load,
+    /// each with the tests that could not run.
+    pub module_problems: Vec<String>,
 }
 
 impl KernelRun {
-    pub(super) fn failed(&self) -> u64 {
+    pub(crate) fn failed(&self) -> u64 {
         self.console.count(Outcome::Failed) + self.console.crashed().len() as u64
     }
 
-    pub(super) fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.error.is_none()
             && !self.timed_out
             && self.console.exit == Some(0)
             && self.failed() == 0
+            && self.module_problems.is_empty()
+            && self.requirement.missing(&self.console).is_empty()
+    }
+
+    /// Tests that reported a pass or a failure.
+    pub(crate) fn ran(&self) -> u64 {
+        self.console.count(Outcome::Passed) + self.console.count(Outcome::Failed)
     }
 
     /// One line per failure: failed tests with their first panic message,
     /// crashed executables, or why the run as a whole failed.
-    pub(super) fn failures(&self) -> Vec<String> {
+    pub(crate) fn failures(&self) -> Vec<String> {
         let c = &self.console;
         let mut lines: Vec<String> = c
             .order
@@ -236,6 +261,10 @@ impl KernelRun {
                 .into_iter()
                 .map(|(name, rc, _)| format!("{name} exited {rc} without a failed test")),
         );
+        lines.extend(self.module_problems.iter().cloned());
+        if self.error.is_none() && !self.timed_out {
+            lines.extend(self.requirement.missing(c));
+        }
         if let Some(e) = &self.error {
             lines.push(format!("error: {e}"));
         } else if self.timed_out {
@@ -248,7 +277,7 @@ impl KernelRun {
         lines
     }
 
-    pub(super) fn status(&self) -> &'static str {
+    pub(crate) fn status(&self) -> &'static str {
         if self.error.is_some() {
             "ERROR"
         } else if self.timed_out {

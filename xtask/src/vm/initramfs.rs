@@ -13,22 +13,70 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 
 use super::kernels::KernelTree;
-use crate::{display, output, root, tool};
+use crate::{display, output, required::Feature, root, tool};
+
+/// A module the tests need where the kernel builds it as a module.
+pub(super) struct Module {
+    /// The module's name (its file without `.ko`).
+    pub name: &'static str,
+    /// The config option that builds it (`=m`: the image must carry it and
+    /// the guest must load it, or the run fails).
+    pub option: &'static str,
+    /// The tests it serves: those gated on this feature, or every test
+    /// (`None`).
+    pub feature: Option<Feature>,
+}
 
 /// Modules loaded in the guest (with their dependencies, in order): veth
 /// pairs for `NetnsPair`, the clsact qdisc and the classifier for netlink
 /// attachment, and the qdiscs and ifb that delay and bandwidth faults use.
 /// Names that are built into a kernel are skipped.
-const MODULES: &[&str] = &[
-    "veth",
-    "sch_ingress",
-    "cls_bpf",
-    "act_bpf",
-    "sch_fq",
-    "sch_netem",
-    "sch_tbf",
-    "sch_htb",
-    "ifb",
+pub(super) const MODULES: &[Module] = &[
+    Module {
+        name: "veth",
+        option: "CONFIG_VETH",
+        feature: None,
+    },
+    Module {
+        name: "sch_ingress",
+        option: "CONFIG_NET_SCH_INGRESS",
+        feature: None,
+    },
+    Module {
+        name: "cls_bpf",
+        option: "CONFIG_NET_CLS_BPF",
+        feature: None,
+    },
+    Module {
+        name: "act_bpf",
+        option: "CONFIG_NET_ACT_BPF",
+        feature: None,
+    },
+    Module {
+        name: "sch_fq",
+        option: "CONFIG_NET_SCH_FQ",
+        feature: Some(Feature::Fq),
+    },
+    Module {
+        name: "sch_netem",
+        option: "CONFIG_NET_SCH_NETEM",
+        feature: Some(Feature::Fq),
+    },
+    Module {
+        name: "sch_tbf",
+        option: "CONFIG_NET_SCH_TBF",
+        feature: Some(Feature::Fq),
+    },
+    Module {
+        name: "sch_htb",
+        option: "CONFIG_NET_SCH_HTB",
+        feature: Some(Feature::Fq),
+    },
+    Module {
+        name: "ifb",
+        option: "CONFIG_IFB",
+        feature: Some(Feature::Fq),
+    },
 ];
 
 /// What goes into every guest besides the kernel's modules.
@@ -41,12 +89,13 @@ pub(super) struct Payload {
     pub test_args: Vec<String>,
 }
 
-/// Builds the test executables and returns them, named as in the guest.
-/// Integration tests that check the repository rather than the kernel,
-/// left out of the VMs.
-const HOST_ONLY: &[&str] = &["deploy"];
+/// Integration tests that check the repository (manifests, image context,
+/// .deb) rather than the kernel: no kernel changes them, so the host run
+/// covers them and the VMs leave them out.
+pub(super) const HOST_ONLY: &[&str] = &["deploy"];
 
-pub(super) fn test_executables() -> Result<Vec<(String, PathBuf)>> {
+/// Builds the test executables and returns them, named as in the guest.
+pub(crate) fn test_executables() -> Result<Vec<(String, PathBuf)>> {
     let mut cmd = crate::cargo();
     cmd.args([
         "test",
@@ -82,11 +131,6 @@ pub(super) fn test_executables() -> Result<Vec<(String, PathBuf)>> {
         } else {
             format!("{name}-{kind}")
         };
-        // deploy.rs checks the repository's packaging (manifests, image
-        // context, .deb), which no kernel changes: the host run covers it.
-        if HOST_ONLY.contains(&guest.as_str()) {
-            continue;
-        }
         tests.push((guest, PathBuf::from(exe)));
     }
     let status = child.wait()?;
@@ -193,7 +237,12 @@ mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 KVER=$(uname -r)
 while read -r m args; do
-  [ -n "$m" ] && { insmod "/lib/modules/$KVER/$m" $args || echo "init: insmod $m failed"; }
+  [ -n "$m" ] || continue
+  # A module that does not load fails the run (the host names the tests it
+  # serves).
+  if ! out=$(insmod "/lib/modules/$KVER/$m" $args 2>&1); then
+    echo "VM_MODULE_FAILED ${m%.ko} $(echo "$out" | tr '\n' ' ')"
+  fi
 done < /etc/modules.list
 /usr/sbin/ip link set lo up
 echo "VM_BOOTED kernel=$KVER uptime=$(cut -d' ' -f1 /proc/uptime)"
@@ -238,8 +287,13 @@ echo "VM_SUMMARY passed=$passed failed=$failed skipped=$skipped"
 exit $rc
 "#;
 
-/// Builds the initramfs for `kernel` into `work` and returns its path.
-pub(super) fn initramfs(kernel: &KernelTree, payload: &Payload, work: &Path) -> Result<PathBuf> {
+/// Builds the initramfs for `kernel` into `work`; returns its path and the
+/// modules it carries (names without `.ko`).
+pub(super) fn initramfs(
+    kernel: &KernelTree,
+    payload: &Payload,
+    work: &Path,
+) -> Result<(PathBuf, Vec<String>)> {
     let st = Staging {
         root: work.join("root"),
     };
@@ -368,7 +422,12 @@ pub(super) fn initramfs(kernel: &KernelTree, payload: &Payload, work: &Path) -> 
         list.lines().count(),
         kernel.release
     );
-    Ok(image)
+    let modules = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|f| f.trim_end_matches(".ko").to_owned())
+        .collect();
+    Ok((image, modules))
 }
 
 /// Copies `MODULES` with their dependencies, in load order, decompressed
@@ -385,7 +444,7 @@ fn add_modules(
             .arg("-d")
             .arg(tree)
             .args(["-S", release, "--show-depends", "-a"])
-            .args(MODULES),
+            .args(MODULES.iter().map(|m| m.name)),
     )?;
     let mut seen = Vec::new();
     for line in out.lines() {

@@ -16,7 +16,7 @@
 //! the slowest tests are left out (see [`DEFAULT_SKIP`]); `--filter` or
 //! `--full` choose otherwise.
 
-mod console;
+pub(crate) mod console;
 mod fikernel;
 mod initramfs;
 mod kernels;
@@ -32,9 +32,14 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{display, root};
+use crate::{
+    display,
+    required::{KernelFacts, Requirement, selected_tests},
+    root,
+};
 use console::{Console, KernelRun, Outcome};
-use initramfs::{Payload, initramfs, test_executables};
+pub(crate) use initramfs::test_executables;
+use initramfs::{MODULES, Payload, initramfs};
 use kernels::{KERNELS, KernelSpec, KernelTree, Source, debian_kernel, kernel_names};
 
 /// Host packages the runner uses: qemu, the guest's busybox, cpio for the
@@ -200,7 +205,51 @@ fn boot(
         timed_out,
         wall,
         error: None,
+        requirement: Requirement::default(),
+        module_problems: Vec::new(),
     })
+}
+
+/// What `kernel` is, from its release and build configuration.
+fn facts(kernel: &KernelTree) -> Result<KernelFacts> {
+    let path = kernel
+        .config
+        .as_ref()
+        .context("the kernel comes without its config: its required tests cannot be known")?;
+    let config = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(KernelFacts::new(&kernel.release, &config))
+}
+
+/// Modules the kernel builds as modules (`=m`) that the image lacks or
+/// the guest could not load, each with the tests that could not run.
+fn module_problems(
+    facts: &KernelFacts,
+    packed: &[String],
+    console: &Console,
+    req: &Requirement,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for m in MODULES
+        .iter()
+        .filter(|m| facts.option(m.option) == Some("m"))
+    {
+        let problem = if !packed.iter().any(|p| p == m.name) {
+            format!("module {} ({}=m) is not in the image", m.name, m.option)
+        } else if let Some((_, why)) = console.modules_failed.iter().find(|(n, _)| n == m.name) {
+            format!("module {} did not load ({why})", m.name)
+        } else {
+            continue;
+        };
+        let tests = match m.feature {
+            Some(f) => format!(
+                "the tests needing {f} could not run: {}",
+                req.needing(f).join(", ")
+            ),
+            None => "every test depends on it".to_owned(),
+        };
+        lines.push(format!("{problem}; {tests}"));
+    }
+    lines
 }
 
 fn report(run: &KernelRun) {
@@ -220,6 +269,17 @@ fn report(run: &KernelRun) {
             Outcome::Failed => println!("   FAILED   {t:6.1}s  {key}: {}", r.why),
             Outcome::Skipped => println!("   skipped  {t:6.1}s  {key}: {}", r.why),
         }
+    }
+    for (test, why) in &run.requirement.exempt {
+        println!("   not required here: {test} ({why})");
+    }
+    if run.error.is_none() && !run.timed_out {
+        for line in run.requirement.missing(c) {
+            println!("   FAILED   {line}");
+        }
+    }
+    for line in &run.module_problems {
+        println!("   FAILED   {line}");
     }
     for (name, rc, _) in c.crashed() {
         println!("   FAILED   {name}: exited {rc} without a failed test (see the log)");
@@ -284,10 +344,16 @@ pub fn vm_test(opts: Options) -> Result<Totals> {
             .flat_map(|s| ["--skip".to_owned(), s.to_string()])
             .collect()
     };
+    let tests: Vec<_> = test_executables()?
+        .into_iter()
+        .filter(|(name, _)| !initramfs::HOST_ONLY.contains(&name.as_str()))
+        .collect();
+    // What the run selects, listed on the host with the same arguments.
+    let selected = selected_tests(&tests, &test_args)?;
     let payload = Payload {
         agent,
         traffic: root().join("target/release/chaos-traffic"),
-        tests: test_executables()?,
+        tests,
         test_args,
     };
     let work = root().join("target/vm-test");
@@ -298,12 +364,16 @@ pub fn vm_test(opts: Options) -> Result<Totals> {
         eprintln!("xtask: === {} ===", spec.name);
         let attempt = (|| -> Result<KernelRun> {
             let tree = kernel(spec)?;
+            let facts = facts(&tree)?;
+            let requirement = Requirement::new(&selected, &facts);
             let dir = work.join(spec.name);
             fs::create_dir_all(&dir)?;
-            let image = initramfs(&tree, &payload, &dir)?;
+            let (image, packed) = initramfs(&tree, &payload, &dir)?;
             let log = work.join(format!("{}.log", spec.name));
-            let run = boot(spec.name, &tree, &image, &log, opts.timeout)?;
+            let mut run = boot(spec.name, &tree, &image, &log, opts.timeout)?;
             eprintln!("xtask: console log in {}", log.display());
+            run.module_problems = module_problems(&facts, &packed, &run.console, &requirement);
+            run.requirement = requirement;
             Ok(run)
         })();
         let run = attempt.unwrap_or_else(|e| KernelRun {
@@ -313,32 +383,24 @@ pub fn vm_test(opts: Options) -> Result<Totals> {
             timed_out: false,
             wall: Duration::ZERO,
             error: Some(format!("{e:#}")),
+            requirement: Requirement::default(),
+            module_problems: Vec::new(),
         });
         report(&run);
         runs.push(run);
     }
 
     println!();
-    println!(
-        "{:<12} | {:>6} | {:>6} | {:>7} | {:>9} | result",
-        "kernel", "passed", "failed", "skipped", "wall time"
-    );
-    println!(
-        "{:-<12}-|-{:->6}-|-{:->6}-|-{:->7}-|-{:->9}-|-{:-<7}",
-        "", "", "", "", "", ""
-    );
-    for r in &runs {
-        let c = &r.console;
-        println!(
-            "{:<12} | {:>6} | {:>6} | {:>7} | {:>9} | {}",
-            r.kernel,
-            c.count(Outcome::Passed),
-            r.failed(),
-            c.count(Outcome::Skipped),
-            fmt_duration(r.wall),
-            r.status()
-        );
-    }
+    print_table(runs.iter().map(|r| Row {
+        kernel: r.kernel,
+        required: r.requirement.required.len(),
+        ran: r.ran(),
+        passed: r.console.count(Outcome::Passed),
+        failed: r.failed(),
+        skipped: r.console.count(Outcome::Skipped),
+        wall: r.wall,
+        result: r.status(),
+    }));
     let bad: Vec<&str> = runs.iter().filter(|r| !r.ok()).map(|r| r.kernel).collect();
     if !bad.is_empty() {
         // Last in the output, where a CI log's tail shows it: what failed
@@ -357,6 +419,44 @@ pub fn vm_test(opts: Options) -> Result<Totals> {
         failed: t.failed + r.failed(),
         skipped: t.skipped + r.console.count(Outcome::Skipped),
     }))
+}
+
+/// One line of the closing table.
+pub(crate) struct Row<'a> {
+    pub kernel: &'a str,
+    pub required: usize,
+    pub ran: u64,
+    pub passed: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub wall: Duration,
+    pub result: &'a str,
+}
+
+/// The per-kernel table: required tests, tests that ran (passed or failed),
+/// skipped ones.
+pub(crate) fn print_table<'a>(rows: impl Iterator<Item = Row<'a>>) {
+    println!(
+        "{:<12} | {:>8} | {:>5} | {:>6} | {:>6} | {:>7} | {:>9} | result",
+        "kernel", "required", "ran", "passed", "failed", "skipped", "wall time"
+    );
+    println!(
+        "{:-<12}-|-{:->8}-|-{:->5}-|-{:->6}-|-{:->6}-|-{:->7}-|-{:->9}-|-{:-<7}",
+        "", "", "", "", "", "", "", ""
+    );
+    for r in rows {
+        println!(
+            "{:<12} | {:>8} | {:>5} | {:>6} | {:>6} | {:>7} | {:>9} | {}",
+            r.kernel,
+            r.required,
+            r.ran,
+            r.passed,
+            r.failed,
+            r.skipped,
+            fmt_duration(r.wall),
+            r.result
+        );
+    }
 }
 
 /// Parses `--timeout` (`20m`, `90s`, `1h`).

@@ -8,7 +8,8 @@
 //! - a policy whose `duration`, `startAfter`, `guard` or `abortWhen`
 //!   changed is replaced as a whole (a new experiment window);
 //! - otherwise faults are compared one by one: unchanged ones stay, a new
-//!   percent, latency, rate or errno is written in place (one map write),
+//!   percent, burst, latency, rate or errno, a new schedule or mode
+//!   (shadow to enforce) is written in place (one map write),
 //!   removed ones are reverted, new or otherwise changed ones are applied
 //!   for the rest of the policy's window (a changed fault is reverted
 //!   before its new version goes in, never both at once).
@@ -257,9 +258,26 @@ impl Runs {
                 Some(existing) if existing.fault == *f => faults.push(existing),
                 Some(mut existing) if existing.id.is_some() => {
                     let id = existing.id.expect("checked");
+                    // A new mode starts the fault's counters afresh under
+                    // its new `mode` label; what it counted so far stays
+                    // under the old one.
+                    let before: Vec<_> = self
+                        .engine
+                        .rows(id)
+                        .iter()
+                        .map(Labels::of)
+                        .zip(self.engine.counters(id))
+                        .collect();
                     match self.engine.set_action(id, f) {
                         Ok(()) => {
-                            info!(policy = %name, fault = %f.name, "fault action changed in place");
+                            if existing.fault.mode != f.mode {
+                                info!(policy = %name, fault = %f.name, mode = %f.mode, "fault mode changed in place");
+                                for (labels, c) in before {
+                                    *self.retired.entry(labels).or_default() += c;
+                                }
+                            } else {
+                                info!(policy = %name, fault = %f.name, "fault action changed in place");
+                            }
                             existing.fault = f.clone();
                             faults.push(existing);
                         }

@@ -9,8 +9,8 @@ use tokio::time::Instant;
 use super::{FaultRun, PolicyRun, Problem, RunState, Runs};
 use crate::{
     control::proto::{FaultState, FaultStatus, PolicyState, PolicyStatus, Status},
-    fault::{Counts, Hook},
-    policy::model::FaultKind,
+    fault::{Counts, Hook, monotonic_ns},
+    policy::model::{FaultKind, Mode},
 };
 
 impl Runs {
@@ -44,6 +44,7 @@ impl Runs {
                 time_left_ms: live.then(|| ms(r.deadline.saturating_duration_since(now))),
                 starts_in_ms: (r.state == RunState::Pending)
                     .then(|| ms(r.start_at.saturating_duration_since(now))),
+                shadow: r.policy.faults.iter().all(|f| f.mode == Mode::Shadow),
                 faults,
             });
         }
@@ -87,6 +88,19 @@ impl Runs {
             matched: counts.matched,
             injected: counts.injected,
             guard_passed: counts.guard_passed,
+            shadow: f.fault.mode == Mode::Shadow,
+            phase: f.id.and_then(|id| {
+                let row = self.engine.rows(id).first()?;
+                row.schedule?;
+                Some(
+                    if row.is_on(monotonic_ns()) {
+                        "on"
+                    } else {
+                        "off"
+                    }
+                    .to_owned(),
+                )
+            }),
         };
         match &f.fault.kind {
             FaultKind::Network(n) => {
