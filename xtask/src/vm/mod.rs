@@ -20,6 +20,7 @@ pub(crate) mod console;
 mod fikernel;
 mod initramfs;
 mod kernels;
+mod run;
 
 use std::{
     fs,
@@ -37,10 +38,11 @@ use crate::{
     required::{KernelFacts, Requirement, selected_tests},
     root,
 };
-use console::{Console, KernelRun, Outcome};
+use console::{Console, Outcome};
 pub(crate) use initramfs::test_executables;
 use initramfs::{MODULES, Payload, initramfs};
 use kernels::{KERNELS, KernelSpec, KernelTree, Source, debian_kernel, kernel_names};
+use run::KernelRun;
 
 /// Host packages the runner uses: qemu, the guest's busybox, cpio for the
 /// initramfs, depmod/modprobe (kmod) to resolve module dependencies, xz and
