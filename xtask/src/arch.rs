@@ -43,6 +43,39 @@ impl Arch {
         format!("{}-unknown-linux-musl", self.rust())
     }
 
+    /// The GNU triplet of Debian's tools for it: `aarch64-linux-gnu`.
+    pub fn gnu_triplet(self) -> String {
+        format!("{}-linux-gnu", self.rust())
+    }
+
+    /// `strip` for this architecture's executables: the host's own, or
+    /// Debian's cross binutils (`binutils-<triplet>`, which `./x setup`
+    /// installs for the other architecture).
+    pub fn strip(self) -> String {
+        if self == Arch::host() {
+            "strip".to_owned()
+        } else {
+            format!("{}-strip", self.gnu_triplet())
+        }
+    }
+
+    /// The Debian package with [`Arch::strip`] in it.
+    pub fn binutils_package(self) -> String {
+        if self == Arch::host() {
+            "binutils".to_owned()
+        } else {
+            format!("binutils-{}", self.gnu_triplet().replace('_', "-"))
+        }
+    }
+
+    /// The other architecture.
+    pub fn other(self) -> Arch {
+        match self {
+            Arch::Amd64 => Arch::Arm64,
+            Arch::Arm64 => Arch::Amd64,
+        }
+    }
+
     /// Sets what cargo needs to build for this architecture's musl target
     /// on this machine. Natively rustc links musl binaries by itself; a
     /// cross build links with the toolchain's `rust-lld` (musl targets
@@ -89,6 +122,19 @@ mod tests {
                 .any(|(k, v)| k == var.as_str() && v == Some("rust-lld".as_ref())),
             "{var}"
         );
+        assert_eq!(cross.strip(), format!("{}-linux-gnu-strip", cross.rust()));
+        assert_eq!(Arch::Amd64.other().gnu_triplet(), "aarch64-linux-gnu");
+        if Arch::host() == Arch::Amd64 {
+            assert_eq!(
+                Arch::Arm64.binutils_package(),
+                "binutils-aarch64-linux-gnu"
+            );
+        } else {
+            assert_eq!(
+                Arch::Amd64.binutils_package(),
+                "binutils-x86-64-linux-gnu"
+            );
+        }
         let mut native = Command::new("cargo");
         Arch::host().configure(&mut native);
         assert_eq!(native.get_envs().count(), 0);

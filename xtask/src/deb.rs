@@ -47,7 +47,7 @@ const ENV_FILE: &str = "etc/chaos-agent/chaos-agent.env";
 /// `.comment` and `.note`; the build id stays). The eBPF objects the agent
 /// embeds are data in `.rodata`, untouched. Anything else (the test's
 /// stand-in script) is left as it is.
-fn strip(path: &Path) -> Result<()> {
+fn strip(path: &Path, arch: Arch) -> Result<()> {
     let mut magic = [0u8; 4];
     let elf = fs::File::open(path)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
@@ -56,14 +56,15 @@ fn strip(path: &Path) -> Result<()> {
     if !elf {
         return Ok(());
     }
-    run(Command::new("strip")
+    let strip = arch.strip();
+    run(Command::new(&strip)
         .args([
             "--remove-section=.comment",
             "--remove-section=.note",
             "--strip-unneeded",
         ])
         .arg(path))
-    .context("strip (apt-get install binutils)")
+    .with_context(|| format!("{strip} (apt-get install {})", arch.binutils_package()))
 }
 
 /// The crates compiled into the binary and its eBPF objects (normal
@@ -200,7 +201,7 @@ pub fn package(
     let debian_src = repo.join("deploy/debian");
     let bin = tree.join("usr/bin/chaos-agent");
     copy(agent, &bin, 0o755)?;
-    strip(&bin)?;
+    strip(&bin, arch)?;
     man_and_completions(helper, &tree)?;
     copy(
         &repo.join("deploy/systemd/chaos-agent.service"),

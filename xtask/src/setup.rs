@@ -232,6 +232,8 @@ fn rust_targets() -> Result<()> {
 
 pub fn setup() -> Result<()> {
     apt_packages(PACKAGES)?;
+    // strip for the other architecture's .deb (`./x deb --arch`).
+    apt_packages(&[Arch::host().other().binutils_package().as_str()])?;
     rust_targets()?;
     bpf_linker()?;
     python_tools();

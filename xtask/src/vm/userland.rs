@@ -31,7 +31,7 @@ const SEEDS: &[&str] = &[
 ];
 
 /// Bumped when [`SEEDS`] or the layout changes, so an old tree is rebuilt.
-const LAYOUT: &str = "1";
+const LAYOUT: &str = "2";
 
 /// A tree of extracted packages for `arch`.
 pub(super) struct Sysroot {
@@ -78,9 +78,10 @@ pub(super) fn sysroot(arch: Arch) -> Result<Sysroot> {
     Ok(Sysroot { root, arch })
 }
 
-/// The seeds and every library package they depend on, recursively
-/// (`apt-cache depends --recurse`; other dependencies such as debconf or
-/// perl are maintainer-script needs the guest does not have).
+/// The seeds and every package they depend on, recursively (`apt-cache
+/// depends --recurse`): the libraries, and a few packages only their
+/// maintainer scripts need (debconf, perl-base), which are small enough to
+/// fetch along rather than guess at by name.
 fn packages(apt: &Apt) -> Result<Vec<String>> {
     let out = output(
         apt.command("apt-cache")
@@ -97,7 +98,7 @@ fn packages(apt: &Apt) -> Result<Vec<String>> {
         .lines()
         .filter(|l| !l.starts_with(' ') && !l.starts_with('<'))
         .map(|l| l.trim().to_owned())
-        .filter(|n| SEEDS.contains(&n.as_str()) || n.starts_with("lib"))
+        .filter(|n| !n.is_empty())
         .collect();
     names.sort();
     names.dedup();
