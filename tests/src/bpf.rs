@@ -16,6 +16,7 @@ const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ENABLE_STATS: libc::c_long = 32;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
@@ -326,6 +327,19 @@ pub fn load_lsm_prog(attach_btf_id: u32) -> io::Result<OwnedFd> {
     a.put_u32(68, BPF_LSM_MAC); // expected_attach_type
     a.put_u32(108, attach_btf_id);
     let fd = sys_bpf(BPF_PROG_LOAD, &mut a)?;
+    // SAFETY: the kernel returned a new descriptor that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Attaches a program from [`load_lsm_prog`] (`BPF_RAW_TRACEPOINT_OPEN`
+/// without a name, as LSM programs attach since 5.7): whether the kernel
+/// can make the trampoline. The attachment lasts until the returned
+/// descriptor is closed; the trivial program allows every call.
+pub fn attach_lsm_prog(prog: &OwnedFd) -> io::Result<OwnedFd> {
+    let mut a = Attr::new();
+    a.put_u64(0, 0); // name: none, the program's own attach target
+    a.put_u32(8, prog.as_raw_fd() as u32);
+    let fd = sys_bpf(BPF_RAW_TRACEPOINT_OPEN, &mut a)?;
     // SAFETY: the kernel returned a new descriptor that we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

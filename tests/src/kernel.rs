@@ -109,8 +109,9 @@ pub fn active_lsms() -> Vec<String> {
 }
 
 /// BPF LSM programs run here: `bpf` is an active LSM, the kernel has BTF,
-/// and it loads a trivial LSM program (some platforms refuse every
-/// trampoline program, whatever the config says).
+/// and it loads and attaches a trivial LSM program (some platforms refuse
+/// every trampoline program, whatever the config says; arm64 before 6.4
+/// loads them but cannot attach them, error 524).
 pub fn bpf_lsm() -> Result<(), String> {
     let lsms = active_lsms();
     if !lsms.iter().any(|l| l == "bpf") {
@@ -136,12 +137,25 @@ pub fn bpf_lsm() -> Result<(), String> {
     let id = btf_func_id(&btf, hook)
         .unwrap_or_else(|e| panic!("cannot read the kernel's BTF: {e}"))
         .ok_or_else(|| format!("the kernel's BTF has no {hook}"))?;
-    match bpf::load_lsm_prog(id) {
-        Ok(_) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Err(format!(
-            "the kernel refuses LSM (trampoline) programs: BPF_PROG_LOAD on {hook}: {e}"
-        )),
+    let prog = match bpf::load_lsm_prog(id) {
+        Ok(prog) => prog,
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            return Err(format!(
+                "the kernel refuses LSM (trampoline) programs: BPF_PROG_LOAD on {hook}: {e}"
+            ));
+        }
         Err(e) => panic!("loading a trivial LSM program on {hook} failed: {e}"),
+    };
+    // ENOTSUPP, the kernel's own errno 524 (no libc name).
+    const ENOTSUPP: i32 = 524;
+    match bpf::attach_lsm_prog(&prog) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(ENOTSUPP) => Err(format!(
+            "attaching an LSM program fails with error 524 (ENOTSUPP): no BPF trampolines on this kernel ({}, {})",
+            std::env::consts::ARCH,
+            kernel_release()
+        )),
+        Err(e) => panic!("attaching a trivial LSM program on {hook} failed: {e}"),
     }
 }
 

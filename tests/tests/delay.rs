@@ -459,8 +459,20 @@ fn delay_jitter_spread() {
     // standard error of 20·√(1/4/600) = 0.41 ms: 1.5 ms is more than three
     // of them. The mean (standard error 0.24 ms) within 1 ms, where no
     // stall drags it.
+    // Under emulation the median also carries the emulated CPU's excess
+    // per packet (up to 0.6 ms, as in `p50_tolerance`; debian-6.12-arm64
+    // once gave 51.54 ms).
     let median = q(0.5);
-    assert!((median - 50.0).abs() <= 1.5, "median added {median:.3} ms");
+    let median_tol = if emulated() {
+        println!("jitter median tolerance 2.1 ms: emulated CPU (1.5 ms on real CPUs)");
+        2.1
+    } else {
+        1.5
+    };
+    assert!(
+        (median - 50.0).abs() <= median_tol,
+        "median added {median:.3} ms"
+    );
     if !emulated() {
         assert!((mean - 50.0).abs() <= 1.0, "mean added {mean:.3} ms");
     }

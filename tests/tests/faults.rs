@@ -28,6 +28,19 @@ fn emulated() -> bool {
 }
 
 /// A UDP loss blast on a's egress for traffic to PORT, with more flags.
+/// A syscall fault's counters from a `reverted` event: matched and
+/// injected (syscall faults have no guard, so no `guard_passed`). A
+/// missing field fails the test.
+fn syscall_counters(event: &Value) -> (u64, u64) {
+    let f = &event["faults"][0];
+    let field = |name: &str| {
+        f[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no faults[0].{name} counter in the event: {event}"))
+    };
+    (field("matched"), field("injected"))
+}
+
 fn loss_blast(pair: &NetnsPair, extra: &[&str]) -> Blast {
     let port = PORT.to_string();
     let args = [
@@ -124,7 +137,7 @@ fn shadow_connect_fault_lets_every_call_succeed_and_counts_it() {
     let (status, reverted) = blast.stop().unwrap();
     assert!(status.success(), "{status}");
     assert_eq!(out.ok, 50, "a shadow fault failed calls: {out:?}");
-    let (matched, injected, _) = fault_counters(&reverted);
+    let (matched, injected) = syscall_counters(&reverted);
     println!("shadow connect: 50 calls, all succeeded; matched {matched} would-fail {injected}");
     assert_eq!((matched, injected), (50, 50), "{reverted}");
     assert_eq!(reverted["faults"][0]["shadow"], true, "{reverted}");
@@ -173,7 +186,7 @@ fn flapping_connect_fault_fails_calls_in_its_on_part_only() {
         outcomes.len(),
         100.0 * share
     );
-    let (matched, injected, _) = fault_counters(&reverted);
+    let (matched, injected) = syscall_counters(&reverted);
     assert_eq!(
         (matched, injected),
         (outcomes.len() as u64, failed as u64),
@@ -496,16 +509,26 @@ fn daemon_switches_shadow_to_enforce_in_place() {
         (Some(sent.sent), Some(sent.sent)),
         "{f}"
     );
-    let metrics = d.scrape();
-    let at = |mode| {
+    let at = |metrics: &str, mode| {
         sample(
-            &metrics,
+            metrics,
             "chaos_agent_packets_injected_total",
             &[("mode", mode)],
         )
     };
-    assert_eq!(at("shadow"), Some(500.0), "{metrics}");
-    assert_eq!(at("enforce"), Some(sent.sent as f64), "{metrics}");
+    // The metrics read the kernel counters once a second, so a scrape
+    // right after the traffic can lag (seen under an emulated arm64 CPU).
+    let want = Some(sent.sent as f64);
+    let mut metrics = d.scrape();
+    for _ in 0..30 {
+        if at(&metrics, "enforce") == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        metrics = d.scrape();
+    }
+    assert_eq!(at(&metrics, "shadow"), Some(500.0), "{metrics}");
+    assert_eq!(at(&metrics, "enforce"), want, "{metrics}");
     d.signal(libc::SIGTERM);
     assert!(d.wait(Duration::from_secs(10)).unwrap().success());
 }

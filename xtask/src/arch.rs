@@ -125,15 +125,9 @@ mod tests {
         assert_eq!(cross.strip(), format!("{}-linux-gnu-strip", cross.rust()));
         assert_eq!(Arch::Amd64.other().gnu_triplet(), "aarch64-linux-gnu");
         if Arch::host() == Arch::Amd64 {
-            assert_eq!(
-                Arch::Arm64.binutils_package(),
-                "binutils-aarch64-linux-gnu"
-            );
+            assert_eq!(Arch::Arm64.binutils_package(), "binutils-aarch64-linux-gnu");
         } else {
-            assert_eq!(
-                Arch::Amd64.binutils_package(),
-                "binutils-x86-64-linux-gnu"
-            );
+            assert_eq!(Arch::Amd64.binutils_package(), "binutils-x86-64-linux-gnu");
         }
         let mut native = Command::new("cargo");
         Arch::host().configure(&mut native);

@@ -387,8 +387,20 @@ pub fn vm_test(opts: Options) -> Result<Totals> {
     // machine's build of the tests (another architecture's cannot run
     // here; both are built from the same sources).
     let selected = selected_tests(&guest_tests(Arch::host())?, &test_args)?;
-    // The guest's payload per architecture, built when first needed.
+    // The guest's payload per architecture, all built before the first
+    // boot (a build error shows at once, not after an hour of VMs).
     let mut payloads: Vec<(Arch, Payload)> = Vec::new();
+    for spec in &specs {
+        if !payloads.iter().any(|(a, _)| *a == spec.arch) {
+            let payload = Payload {
+                agent: crate::build_for(spec.arch)?,
+                traffic: crate::traffic_bin(spec.arch),
+                tests: guest_tests(spec.arch)?,
+                test_args: test_args.clone(),
+            };
+            payloads.push((spec.arch, payload));
+        }
+    }
     let work = root().join("target/vm-test");
     fs::create_dir_all(&work)?;
 
@@ -396,19 +408,10 @@ pub fn vm_test(opts: Options) -> Result<Totals> {
     for spec in specs {
         eprintln!("xtask: === {} ===", spec.name);
         let attempt = (|| -> Result<KernelRun> {
-            if !payloads.iter().any(|(a, _)| *a == spec.arch) {
-                let payload = Payload {
-                    agent: crate::build_for(spec.arch)?,
-                    traffic: crate::traffic_bin(spec.arch),
-                    tests: guest_tests(spec.arch)?,
-                    test_args: test_args.clone(),
-                };
-                payloads.push((spec.arch, payload));
-            }
             let payload = &payloads
                 .iter()
                 .find(|(a, _)| *a == spec.arch)
-                .expect("built")
+                .expect("built above")
                 .1;
             let userland = if spec.arch == Arch::host() {
                 None
