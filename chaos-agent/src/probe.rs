@@ -102,25 +102,31 @@ pub fn rows() -> Vec<Row> {
         ),
     });
     let avail = crate::syscall::backend::Availability::detect();
+    let cgroup_yes = match &avail.set_retval {
+        Ok(()) => "cgroup socket hooks with bpf_set_retval: connect, bind, UDP sendmsg, socket, get/setsockopt; cgroup and unit targets".to_owned(),
+        Err(e) => format!(
+            "cgroup socket hooks without {e}: they can fail connect, bind, UDP sendmsg, socket, get/setsockopt with EPERM only; cgroup and unit targets"
+        ),
+    };
     for (feature, backend, yes) in [
         (
             "syscall-kprobe",
             crate::fault::Backend::Kprobe,
-            "bpf_override_return at the syscall entry: any syscall, any target",
+            "bpf_override_return at the syscall entry: any syscall, any target".to_owned(),
         ),
         (
             "syscall-lsm",
             crate::fault::Backend::Lsm,
-            "BPF LSM programs load: file, socket, inode, mmap, task and exec hooks; pid, comm and cgroup targets",
+            "BPF LSM programs load and attach: file, socket, inode, mmap, task and exec hooks; pid, comm and cgroup targets".to_owned(),
         ),
-        (
-            "syscall-cgroup",
-            crate::fault::Backend::Cgroup,
-            "cgroup socket hooks with bpf_set_retval: connect, bind, UDP sendmsg, socket, get/setsockopt; cgroup and unit targets",
-        ),
+        ("syscall-cgroup", crate::fault::Backend::Cgroup, cgroup_yes),
     ] {
         out.push(match avail.of(backend) {
-            Ok(()) => row(feature, true, yes),
+            Ok(()) => row(
+                feature,
+                true,
+                format!("{}: {yes}", avail.errnos(backend)),
+            ),
             Err(e) => row(feature, false, e.clone()),
         });
     }

@@ -39,6 +39,18 @@ pub const PROG_CG_SOCK_CREATE: &str = "chaos_cg_sock_create";
 pub const PROG_CG_GETSOCKOPT: &str = "chaos_cg_getsockopt";
 pub const PROG_CG_SETSOCKOPT: &str = "chaos_cg_setsockopt";
 
+/// The same hooks without `bpf_set_retval`, for kernels before 5.18: a
+/// rejected call gets the kernel's own EPERM. Same slots as above.
+pub const PROG_CG_EPERM_CONNECT4: &str = "chaos_cg_eperm_connect4";
+pub const PROG_CG_EPERM_CONNECT6: &str = "chaos_cg_eperm_connect6";
+pub const PROG_CG_EPERM_BIND4: &str = "chaos_cg_eperm_bind4";
+pub const PROG_CG_EPERM_BIND6: &str = "chaos_cg_eperm_bind6";
+pub const PROG_CG_EPERM_SENDMSG4: &str = "chaos_cg_eperm_sendmsg4";
+pub const PROG_CG_EPERM_SENDMSG6: &str = "chaos_cg_eperm_sendmsg6";
+pub const PROG_CG_EPERM_SOCK_CREATE: &str = "chaos_cg_eperm_sock_create";
+pub const PROG_CG_EPERM_GETSOCKOPT: &str = "chaos_cg_eperm_getsockopt";
+pub const PROG_CG_EPERM_SETSOCKOPT: &str = "chaos_cg_eperm_setsockopt";
+
 /// BPF LSM hooks (`lsm/<hook>` sections), slots 16..32: (program, hook).
 pub const SLOT_LSM_FILE_OPEN: u32 = 16;
 pub const SLOT_LSM_READ: u32 = 17;

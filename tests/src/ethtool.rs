@@ -7,7 +7,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use anyhow::{Result, bail};
 
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
+// `Ioctl`: the request type of the C library (c_ulong in glibc, c_int in
+// musl, which the arm64 VMs' static test executables use).
+const SIOCETHTOOL: libc::Ioctl = 0x8946;
 const ETHTOOL_STXCSUM: u32 = 0x17;
 
 #[repr(C)]

@@ -321,6 +321,9 @@ fn probe_names_every_mechanism() {
         "ifb",
         "skb-tstamp",
         "btf",
+        "syscall-kprobe",
+        "syscall-lsm",
+        "syscall-cgroup",
     ] {
         let row = rows
             .iter()
@@ -339,4 +342,25 @@ fn probe_names_every_mechanism() {
         classifier["supported"], true,
         "the classifier must load here: {classifier}"
     );
+    // The rows as a user reads them, in the test's output (the VM logs
+    // keep them per kernel).
+    let (_, text, _) = agent_output(&["probe"]).unwrap();
+    println!("{text}");
+    let row = |f: &str| rows.iter().find(|r| r["feature"] == f).unwrap().clone();
+    // The LSM row tries what a fault does (load and attach), so it agrees
+    // with the kernel's own answer to the same question.
+    let lsm = row("syscall-lsm");
+    assert_eq!(
+        lsm["supported"] == true,
+        chaos_tests::kernel::bpf_lsm().is_ok(),
+        "{lsm}"
+    );
+    // Without bpf_set_retval the cgroup row says EPERM only.
+    let cgroup = row("syscall-cgroup");
+    if cgroup["supported"] == true {
+        let detail = cgroup["detail"].as_str().unwrap();
+        let eperm_only = chaos_tests::kernel::cgroup_errno().is_err();
+        assert_eq!(detail.starts_with("EPERM only"), eperm_only, "{cgroup}");
+        assert_eq!(detail.starts_with("any errno"), !eperm_only, "{cgroup}");
+    }
 }

@@ -26,16 +26,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{output, root, run};
-
-/// Debian's name for this machine's architecture.
-fn deb_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
+use crate::{arch::Arch, output, root, run};
 
 fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
     fs::create_dir_all(to.parent().expect("has a parent"))?;
@@ -56,7 +47,7 @@ const ENV_FILE: &str = "etc/chaos-agent/chaos-agent.env";
 /// `.comment` and `.note`; the build id stays). The eBPF objects the agent
 /// embeds are data in `.rodata`, untouched. Anything else (the test's
 /// stand-in script) is left as it is.
-fn strip(path: &Path) -> Result<()> {
+fn strip(path: &Path, arch: Arch) -> Result<()> {
     let mut magic = [0u8; 4];
     let elf = fs::File::open(path)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
@@ -65,21 +56,22 @@ fn strip(path: &Path) -> Result<()> {
     if !elf {
         return Ok(());
     }
-    run(Command::new("strip")
+    let strip = arch.strip();
+    run(Command::new(&strip)
         .args([
             "--remove-section=.comment",
             "--remove-section=.note",
             "--strip-unneeded",
         ])
         .arg(path))
-    .context("strip (apt-get install binutils)")
+    .with_context(|| format!("{strip} (apt-get install {})", arch.binutils_package()))
 }
 
 /// The crates compiled into the binary and its eBPF objects (normal
 /// dependencies, no proc-macros, for the musl target the binary is built
 /// for), one `name version: licence` line each, for the copyright file.
-fn static_crates() -> Result<Vec<String>> {
-    let target = format!("{}-unknown-linux-musl", std::env::consts::ARCH);
+fn static_crates(arch: Arch) -> Result<Vec<String>> {
+    let target = arch.musl_target();
     let tree = output(
         Command::new("cargo")
             .args([
@@ -188,11 +180,19 @@ fn man_and_completions(agent: &Path, tree: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Stages the package tree for `agent` under `work` and builds the .deb
-/// into `out_dir`; returns its path.
-pub fn package(agent: &Path, work: &Path, out_dir: &Path) -> Result<PathBuf> {
+/// Stages the package tree for `agent`, an agent built for `arch`, under
+/// `work` and builds the .deb into `out_dir`; returns its path. `helper`
+/// is an agent this machine runs (`agent` itself unless `arch` is
+/// another architecture): it writes the man pages and completions, which
+/// come from the same sources whatever the architecture.
+pub fn package(
+    agent: &Path,
+    arch: Arch,
+    helper: &Path,
+    work: &Path,
+    out_dir: &Path,
+) -> Result<PathBuf> {
     let version = env!("CARGO_PKG_VERSION");
-    let arch = deb_arch();
     let tree = work.join(format!("chaos-agent_{version}_{arch}"));
     if tree.exists() {
         fs::remove_dir_all(&tree)?;
@@ -201,8 +201,8 @@ pub fn package(agent: &Path, work: &Path, out_dir: &Path) -> Result<PathBuf> {
     let debian_src = repo.join("deploy/debian");
     let bin = tree.join("usr/bin/chaos-agent");
     copy(agent, &bin, 0o755)?;
-    strip(&bin)?;
-    man_and_completions(agent, &tree)?;
+    strip(&bin, arch)?;
+    man_and_completions(helper, &tree)?;
     copy(
         &repo.join("deploy/systemd/chaos-agent.service"),
         &tree.join("usr/lib/systemd/system/chaos-agent.service"),
@@ -227,7 +227,7 @@ pub fn package(agent: &Path, work: &Path, out_dir: &Path) -> Result<PathBuf> {
     let template = fs::read_to_string(debian_src.join("copyright.in"))?;
     fs::write(
         doc.join("copyright"),
-        copyright(&template, &static_crates()?),
+        copyright(&template, &static_crates(arch)?),
     )?;
     fs::set_permissions(doc.join("copyright"), fs::Permissions::from_mode(0o644))?;
     let mut examples: Vec<PathBuf> = fs::read_dir(repo.join("policies"))?
@@ -356,7 +356,7 @@ mod tests {
         )
         .unwrap();
         fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
-        let deb = package(&fake, &work, &work.join("out")).unwrap();
+        let deb = package(&fake, Arch::host(), &fake, &work, &work.join("out")).unwrap();
         let out = Command::new("dpkg-deb")
             .arg("--contents")
             .arg(&deb)
@@ -398,7 +398,7 @@ mod tests {
         let bash = fs::read_to_string(work.join(format!(
             "chaos-agent_{}_{}/usr/share/bash-completion/completions/chaos-agent",
             env!("CARGO_PKG_VERSION"),
-            deb_arch()
+            Arch::host()
         )))
         .unwrap();
         assert_eq!(bash, "# bash completion\n");
@@ -406,7 +406,7 @@ mod tests {
         let doc = work.join(format!(
             "chaos-agent_{}_{}/usr/share/doc/chaos-agent",
             env!("CARGO_PKG_VERSION"),
-            deb_arch()
+            Arch::host()
         ));
         for e in fs::read_dir(doc.join("examples")).unwrap() {
             let text = fs::read_to_string(e.unwrap().path()).unwrap();
@@ -446,7 +446,7 @@ mod tests {
         let copyright = fs::read_to_string(work.join(format!(
             "chaos-agent_{}_{}/usr/share/doc/chaos-agent/copyright",
             env!("CARGO_PKG_VERSION"),
-            deb_arch()
+            Arch::host()
         )))
         .unwrap();
         assert!(!copyright.contains("@CRATES@"));

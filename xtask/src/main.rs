@@ -2,6 +2,7 @@
 //! installs the pinned toolchain). Setup, build, demo, test, lint, deb,
 //! schema, vm-test, bench.
 
+mod arch;
 mod bench;
 mod deb;
 mod demo;
@@ -15,6 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use arch::Arch;
 use clap::{Parser, Subcommand};
 use vm::console::{Console, Outcome};
 
@@ -30,8 +32,14 @@ enum Cmd {
     /// Install what building and testing need (idempotent): Debian packages
     /// and bpf-linker built against the pinned toolchain's LLVM.
     Setup,
-    /// Build the eBPF programs and the agent (release), which embeds them.
-    Build,
+    /// Build the eBPF programs and the agent (release, static), which
+    /// embeds them.
+    Build {
+        /// The architecture to build for (default: this machine's); arm64
+        /// is cross-built on x86_64 with the toolchain's rust-lld.
+        #[arg(long, value_enum)]
+        arch: Option<Arch>,
+    },
     /// Drop a share of real UDP between two throwaway network namespaces and
     /// show configured vs observed loss.
     Demo,
@@ -44,6 +52,10 @@ enum Cmd {
         /// Skip the kernel matrix.
         #[arg(long)]
         host_only: bool,
+        /// The whole matrix: every kernel and every test (the default
+        /// leaves out some kernels and the slowest tests for time).
+        #[arg(long, conflicts_with = "host_only")]
+        full: bool,
     },
     /// cargo fmt --check and clippy -D warnings on every crate.
     Lint,
@@ -81,6 +93,9 @@ enum Cmd {
     /// shell completions, copyright, changelog) into target/debian/, and
     /// check it with lintian when installed (errors and warnings fail).
     Deb {
+        /// The package's architecture (default: this machine's).
+        #[arg(long, value_enum)]
+        arch: Option<Arch>,
         /// Package this agent binary instead of building one.
         #[arg(long, value_name = "PATH")]
         agent: Option<std::path::PathBuf>,
@@ -95,14 +110,16 @@ enum Cmd {
     /// kernel of the matrix; kernels are downloaded and cached on first use.
     VmTest {
         /// Only this kernel (repeatable): debian-6.1, debian-6.12, fi-6.12
-        /// (built on first use). Default: all.
+        /// (built on first use), debian-5.10, debian-6.1-arm64,
+        /// debian-6.12-arm64. Default: the default kernels (README).
         #[arg(long = "kernel", value_name = "NAME")]
         kernels: Vec<String>,
         /// Only tests whose name contains this (repeatable; instead of the
         /// default set).
         #[arg(long, conflicts_with = "full")]
         filter: Vec<String>,
-        /// Every test, also those the default set leaves out for time.
+        /// Every test, also those the default set leaves out for time,
+        /// and (without --kernel) every kernel.
         #[arg(long)]
         full: bool,
         /// Hard wall-clock limit per VM, e.g. 20m, 900s.
@@ -174,17 +191,38 @@ pub(crate) fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// The target the agent is built for: musl, so the release binary is one
-/// static executable that runs on any Linux of this architecture.
+/// The target the agent is built for on this machine: musl, so the
+/// release binary is one static executable that runs on any Linux of this
+/// architecture.
 pub fn agent_target() -> String {
-    format!("{}-unknown-linux-musl", std::env::consts::ARCH)
+    Arch::host().musl_target()
 }
 
-/// Builds the release agent (static) and the test traffic tool; returns the
-/// agent's path.
+/// Builds the release agent (static) and the test traffic tool for this
+/// machine; returns the agent's path.
 pub fn build() -> Result<PathBuf> {
-    let target = agent_target();
-    run(cargo().args([
+    build_for(Arch::host())
+}
+
+/// `chaos-traffic` as [`build_for`] leaves it for `arch`: the host's own
+/// build, or the static one of another architecture.
+pub fn traffic_bin(arch: Arch) -> PathBuf {
+    if arch == Arch::host() {
+        root().join("target/release/chaos-traffic")
+    } else {
+        root()
+            .join("target")
+            .join(arch.musl_target())
+            .join("release/chaos-traffic")
+    }
+}
+
+/// Builds the release agent (static, musl) and the test traffic tool for
+/// `arch`; returns the agent's path.
+pub fn build_for(arch: Arch) -> Result<PathBuf> {
+    let target = arch.musl_target();
+    let mut agent = cargo();
+    agent.args([
         "build",
         "--locked",
         "--release",
@@ -192,15 +230,23 @@ pub fn build() -> Result<PathBuf> {
         "chaos-agent",
         "--target",
         &target,
-    ]))?;
-    run(cargo().args([
+    ]);
+    arch.configure(&mut agent);
+    run(&mut agent)?;
+    let mut traffic = cargo();
+    traffic.args([
         "build",
         "--locked",
         "--release",
         "-p",
         "chaos-tests",
         "--bins",
-    ]))?;
+    ]);
+    if arch != Arch::host() {
+        traffic.args(["--target", &target]);
+        arch.configure(&mut traffic);
+    }
+    run(&mut traffic)?;
     Ok(root()
         .join("target")
         .join(target)
@@ -297,7 +343,7 @@ fn run_tests(cmd: &mut Command, console: &mut Console, krate: Option<&str>) -> R
     Ok(child.wait()?.success())
 }
 
-fn test(filter: Option<String>, host_only: bool) -> Result<()> {
+fn test(filter: Option<String>, host_only: bool, full: bool) -> Result<()> {
     setup::setup()?;
     lint()?;
     let mut tally = Tally::default();
@@ -340,11 +386,11 @@ fn test(filter: Option<String>, host_only: bool) -> Result<()> {
         Err(e) => errors.push(format!("{e:#}")),
     }
     if errors.is_empty() && !host_only {
-        // The kernel matrix: 6.1 (netlink only) and 6.12 (tcx) under qemu.
+        // The kernel matrix under qemu: its default kernels, or all.
         let result = vm::vm_test(vm::Options {
             kernels: Vec::new(),
             filters: filter.into_iter().collect(),
-            full: false,
+            full,
             timeout: vm::parse_timeout(vm::DEFAULT_TIMEOUT).map_err(anyhow::Error::msg)?,
         });
         match result {
@@ -484,23 +530,31 @@ fn main() -> std::process::ExitCode {
 fn dispatch(command: Cmd) -> Result<()> {
     match command {
         Cmd::Setup => setup::setup(),
-        Cmd::Build => {
+        Cmd::Build { arch } => {
             setup::setup()?;
-            let agent = build()?;
+            let agent = build_for(arch.unwrap_or_else(Arch::host))?;
             eprintln!("xtask: built {}", agent.display());
             Ok(())
         }
         Cmd::Demo => demo::demo(),
-        Cmd::Deb { agent, out } => {
+        Cmd::Deb { arch, agent, out } => {
+            let arch = arch.unwrap_or_else(Arch::host);
             let agent = match agent {
                 Some(a) => a,
                 None => {
                     setup::setup()?;
-                    build()?
+                    build_for(arch)?
                 }
             };
+            // The man pages and completions come from an agent this machine
+            // runs: the one packaged, or this machine's build of it.
+            let helper = if arch == Arch::host() {
+                agent.clone()
+            } else {
+                build()?
+            };
             let out = out.unwrap_or_else(|| root().join("target/debian"));
-            let deb = deb::package(&agent, &out.join("stage"), &out)?;
+            let deb = deb::package(&agent, arch, &helper, &out.join("stage"), &out)?;
             run(Command::new("dpkg-deb").arg("--contents").arg(&deb))?;
             eprintln!("xtask: built {}", deb.display());
             match deb::lintian(&deb)? {
@@ -531,7 +585,11 @@ fn dispatch(command: Cmd) -> Result<()> {
             eprintln!("xtask: wrote {}", path.display());
             Ok(())
         }
-        Cmd::Test { filter, host_only } => test(filter, host_only),
+        Cmd::Test {
+            filter,
+            host_only,
+            full,
+        } => test(filter, host_only, full),
         Cmd::Lint => lint(),
         Cmd::Bench { quick, vm, only } => bench::bench(quick, vm, &only),
         Cmd::Soak {

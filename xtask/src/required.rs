@@ -34,6 +34,9 @@ pub enum Feature {
     BpfLsm,
     /// cgroup socket hooks that set an errno (`bpf_set_retval`, Linux 5.18).
     CgroupErrno,
+    /// No `bpf_set_retval`: the cgroup hooks serve EPERM only, and other
+    /// errnos are refused naming it.
+    NoCgroupErrno,
     /// A program the test runs (`systemd-analyze`, `strace`): `./x setup`
     /// installs it on the host; no VM image carries it.
     Tool(&'static str),
@@ -49,6 +52,7 @@ impl fmt::Display for Feature {
             Feature::NoKprobeOverride => "a kernel without kprobe override",
             Feature::BpfLsm => "BPF LSM programs",
             Feature::CgroupErrno => "cgroup socket hooks with bpf_set_retval",
+            Feature::NoCgroupErrno => "a kernel without bpf_set_retval",
             Feature::Tool(name) => name,
         })
     }
@@ -126,6 +130,14 @@ pub const GATED: &[(&str, Feature)] = &[
         Feature::CgroupErrno,
     ),
     (
+        "syscall::syscall_connect_gets_the_errno_in_the_cgroup_only",
+        Feature::CgroupErrno,
+    ),
+    (
+        "syscall::syscall_other_errnos_exit_3_without_bpf_set_retval",
+        Feature::NoCgroupErrno,
+    ),
+    (
         "no_tools::no_tools_delay_blast_adds_its_latency_and_restores_the_qdiscs",
         Feature::Fq,
     ),
@@ -155,6 +167,8 @@ pub fn gate(test: &str) -> Option<Feature> {
 
 /// What one kernel offers, known before the run.
 pub struct KernelFacts {
+    /// `uname -m`: `x86_64`, `aarch64`.
+    pub arch: String,
     /// `uname -r`.
     pub release: String,
     /// `CONFIG_*` options that are set (`y`, `m`, or a string).
@@ -167,8 +181,9 @@ pub struct KernelFacts {
 }
 
 impl KernelFacts {
-    /// From a kernel's release and the text of its build configuration.
-    pub fn new(release: &str, config: &str) -> KernelFacts {
+    /// From a kernel's architecture, release and the text of its build
+    /// configuration.
+    pub fn new(arch: &str, release: &str, config: &str) -> KernelFacts {
         let config = config
             .lines()
             .filter_map(|l| l.split_once('='))
@@ -176,6 +191,7 @@ impl KernelFacts {
             .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
             .collect();
         KernelFacts {
+            arch: arch.to_owned(),
             release: release.to_owned(),
             config,
             no_trampolines: None,
@@ -200,7 +216,7 @@ impl KernelFacts {
                 )
             })?
         };
-        let mut facts = KernelFacts::new(&release, &config);
+        let mut facts = KernelFacts::new(std::env::consts::ARCH, &release, &config);
         // The development machines run a kernel whose config and lsm= list
         // have BPF LSM, but whose platform refuses every trampoline program
         // (EPERM at load): nothing the config says. The VM matrix, where
@@ -267,6 +283,18 @@ impl KernelFacts {
                     self.set("CONFIG_BPF_LSM") && listed,
                     "CONFIG_BPF_LSM is not set or bpf is not in CONFIG_LSM".into(),
                 )?;
+                // On arm64 a BPF trampoline reaches a kernel function through
+                // an ftrace direct call, which arm64 has since Linux 6.4
+                // (CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS). Before, LSM
+                // programs load but attaching one fails with error 524
+                // (ENOTSUPP): seen on Debian bookworm's arm64 6.1.
+                need(
+                    self.arch != "aarch64" || self.set("CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS"),
+                    format!(
+                        "BPF trampolines on arm64 need ftrace direct calls (CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS, Linux 6.4); this is {} (attaching fails with error 524)",
+                        self.release
+                    ),
+                )?;
                 match self.no_trampolines {
                     Some(why) => Err(why.into()),
                     None => Ok(()),
@@ -278,6 +306,10 @@ impl KernelFacts {
                     "bpf_set_retval needs Linux 5.18 and CONFIG_CGROUP_BPF, this is {}",
                     self.release
                 ),
+            ),
+            Feature::NoCgroupErrno => need(
+                self.has(Feature::CgroupErrno).is_err(),
+                format!("Linux {} has bpf_set_retval", self.release),
             ),
             Feature::Tool(name) => need(
                 self.tools.contains(name),
@@ -392,7 +424,7 @@ mod tests {
 
     #[test]
     fn requirements_follow_version_and_config() {
-        let facts = KernelFacts::new("6.1.0-56-amd64", DEBIAN_61);
+        let facts = KernelFacts::new("x86_64", "6.1.0-56-amd64", DEBIAN_61);
         let selected: Vec<String> = [
             "delay::delay_egress_20ms",
             "harness_smoke::tcx_attachments_are_seen",
@@ -418,7 +450,7 @@ mod tests {
         assert!(r.exempt["harness_smoke::tcx_attachments_are_seen"].contains("Linux 6.6"));
         assert_eq!(r.needing(Feature::Fq), ["delay::delay_egress_20ms"]);
 
-        let mut host = KernelFacts::new("6.18.44", "# CONFIG_NET_SCH_FQ is not set\n");
+        let mut host = KernelFacts::new("x86_64", "6.18.44", "# CONFIG_NET_SCH_FQ is not set\n");
         host.no_trampolines = Some("platform");
         assert!(host.has(Feature::NoFq).is_ok());
         assert!(host.has(Feature::Fq).is_err());
@@ -426,9 +458,56 @@ mod tests {
         assert!(host.has(Feature::Tcx).is_ok());
     }
 
+    /// Debian bullseye's 5.10: BPF LSM built but not in the default list,
+    /// no bpf_set_retval.
+    const DEBIAN_510: &str = "CONFIG_NET_SCH_FQ=m\nCONFIG_KPROBES=y\nCONFIG_BPF_LSM=y\n\
+        CONFIG_LSM=\"lockdown,yama,loadpin,safesetid,integrity,apparmor,selinux,smack,tomoyo\"\n\
+        CONFIG_CGROUP_BPF=y\n";
+
+    #[test]
+    fn debian_5_10_and_arm64_6_1() {
+        let old = KernelFacts::new("x86_64", "5.10.0-35-amd64", DEBIAN_510);
+        assert!(old.has(Feature::CgroupErrno).unwrap_err().contains("5.18"));
+        assert!(old.has(Feature::NoCgroupErrno).is_ok());
+        assert!(old.has(Feature::BpfLsm).is_err());
+        assert!(old.has(Feature::Tcx).is_err());
+        let r = Requirement::new(
+            &[
+                "syscall::syscall_connect_gets_the_errno_in_the_cgroup_only".to_owned(),
+                "syscall::syscall_eperm_connect_fault_works_on_every_kernel".to_owned(),
+                "syscall::syscall_other_errnos_exit_3_without_bpf_set_retval".to_owned(),
+            ],
+            &old,
+        );
+        assert_eq!(
+            r.required.iter().map(String::as_str).collect::<Vec<_>>(),
+            [
+                "syscall::syscall_eperm_connect_fault_works_on_every_kernel",
+                "syscall::syscall_other_errnos_exit_3_without_bpf_set_retval",
+            ]
+        );
+        // arm64 before 6.4: no ftrace direct calls, so no trampolines.
+        let arm61 = KernelFacts::new("aarch64", "6.1.0-56-arm64", DEBIAN_61);
+        let why = arm61.has(Feature::BpfLsm).unwrap_err();
+        assert!(why.contains("error 524"), "{why}");
+        let arm612 = KernelFacts::new(
+            "aarch64",
+            "6.12.57+deb13-arm64",
+            &format!("{DEBIAN_61}CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS=y\n"),
+        );
+        assert!(arm612.has(Feature::BpfLsm).is_ok());
+        assert!(arm612.has(Feature::NoCgroupErrno).is_err());
+        // The same config on x86_64 needs nothing more.
+        assert!(
+            KernelFacts::new("x86_64", "6.1.0-56-amd64", DEBIAN_61)
+                .has(Feature::BpfLsm)
+                .is_ok()
+        );
+    }
+
     #[test]
     fn skipped_and_absent_required_tests_are_named() {
-        let facts = KernelFacts::new("6.12.117", DEBIAN_61);
+        let facts = KernelFacts::new("x86_64", "6.12.117", DEBIAN_61);
         let selected = vec!["a::x".to_owned(), "a::y".to_owned(), "a::z".to_owned()];
         let r = Requirement::new(&selected, &facts);
         let mut c = Console::default();

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::run;
+use crate::{arch::Arch, run};
 
 /// Debian packages: `ip`/`tc` for namespaces and qdiscs, bpftool for the
 /// kernel's run-time statistics and attachment checks in tests, systemd for
@@ -191,8 +191,50 @@ fn python_tools() {
     }
 }
 
+/// The pinned toolchain's name, from rust-toolchain.toml.
+fn toolchain() -> Result<String> {
+    let path = crate::root().join("rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("channel = "))
+        .map(|v| v.trim_matches('"').to_owned())
+        .with_context(|| format!("no channel in {}", path.display()))
+}
+
+/// The musl targets of both architectures for the pinned toolchain: the
+/// static agent of this machine, and the other one cross-built (arm64
+/// from x86_64) for `./x build --arch` and the arm64 VMs.
+fn rust_targets() -> Result<()> {
+    let toolchain = toolchain()?;
+    let installed = output(Command::new("rustup").args([
+        "target",
+        "list",
+        "--installed",
+        "--toolchain",
+        &toolchain,
+    ]))
+    .context("rustup target list failed (is rustup installed?)")?;
+    for arch in [Arch::Amd64, Arch::Arm64] {
+        let target = arch.musl_target();
+        if !installed.lines().any(|l| l.trim() == target) {
+            run(Command::new("rustup").args([
+                "target",
+                "add",
+                "--toolchain",
+                &toolchain,
+                &target,
+            ]))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn setup() -> Result<()> {
     apt_packages(PACKAGES)?;
+    // strip for the other architecture's .deb (`./x deb --arch`).
+    apt_packages(&[Arch::host().other().binutils_package().as_str()])?;
+    rust_targets()?;
     bpf_linker()?;
     python_tools();
     Ok(())

@@ -16,8 +16,7 @@ pub const ARCH: &str = std::env::consts::ARCH;
 
 /// Every x86_64 system call name (the kernel's syscall_64.tbl, as man 2
 /// names them), space-separated.
-#[cfg(target_arch = "x86_64")]
-const NAMES: &str = "\
+const X86_64: &str = "\
     read write open close stat fstat lstat poll lseek mmap mprotect munmap brk \
     rt_sigaction rt_sigprocmask rt_sigreturn ioctl pread64 pwrite64 readv writev access \
     pipe select sched_yield mremap msync mincore madvise shmget shmat shmctl dup dup2 \
@@ -69,8 +68,7 @@ const NAMES: &str = "\
 /// Every aarch64 system call name: the generic table's entries of the
 /// `common` and `64` ABIs and the ones arm64 opts into (`renameat`,
 /// `rlimit`, `memfd_secret`), in number order (0 to 462, mseal).
-#[cfg(target_arch = "aarch64")]
-const NAMES: &str = "\
+const AARCH64: &str = "\
     io_setup io_destroy io_submit io_cancel io_getevents setxattr lsetxattr fsetxattr \
     getxattr lgetxattr fgetxattr listxattr llistxattr flistxattr removexattr \
     lremovexattr fremovexattr getcwd lookup_dcookie eventfd2 epoll_create1 epoll_ctl \
@@ -121,14 +119,98 @@ compile_error!(
     "chaos-agent knows the syscall names of x86_64 and aarch64 only; add this architecture's table to chaos-agent/src/policy/syscalls.rs"
 );
 
+/// The system call names of `arch` (`x86_64` or `aarch64`, as Rust and
+/// `uname -m` name them); empty for another architecture. Both tables are
+/// in every build, so that messages can say where a name exists and tests
+/// check both on any host.
+pub fn names_of(arch: &str) -> impl Iterator<Item = &'static str> {
+    match arch {
+        "x86_64" => X86_64,
+        "aarch64" => AARCH64,
+        _ => "",
+    }
+    .split_whitespace()
+}
+
 /// Every system call name of this architecture.
 pub fn names() -> impl Iterator<Item = &'static str> {
-    NAMES.split_whitespace()
+    names_of(ARCH)
 }
 
 /// Whether `name` is a system call of this architecture.
 pub fn is_syscall(name: &str) -> bool {
     names().any(|n| n == name)
+}
+
+/// The prefix of the syscall entry points in the kernel's symbol table
+/// (`/proc/kallsyms`) on `arch`: the wrappers kprobes attach to.
+pub fn entry_prefix(arch: &str) -> &'static str {
+    match arch {
+        "aarch64" => "__arm64_sys_",
+        _ => "__x64_sys_",
+    }
+}
+
+/// Where `arch` lacks an older call, the newer one the C library uses in
+/// its place (the generic table of aarch64 kept only the `*at` and newer
+/// forms).
+fn replacement(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "open" | "creat" => "openat",
+        "fork" | "vfork" => "clone",
+        "stat" | "lstat" => "newfstatat",
+        "mkdir" => "mkdirat",
+        "unlink" | "rmdir" => "unlinkat",
+        "rename" => "renameat2",
+        "link" => "linkat",
+        "symlink" => "symlinkat",
+        "readlink" => "readlinkat",
+        "chmod" => "fchmodat",
+        "chown" | "lchown" => "fchownat",
+        "access" => "faccessat",
+        "mknod" => "mknodat",
+        "poll" => "ppoll",
+        "select" => "pselect6",
+        "pipe" => "pipe2",
+        "dup2" => "dup3",
+        "epoll_wait" => "epoll_pwait",
+        "epoll_create" => "epoll_create1",
+        "getdents" => "getdents64",
+        "eventfd" => "eventfd2",
+        "signalfd" => "signalfd4",
+        "inotify_init" => "inotify_init1",
+        "utimes" | "utime" | "futimesat" => "utimensat",
+        _ => return None,
+    })
+}
+
+/// Ok when `name` is a syscall of `arch`; otherwise the message, which
+/// says when another architecture has it (and what to use instead), or
+/// suggests a close name.
+pub fn check_on(arch: &str, name: &str) -> Result<(), String> {
+    if names_of(arch).any(|n| n == name) {
+        return Ok(());
+    }
+    let elsewhere = ["x86_64", "aarch64"]
+        .into_iter()
+        .find(|a| *a != arch && names_of(a).any(|n| n == name));
+    if let Some(other) = elsewhere {
+        let instead = replacement(name)
+            .filter(|r| names_of(arch).any(|n| n == *r))
+            .map(|r| format!("; use {r}, which the C library calls for it there"))
+            .unwrap_or_default();
+        return Err(format!(
+            "syscall {} does not exist on {arch} (only on {other}){instead}",
+            quoted(name)
+        ));
+    }
+    let hint = suggest_on(arch, name)
+        .map(|s| format!(" (did you mean {s}?)"))
+        .unwrap_or_default();
+    Err(format!(
+        "unknown syscall {}{hint}; expected a name as in man 2 on {arch}",
+        quoted(name)
+    ))
 }
 
 /// Prefixes of the kernel's symbol names for a syscall (`__x64_sys_connect`,
@@ -145,30 +227,25 @@ const SYMBOL_PREFIXES: &[&str] = &[
 /// The closest known name, for "did you mean": the name without a kernel
 /// symbol prefix when that is a syscall, or else the nearest spelling.
 pub fn suggest(name: &str) -> Option<&'static str> {
+    suggest_on(ARCH, name)
+}
+
+fn suggest_on(arch: &str, name: &str) -> Option<&'static str> {
     let base = SYMBOL_PREFIXES
         .iter()
         .find_map(|p| name.strip_prefix(p))
         .filter(|b| !b.is_empty())
         .unwrap_or(name);
-    if let Some(n) = names().find(|n| *n == base) {
+    if let Some(n) = names_of(arch).find(|n| *n == base) {
         return Some(n);
     }
-    values::closest(base, names())
+    values::closest(base, names_of(arch))
 }
 
-/// Ok for a syscall of this architecture; otherwise the message, with a
-/// suggestion when one is close.
+/// Ok for a syscall of this architecture; otherwise the message (see
+/// [`check_on`]).
 pub fn check(name: &str) -> Result<(), String> {
-    if is_syscall(name) {
-        return Ok(());
-    }
-    let hint = suggest(name)
-        .map(|s| format!(" (did you mean {s}?)"))
-        .unwrap_or_default();
-    Err(format!(
-        "unknown syscall {}{hint}; expected a name as in man 2 on {ARCH}",
-        quoted(name)
-    ))
+    check_on(ARCH, name)
 }
 
 #[cfg(test)]
@@ -214,22 +291,34 @@ mod tests {
         assert_eq!(all.len(), len, "a name is listed twice");
     }
 
-    #[cfg(target_arch = "x86_64")]
     #[test]
     fn x86_64_table() {
-        assert_eq!(names().count(), 360);
-        assert_eq!(ARCH, "x86_64");
+        assert_eq!(names_of("x86_64").count(), 360);
         for n in ["open", "fork", "arch_prctl", "epoll_wait", "stat"] {
-            assert!(is_syscall(n), "{n}");
+            assert!(check_on("x86_64", n).is_ok(), "{n}");
         }
+        assert_eq!(entry_prefix("x86_64"), "__x64_sys_");
     }
 
-    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn tables_are_unique_per_arch_and_this_one_is_used() {
+        for arch in ["x86_64", "aarch64"] {
+            let mut all: Vec<&str> = names_of(arch).collect();
+            let len = all.len();
+            all.sort_unstable();
+            all.dedup();
+            assert_eq!(all.len(), len, "{arch}: a name is listed twice");
+        }
+        assert_eq!(names().count(), names_of(std::env::consts::ARCH).count());
+        assert_eq!(names_of("riscv64").count(), 0);
+    }
+
     #[test]
     fn aarch64_table() {
         // 0..=294 without 42 (nfsservctl, gone) and the 16 numbers
         // 244..=259 kept for other architectures; then 424..=462.
-        assert_eq!(names().count(), 278 + 39);
+        assert_eq!(names_of("aarch64").count(), 278 + 39);
+        assert_eq!(entry_prefix("aarch64"), "__arm64_sys_");
         for n in [
             "open",
             "creat",
@@ -274,7 +363,11 @@ mod tests {
             "ioperm",
             "modify_ldt",
         ] {
-            assert!(!is_syscall(n), "{n} is not an arm64 syscall");
+            let e = check_on("aarch64", n).unwrap_err();
+            assert!(
+                e.contains("does not exist on aarch64 (only on x86_64)"),
+                "{n}: {e}"
+            );
         }
         for n in [
             "openat",
@@ -284,7 +377,27 @@ mod tests {
             "clone3",
             "mmap",
         ] {
-            assert!(is_syscall(n), "{n}");
+            assert!(check_on("aarch64", n).is_ok(), "{n}");
         }
+        assert_eq!(
+            check_on("aarch64", "open").unwrap_err(),
+            "syscall \"open\" does not exist on aarch64 (only on x86_64); use openat, which the C library calls for it there"
+        );
+        assert_eq!(
+            check_on("aarch64", "fork").unwrap_err(),
+            "syscall \"fork\" does not exist on aarch64 (only on x86_64); use clone, which the C library calls for it there"
+        );
+        // Every replacement offered exists on aarch64.
+        for n in names_of("x86_64").filter(|n| check_on("aarch64", n).is_err()) {
+            if let Some(r) = replacement(n) {
+                assert!(check_on("aarch64", r).is_ok(), "{n} -> {r}");
+            }
+        }
+        // And a name of neither still gets "did you mean" for aarch64.
+        assert!(
+            check_on("aarch64", "opneat")
+                .unwrap_err()
+                .contains("did you mean openat?"),
+        );
     }
 }

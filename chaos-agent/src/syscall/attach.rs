@@ -79,14 +79,23 @@ pub(super) fn attach_cgroup(ebpf: &mut Ebpf, prog_name: &str, cgroup: &File) -> 
     Ok(())
 }
 
-/// The kernel's entry symbol of a syscall, with the architecture prefix
-/// read from /proc/kallsyms (`__x64_sys_openat`; `sys_openat` on kernels
-/// without syscall wrappers).
+/// The kernel's entry symbol of a syscall, with this architecture's prefix
+/// (`__x64_sys_openat`, `__arm64_sys_openat`; `sys_openat` on kernels
+/// without syscall wrappers), as /proc/kallsyms lists it.
 pub(crate) fn kallsyms_entry(name: &str) -> Option<String> {
     let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
-    let candidates = [format!("__x64_sys_{name}"), format!("sys_{name}")];
+    entry_in(&text, std::env::consts::ARCH, name)
+}
+
+/// [`kallsyms_entry`] on the text of a symbol table, for `arch`.
+fn entry_in(kallsyms: &str, arch: &str, name: &str) -> Option<String> {
+    let candidates = [
+        format!("{}{name}", crate::policy::syscalls::entry_prefix(arch)),
+        format!("sys_{name}"),
+    ];
     candidates.into_iter().find(|want| {
-        text.lines()
+        kallsyms
+            .lines()
             .any(|l| l.split_whitespace().nth(2) == Some(want.as_str()))
     })
 }
@@ -149,14 +158,17 @@ pub(super) fn attach_lsm(ebpf: &mut Ebpf, prog_name: &str, btf: &Btf) -> Result<
     let what = format!("loading {prog_name}");
     prog.load(table::lsm_hook_of(prog_name), btf)
         .map_err(|e| refused(&what, &e))?;
+    // A kernel that cannot attach LSM programs at all is unsupported
+    // (exit 3), not a run-time failure; `probe` finds it out the same way.
     prog.attach()
-        .map_err(|e| Error::Runtime(format!("attaching {prog_name} failed: {}", chain(&e))))?;
+        .map_err(|e| Error::Unsupported(format!("{prog_name}: {}", attach_refused(&chain(&e)))))?;
     Ok(())
 }
 
-/// Whether BPF LSM programs load here: loads `file_open` without
-/// attaching it. `Err` says why not.
-pub(crate) fn trial_load_lsm() -> std::result::Result<(), String> {
+/// Whether BPF LSM programs work here as a fault uses them: loads
+/// `file_open` and attaches it (with no rule in its map it lets every call
+/// through, and it is detached when this returns). `Err` says why not.
+pub(crate) fn trial_attach_lsm() -> std::result::Result<(), String> {
     let btf = Btf::from_sys_fs().map_err(|e| format!("reading the kernel BTF: {e}"))?;
     let mut ebpf = EbpfLoader::new()
         .load(OBJECT)
@@ -171,5 +183,67 @@ pub(crate) fn trial_load_lsm() -> std::result::Result<(), String> {
             "the kernel refused a BPF LSM program ({}); trampoline programs do not load here",
             chain(&e)
         )
-    })
+    })?;
+    prog.attach()
+        .map(drop)
+        .map_err(|e| attach_refused(&chain(&e)))
+}
+
+/// Why attaching an LSM program failed, from the kernel's answer.
+fn attach_refused(detail: &str) -> String {
+    // ENOTSUPP (524, kernel-internal, no libc name): the architecture's
+    // JIT cannot make a BPF trampoline for the hook, e.g. arm64 before
+    // Linux 6.4 (no ftrace direct calls).
+    if detail.contains("524") {
+        format!(
+            "attaching a BPF LSM program failed with error 524 (ENOTSUPP): no BPF trampolines on this kernel for {} ({detail})",
+            std::env::consts::ARCH
+        )
+    } else {
+        format!("attaching a BPF LSM program failed ({detail})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::entry_in;
+
+    #[test]
+    fn enotsupp_names_the_missing_trampolines() {
+        let e = super::attach_refused("`bpf_link_create` failed: error 524 (os error 524)");
+        assert!(
+            e.contains("error 524 (ENOTSUPP): no BPF trampolines"),
+            "{e}"
+        );
+        let e = super::attach_refused("Permission denied (os error 13)");
+        assert_eq!(
+            e,
+            "attaching a BPF LSM program failed (Permission denied (os error 13))"
+        );
+    }
+
+    #[test]
+    fn entry_symbols_per_architecture() {
+        let arm = "ffff800008021234 T __arm64_sys_openat\n\
+                   ffff800008021300 t __se_sys_openat\n\
+                   ffff800008021400 T __arm64_sys_getpid\n";
+        assert_eq!(
+            entry_in(arm, "aarch64", "openat").as_deref(),
+            Some("__arm64_sys_openat")
+        );
+        assert_eq!(entry_in(arm, "x86_64", "openat"), None);
+        let x86 = "ffffffff81234560 T __x64_sys_openat\n\
+                   ffffffff81234570 T __ia32_sys_openat\n\
+                   ffffffff81234580 T sys_getpid\n";
+        assert_eq!(
+            entry_in(x86, "x86_64", "openat").as_deref(),
+            Some("__x64_sys_openat")
+        );
+        // Kernels without syscall wrappers name the entry sys_NAME.
+        assert_eq!(
+            entry_in(x86, "x86_64", "getpid").as_deref(),
+            Some("sys_getpid")
+        );
+        assert_eq!(entry_in(x86, "x86_64", "connect"), None);
+    }
 }

@@ -7,7 +7,9 @@
 //! - BPF LSM: a hook inside the call (`file_open`, `socket_connect`, ...).
 //!   Needs the `bpf` LSM active and trampolines.
 //! - cgroup socket hooks: connect, bind, UDP sendmsg, socket, get/setsockopt
-//!   of the processes in one cgroup, with `bpf_set_retval` (Linux 5.18).
+//!   of the processes in one cgroup, any errno with `bpf_set_retval`
+//!   (Linux 5.18); before that EPERM only (a hook that rejects a call
+//!   without setting the errno gives EPERM).
 
 use std::{fs, path::Path};
 
@@ -20,8 +22,15 @@ use crate::{fault::Backend, policy::model::SyscallTarget};
 pub struct Availability {
     pub kprobe: Result<(), String>,
     pub lsm: Result<(), String>,
+    /// The cgroup socket hooks at all (cgroup v2).
     pub cgroup: Result<(), String>,
+    /// Whether they can set an errno (`bpf_set_retval`); without it they
+    /// serve EPERM only.
+    pub set_retval: Result<(), String>,
 }
+
+/// EPERM, the errno a cgroup hook gives without `bpf_set_retval`.
+pub const EPERM: i32 = 1;
 
 impl Availability {
     pub fn of(&self, b: Backend) -> Result<(), String> {
@@ -46,13 +55,22 @@ impl Availability {
             lsm: bpf_lsm(),
             cgroup: if crate::cgroup::cgroup2_mount().is_none() {
                 Err("no cgroup2 mount found in /proc/self/mountinfo".into())
-            } else if !at_least(5, 18) {
-                Err(format!(
-                    "bpf_set_retval in cgroup hooks needs Linux 5.18; this is {vtext}"
-                ))
             } else {
                 Ok(())
             },
+            set_retval: if at_least(5, 18) {
+                Ok(())
+            } else {
+                Err(format!("bpf_set_retval, Linux 5.18; this is {vtext}"))
+            },
+        }
+    }
+
+    /// Which errnos `b` can return here, for `probe`.
+    pub fn errnos(&self, b: Backend) -> &'static str {
+        match b {
+            Backend::Cgroup if self.set_retval.is_err() => "EPERM only",
+            _ => "any errno",
         }
     }
 }
@@ -110,9 +128,10 @@ fn bpf_lsm() -> Result<(), String> {
             "the bpf LSM is not active ({source}: {lsms}); it needs CONFIG_BPF_LSM and lsm=...,bpf on the kernel command line"
         ));
     }
-    // The real test: a trampoline program loads (some platforms refuse
-    // every trampoline with EPERM).
-    super::attach::trial_load_lsm()
+    // The real test, what a fault does: a trampoline program loads (some
+    // platforms refuse every trampoline with EPERM) and attaches (arm64
+    // before 6.4 refuses that with ENOTSUPP).
+    super::attach::trial_attach_lsm()
 }
 
 /// Why a backend cannot serve a syscall, whatever the kernel.
@@ -154,12 +173,27 @@ fn serves(backend: Backend, name: &str, target: &SyscallTarget) -> Result<(), No
     }
 }
 
-/// Picks the backend for one syscall: `forced` if given, else the first of
-/// kprobe, LSM, cgroup that has a hook for it and runs here. The error
-/// (exit 3) says what would be needed.
+/// Whether backend `b` runs here and can return `errno`.
+fn runs(avail: &Availability, b: Backend, errno: i32) -> Result<(), String> {
+    avail.of(b)?;
+    if b == Backend::Cgroup
+        && errno != EPERM
+        && let Err(e) = &avail.set_retval
+    {
+        return Err(format!(
+            "errno {errno} from a cgroup hook needs {e} (without it the hooks can fail a call with EPERM only: --errno EPERM)"
+        ));
+    }
+    Ok(())
+}
+
+/// Picks the backend for one syscall failing with `errno`: `forced` if
+/// given, else the first of kprobe, LSM, cgroup that has a hook for it and
+/// runs here. The error (exit 3) says what would be needed.
 pub fn choose(
     name: &str,
     target: &SyscallTarget,
+    errno: i32,
     avail: &Availability,
     forced: Option<Backend>,
 ) -> Result<Backend, String> {
@@ -182,7 +216,7 @@ pub fn choose(
                 }
             }
             Err(NotServed::Target(e)) => why.push(e),
-            Ok(()) => match avail.of(b) {
+            Ok(()) => match runs(avail, b, errno) {
                 Ok(()) => return Ok(b),
                 Err(e) => why.push(format!("{}: {e}", b.need())),
             },
@@ -198,11 +232,14 @@ pub fn choose(
 mod tests {
     use super::*;
 
+    const ECONNREFUSED: i32 = 111;
+
     fn none() -> Availability {
         Availability {
             kprobe: Err("CONFIG_BPF_KPROBE_OVERRIDE is not set".into()),
             lsm: Err("the bpf LSM is not active".into()),
             cgroup: Ok(()),
+            set_retval: Ok(()),
         }
     }
 
@@ -210,24 +247,52 @@ mod tests {
     fn picks_the_most_precise_available() {
         let cg = SyscallTarget::Cgroup("/t".into());
         let a = none();
-        assert_eq!(choose("connect", &cg, &a, None), Ok(Backend::Cgroup));
+        assert_eq!(
+            choose("connect", &cg, ECONNREFUSED, &a, None),
+            Ok(Backend::Cgroup)
+        );
         let mut all = a.clone();
         all.kprobe = Ok(());
-        assert_eq!(choose("connect", &cg, &all, None), Ok(Backend::Kprobe));
+        assert_eq!(
+            choose("connect", &cg, ECONNREFUSED, &all, None),
+            Ok(Backend::Kprobe)
+        );
     }
 
     #[test]
     fn says_what_is_missing() {
         let cg = SyscallTarget::Cgroup("/t".into());
-        let e = choose("getpid", &cg, &none(), None).unwrap_err();
+        let e = choose("getpid", &cg, EPERM, &none(), None).unwrap_err();
         assert_eq!(
             e,
             "getpid needs kprobe override: CONFIG_BPF_KPROBE_OVERRIDE is not set"
         );
         let pid = SyscallTarget::Pid(42);
-        let e = choose("connect", &pid, &none(), None).unwrap_err();
+        let e = choose("connect", &pid, ECONNREFUSED, &none(), None).unwrap_err();
         assert!(e.contains("kprobe override"), "{e}");
-        let e = choose("connect", &cg, &none(), Some(Backend::Kprobe)).unwrap_err();
+        let e = choose("connect", &cg, ECONNREFUSED, &none(), Some(Backend::Kprobe)).unwrap_err();
         assert!(e.contains("CONFIG_BPF_KPROBE_OVERRIDE"), "{e}");
+    }
+
+    #[test]
+    fn before_5_18_the_cgroup_hooks_serve_eperm_only() {
+        let cg = SyscallTarget::Cgroup("/t".into());
+        let mut old = none();
+        old.set_retval = Err("bpf_set_retval, Linux 5.18; this is 5.10.0".into());
+        assert_eq!(
+            choose("connect", &cg, EPERM, &old, None),
+            Ok(Backend::Cgroup)
+        );
+        assert_eq!(old.errnos(Backend::Cgroup), "EPERM only");
+        assert_eq!(none().errnos(Backend::Cgroup), "any errno");
+        let e = choose("connect", &cg, ECONNREFUSED, &old, None).unwrap_err();
+        assert!(
+            e.contains("needs bpf_set_retval, Linux 5.18; this is 5.10.0")
+                && e.contains("--errno EPERM")
+                && e.contains("the bpf LSM is not active"),
+            "{e}"
+        );
+        let e = choose("connect", &cg, ECONNREFUSED, &old, Some(Backend::Cgroup)).unwrap_err();
+        assert!(e.contains("bpf_set_retval"), "{e}");
     }
 }

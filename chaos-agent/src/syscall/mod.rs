@@ -135,9 +135,16 @@ fn resolve_target(t: &SyscallTarget, rule: &mut SysRule) -> Result<Option<PathBu
     }
 }
 
-/// The kernel hooks of one syscall on one backend.
-fn hooks_of(name: &str, backend: Backend) -> Hooks {
+/// The kernel hooks of one syscall on one backend; `plain_cgroup` picks
+/// the cgroup programs without `bpf_set_retval` (kernels before 5.18).
+fn hooks_of(name: &str, backend: Backend, plain_cgroup: bool) -> Hooks {
     match backend {
+        Backend::Cgroup if plain_cgroup => table::cgroup_hooks(name).map(|hooks| {
+            hooks
+                .iter()
+                .filter_map(|(prog, slot)| Some((table::eperm_program(prog)?, *slot)))
+                .collect()
+        }),
         Backend::Cgroup => table::cgroup_hooks(name).map(<[_]>::to_vec),
         Backend::Lsm => table::lsm_hooks(name).map(<[_]>::to_vec),
         Backend::Kprobe => Some(vec![(PROG_KPROBE_OVERRIDE, SLOT_KPROBE)]),
@@ -190,16 +197,18 @@ fn plan<'a>(
         other => other,
     })?;
     let mut hooks = HooksByBackend::new();
+    // `choose` offers the cgroup hooks without bpf_set_retval for EPERM only.
+    let plain_cgroup = avail.set_retval.is_err();
     for n in &f.names {
-        let b =
-            backend::choose(n, &f.target, avail, forced).map_err(|e| Error::Unsupported(at(e)))?;
+        let b = backend::choose(n, &f.target, f.errno, avail, forced)
+            .map_err(|e| Error::Unsupported(at(e)))?;
         if b == Backend::Lsm {
             rule.perm_mask |= table::perm_bits(n);
         }
         hooks
             .entry(b)
             .or_default()
-            .push((n.clone(), hooks_of(n, b)));
+            .push((n.clone(), hooks_of(n, b, plain_cgroup)));
     }
     Ok(Planned {
         name,
@@ -233,7 +242,7 @@ impl SysHost {
         let forced = self.forced;
         let avail = self.avail();
         for n in &f.names {
-            backend::choose(n, &f.target, avail, forced).map_err(Error::Unsupported)?;
+            backend::choose(n, &f.target, f.errno, avail, forced).map_err(Error::Unsupported)?;
         }
         Ok(())
     }

@@ -3,12 +3,15 @@
 
 use chaos_common::syscall::{
     PERM_READ, PERM_WRITE, PROG_CG_BIND4, PROG_CG_BIND6, PROG_CG_CONNECT4, PROG_CG_CONNECT6,
-    PROG_CG_GETSOCKOPT, PROG_CG_SENDMSG4, PROG_CG_SENDMSG6, PROG_CG_SETSOCKOPT,
-    PROG_CG_SOCK_CREATE, PROG_LSM_BPRM_CHECK, PROG_LSM_FILE_OPEN, PROG_LSM_FILE_PERMISSION,
-    PROG_LSM_INODE_MKDIR, PROG_LSM_INODE_RENAME, PROG_LSM_INODE_RMDIR, PROG_LSM_INODE_UNLINK,
-    PROG_LSM_MMAP_FILE, PROG_LSM_SOCKET_BIND, PROG_LSM_SOCKET_CONNECT, PROG_LSM_SOCKET_CREATE,
-    PROG_LSM_SOCKET_RECVMSG, PROG_LSM_SOCKET_SENDMSG, PROG_LSM_TASK_ALLOC, SLOT_BIND4, SLOT_BIND6,
-    SLOT_CONNECT4, SLOT_CONNECT6, SLOT_GETSOCKOPT, SLOT_LSM_BIND, SLOT_LSM_CONNECT, SLOT_LSM_EXEC,
+    PROG_CG_EPERM_BIND4, PROG_CG_EPERM_BIND6, PROG_CG_EPERM_CONNECT4, PROG_CG_EPERM_CONNECT6,
+    PROG_CG_EPERM_GETSOCKOPT, PROG_CG_EPERM_SENDMSG4, PROG_CG_EPERM_SENDMSG6,
+    PROG_CG_EPERM_SETSOCKOPT, PROG_CG_EPERM_SOCK_CREATE, PROG_CG_GETSOCKOPT, PROG_CG_SENDMSG4,
+    PROG_CG_SENDMSG6, PROG_CG_SETSOCKOPT, PROG_CG_SOCK_CREATE, PROG_LSM_BPRM_CHECK,
+    PROG_LSM_FILE_OPEN, PROG_LSM_FILE_PERMISSION, PROG_LSM_INODE_MKDIR, PROG_LSM_INODE_RENAME,
+    PROG_LSM_INODE_RMDIR, PROG_LSM_INODE_UNLINK, PROG_LSM_MMAP_FILE, PROG_LSM_SOCKET_BIND,
+    PROG_LSM_SOCKET_CONNECT, PROG_LSM_SOCKET_CREATE, PROG_LSM_SOCKET_RECVMSG,
+    PROG_LSM_SOCKET_SENDMSG, PROG_LSM_TASK_ALLOC, SLOT_BIND4, SLOT_BIND6, SLOT_CONNECT4,
+    SLOT_CONNECT6, SLOT_GETSOCKOPT, SLOT_LSM_BIND, SLOT_LSM_CONNECT, SLOT_LSM_EXEC,
     SLOT_LSM_FILE_OPEN, SLOT_LSM_MKDIR, SLOT_LSM_MMAP, SLOT_LSM_READ, SLOT_LSM_RECVMSG,
     SLOT_LSM_RENAME, SLOT_LSM_RMDIR, SLOT_LSM_SENDMSG, SLOT_LSM_SOCKET, SLOT_LSM_TASK_ALLOC,
     SLOT_LSM_UNLINK, SLOT_LSM_WRITE, SLOT_SENDMSG4, SLOT_SENDMSG6, SLOT_SETSOCKOPT,
@@ -37,6 +40,24 @@ pub fn cgroup_hooks(name: &str) -> Option<&'static [(&'static str, u32)]> {
         "socket" => &[(PROG_CG_SOCK_CREATE, SLOT_SOCK_CREATE)],
         "getsockopt" => &[(PROG_CG_GETSOCKOPT, SLOT_GETSOCKOPT)],
         "setsockopt" => &[(PROG_CG_SETSOCKOPT, SLOT_SETSOCKOPT)],
+        _ => return None,
+    })
+}
+
+/// The program of a cgroup hook that rejects without `bpf_set_retval`
+/// (kernels before 5.18: the caller gets EPERM), for one of
+/// [`cgroup_hooks`]' programs.
+pub fn eperm_program(prog: &str) -> Option<&'static str> {
+    Some(match prog {
+        PROG_CG_CONNECT4 => PROG_CG_EPERM_CONNECT4,
+        PROG_CG_CONNECT6 => PROG_CG_EPERM_CONNECT6,
+        PROG_CG_BIND4 => PROG_CG_EPERM_BIND4,
+        PROG_CG_BIND6 => PROG_CG_EPERM_BIND6,
+        PROG_CG_SENDMSG4 => PROG_CG_EPERM_SENDMSG4,
+        PROG_CG_SENDMSG6 => PROG_CG_EPERM_SENDMSG6,
+        PROG_CG_SOCK_CREATE => PROG_CG_EPERM_SOCK_CREATE,
+        PROG_CG_GETSOCKOPT => PROG_CG_EPERM_GETSOCKOPT,
+        PROG_CG_SETSOCKOPT => PROG_CG_EPERM_SETSOCKOPT,
         _ => return None,
     })
 }
@@ -120,6 +141,19 @@ mod tests {
             assert!(is_syscall(n) && cgroup_hooks(n).is_some(), "{n}");
         }
         assert!(cgroup_hooks("recvmsg").is_none());
+        for n in [
+            "connect",
+            "bind",
+            "sendmsg",
+            "socket",
+            "getsockopt",
+            "setsockopt",
+        ] {
+            for (prog, _) in cgroup_hooks(n).unwrap() {
+                let plain = eperm_program(prog).unwrap();
+                assert_eq!(plain.replace("_eperm", ""), *prog, "{n}: {prog} -> {plain}");
+            }
+        }
         for n in [
             "open",
             "openat",

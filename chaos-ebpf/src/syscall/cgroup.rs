@@ -1,7 +1,10 @@
 //! Backend 3: cgroup socket hooks. Attached to the target's cgroup, so every
 //! caller they see is a target (the attachment selects). The errno reaches
 //! the caller through `bpf_set_retval` (Linux 5.18+); returning 0 rejects
-//! the operation.
+//! the operation. Before 5.18 the verifier does not know that helper, so
+//! every hook also comes as a `chaos_cg_eperm_*` program without it: a
+//! rejected call then fails with the kernel's EPERM, the only errno the
+//! agent offers there.
 //!
 //! The hooks run inside the call, at the point where the kernel asks the
 //! cgroup's programs: connect and bind before the address is used, sendmsg
@@ -31,6 +34,17 @@ fn verdict(slot: u32) -> i32 {
             unsafe { bpf_set_retval(-(rule.errno as i32)) };
             0
         }
+        None => 1,
+    }
+}
+
+/// The same decision for kernels without `bpf_set_retval`: 0 rejects the
+/// call, which the kernel turns into EPERM (the agent runs these only for
+/// an EPERM fault).
+#[inline(always)]
+fn verdict_eperm(slot: u32) -> i32 {
+    match decide(slot, Filter::Attached) {
+        Some(_) => 0,
         None => 1,
     }
 }
@@ -78,4 +92,51 @@ pub fn chaos_cg_getsockopt(_ctx: SockoptContext) -> i32 {
 #[cgroup_sockopt(setsockopt)]
 pub fn chaos_cg_setsockopt(_ctx: SockoptContext) -> i32 {
     verdict(SLOT_SETSOCKOPT)
+}
+
+// Before Linux 5.18: EPERM only.
+
+#[cgroup_sock_addr(connect4)]
+pub fn chaos_cg_eperm_connect4(_ctx: SockAddrContext) -> i32 {
+    verdict_eperm(SLOT_CONNECT4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn chaos_cg_eperm_connect6(_ctx: SockAddrContext) -> i32 {
+    verdict_eperm(SLOT_CONNECT6)
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn chaos_cg_eperm_bind4(_ctx: SockAddrContext) -> i32 {
+    verdict_eperm(SLOT_BIND4)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn chaos_cg_eperm_bind6(_ctx: SockAddrContext) -> i32 {
+    verdict_eperm(SLOT_BIND6)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn chaos_cg_eperm_sendmsg4(_ctx: SockAddrContext) -> i32 {
+    verdict_eperm(SLOT_SENDMSG4)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn chaos_cg_eperm_sendmsg6(_ctx: SockAddrContext) -> i32 {
+    verdict_eperm(SLOT_SENDMSG6)
+}
+
+#[cgroup_sock(sock_create)]
+pub fn chaos_cg_eperm_sock_create(_ctx: SockContext) -> i32 {
+    verdict_eperm(SLOT_SOCK_CREATE)
+}
+
+#[cgroup_sockopt(getsockopt)]
+pub fn chaos_cg_eperm_getsockopt(_ctx: SockoptContext) -> i32 {
+    verdict_eperm(SLOT_GETSOCKOPT)
+}
+
+#[cgroup_sockopt(setsockopt)]
+pub fn chaos_cg_eperm_setsockopt(_ctx: SockoptContext) -> i32 {
+    verdict_eperm(SLOT_SETSOCKOPT)
 }

@@ -12,8 +12,8 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 
-use super::kernels::KernelTree;
-use crate::{display, output, required::Feature, root, tool};
+use super::{kernels::KernelTree, userland::Sysroot};
+use crate::{arch::Arch, display, output, required::Feature, root, tool};
 
 /// A module the tests need where the kernel builds it as a module.
 pub(super) struct Module {
@@ -94,8 +94,15 @@ pub(super) struct Payload {
 /// covers them and the VMs leave them out.
 pub(super) const HOST_ONLY: &[&str] = &["deploy"];
 
-/// Builds the test executables and returns them, named as in the guest.
+/// Builds the test executables for this machine and returns them, named
+/// as in the guest.
 pub(crate) fn test_executables() -> Result<Vec<(String, PathBuf)>> {
+    test_executables_for(Arch::host())
+}
+
+/// Builds the test executables for `arch` (static musl ones for another
+/// architecture) and returns them, named as in the guest.
+pub(crate) fn test_executables_for(arch: Arch) -> Result<Vec<(String, PathBuf)>> {
     let mut cmd = crate::cargo();
     cmd.args([
         "test",
@@ -108,6 +115,10 @@ pub(crate) fn test_executables() -> Result<Vec<(String, PathBuf)>> {
     ])
     .current_dir(root())
     .stdout(Stdio::piped());
+    if arch != Arch::host() {
+        cmd.args(["--target", &arch.musl_target()]);
+        arch.configure(&mut cmd);
+    }
     eprintln!("xtask: {}", display(&cmd));
     let mut child = cmd.spawn().context("cannot run cargo test --no-run")?;
     let mut tests = Vec::new();
@@ -195,6 +206,18 @@ impl Staging {
         {
             if !self.path(lib).exists() {
                 self.copy(Path::new(lib), lib)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies an executable of the guest's packages (`path` inside them)
+    /// to the same path in the guest, with the libraries it needs.
+    fn copy_foreign(&self, sysroot: &Sysroot, path: &Path, guest: impl AsRef<Path>) -> Result<()> {
+        self.copy(&sysroot.resolve(path)?, guest)?;
+        for lib in sysroot.libraries(path)? {
+            if !self.path(&lib).exists() {
+                self.copy(&sysroot.resolve(&lib)?, &lib)?;
             }
         }
         Ok(())
@@ -292,6 +315,7 @@ exit $rc
 pub(super) fn initramfs(
     kernel: &KernelTree,
     payload: &Payload,
+    userland: Option<&Sysroot>,
     work: &Path,
 ) -> Result<(PathBuf, Vec<String>)> {
     let st = Staging {
@@ -321,39 +345,9 @@ pub(super) fn initramfs(
     fs::set_permissions(st.path("/tmp"), fs::Permissions::from_mode(0o1777))?;
     symlink("/run", st.path("/var/run"))?;
 
-    // bash as /bin/sh; busybox for everything else (after the real tools,
-    // so that an applet never shadows one).
-    st.copy_exe(Path::new("/bin/bash"), "/bin/bash")?;
-    symlink("bash", st.path("/bin/sh"))?;
-    for t in ["ip", "tc"] {
-        let host = Path::new("/usr/sbin").join(t);
-        st.copy_exe(&host, &host)?;
-    }
-    let tc_lib = Path::new("/usr/lib/x86_64-linux-gnu/tc"); // netem distributions
-    if tc_lib.is_dir() {
-        st.copy_dir(tc_lib, tc_lib)?;
-    }
-    // The tests use bpftool when it is there (setup installs it), and
-    // util-linux's setpriv (busybox's cannot change uids) to act as a
-    // plain user.
-    let bpftool = tool("bpftool");
-    if bpftool.is_file() {
-        st.copy_exe(&bpftool, "/usr/sbin/bpftool")?;
-    }
-    let setpriv = tool("setpriv");
-    if setpriv.is_file() {
-        st.copy_exe(&setpriv, "/usr/bin/setpriv")?;
-    }
-    let busybox = tool("busybox");
-    st.copy_exe(&busybox, "/bin/busybox")?;
-    for applet in output(Command::new(&busybox).arg("--list"))?.split_whitespace() {
-        let link = st.path("/bin").join(applet);
-        let taken = ["/bin", "/sbin", "/usr/bin", "/usr/sbin"]
-            .iter()
-            .any(|d| st.path(d).join(applet).symlink_metadata().is_ok());
-        if !taken {
-            symlink("busybox", link)?;
-        }
+    match userland {
+        None => host_tools(&st)?,
+        Some(sysroot) => foreign_tools(&st, sysroot)?,
     }
 
     // Modules, dependencies first, decompressed (busybox insmod reads
@@ -428,6 +422,95 @@ pub(super) fn initramfs(
         .map(|f| f.trim_end_matches(".ko").to_owned())
         .collect();
     Ok((image, modules))
+}
+
+/// bash as /bin/sh, `ip`/`tc`, bpftool, setpriv and busybox for
+/// everything else (after the real tools, so that an applet never shadows
+/// one), from `copy` and with the applets `busybox --list` names.
+fn busybox_applets(st: &Staging, applets: &str) -> Result<()> {
+    for applet in applets.split_whitespace() {
+        let link = st.path("/bin").join(applet);
+        let taken = ["/bin", "/sbin", "/usr/bin", "/usr/sbin"]
+            .iter()
+            .any(|d| st.path(d).join(applet).symlink_metadata().is_ok());
+        if !taken {
+            symlink("busybox", link)?;
+        }
+    }
+    Ok(())
+}
+
+/// The guest's tools from the host (the guest has the host's
+/// architecture).
+fn host_tools(st: &Staging) -> Result<()> {
+    st.copy_exe(Path::new("/bin/bash"), "/bin/bash")?;
+    symlink("bash", st.path("/bin/sh"))?;
+    for t in ["ip", "tc"] {
+        let host = Path::new("/usr/sbin").join(t);
+        st.copy_exe(&host, &host)?;
+    }
+    let tc_lib = PathBuf::from(format!("/usr/lib/{}-linux-gnu/tc", Arch::host().rust()));
+    if tc_lib.is_dir() {
+        // netem's delay distributions
+        st.copy_dir(&tc_lib, &tc_lib)?;
+    }
+    // The tests use bpftool when it is there (setup installs it), and
+    // util-linux's setpriv (busybox's cannot change uids) to act as a
+    // plain user.
+    let bpftool = tool("bpftool");
+    if bpftool.is_file() {
+        st.copy_exe(&bpftool, "/usr/sbin/bpftool")?;
+    }
+    let setpriv = tool("setpriv");
+    if setpriv.is_file() {
+        st.copy_exe(&setpriv, "/usr/bin/setpriv")?;
+    }
+    let busybox = tool("busybox");
+    st.copy_exe(&busybox, "/bin/busybox")?;
+    busybox_applets(st, &output(Command::new(&busybox).arg("--list"))?)
+}
+
+/// The same tools from Debian's packages of the guest's architecture. The
+/// applet list is the host's busybox-static's: the same Debian version and
+/// build configuration on every architecture (it cannot run here).
+fn foreign_tools(st: &Staging, sys: &Sysroot) -> Result<()> {
+    st.copy_foreign(
+        sys,
+        &sys.find(&["/bin/bash", "/usr/bin/bash"])?,
+        "/bin/bash",
+    )?;
+    symlink("bash", st.path("/bin/sh"))?;
+    for t in ["ip", "tc"] {
+        let inside = sys.find(&[
+            &format!("/sbin/{t}"),
+            &format!("/bin/{t}"),
+            &format!("/usr/sbin/{t}"),
+            &format!("/usr/bin/{t}"),
+        ])?;
+        st.copy_foreign(sys, &inside, Path::new("/usr/sbin").join(t))?;
+    }
+    let tc_lib = sys
+        .root
+        .join(format!("usr/lib/{}-linux-gnu/tc", sys_arch(sys)));
+    if tc_lib.is_dir() {
+        st.copy_dir(&tc_lib, format!("/usr/lib/{}-linux-gnu/tc", sys_arch(sys)))?;
+    }
+    if let Ok(bpftool) = sys.find(&["/usr/sbin/bpftool", "/sbin/bpftool"]) {
+        st.copy_foreign(sys, &bpftool, "/usr/sbin/bpftool")?;
+    }
+    if let Ok(setpriv) = sys.find(&["/usr/bin/setpriv", "/bin/setpriv"]) {
+        st.copy_foreign(sys, &setpriv, "/usr/bin/setpriv")?;
+    }
+    st.copy_foreign(
+        sys,
+        &sys.find(&["/bin/busybox", "/usr/bin/busybox"])?,
+        "/bin/busybox",
+    )?;
+    busybox_applets(st, &output(Command::new(tool("busybox")).arg("--list"))?)
+}
+
+fn sys_arch(sys: &Sysroot) -> &'static str {
+    sys.arch().rust()
 }
 
 /// Copies `MODULES` with their dependencies, in load order, decompressed

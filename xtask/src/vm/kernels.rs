@@ -1,6 +1,10 @@
 //! Which kernels the matrix boots, and where they come from: Debian kernel
 //! packages, looked up, downloaded and extracted with apt and dpkg-deb into
-//! the cache directory.
+//! the cache directory. Packages of the host's own release and
+//! architecture come through the host's apt lists; others (bullseye,
+//! trixie, arm64) through a private apt state under the cache directory
+//! (its own sources, lists and architecture), so the host's apt
+//! configuration stays as it is.
 
 use std::{
     fs,
@@ -10,12 +14,21 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::{display, is_root, output, run, tool};
+use super::apt::{Apt, BOOKWORM, BULLSEYE, TRIXIE};
+use crate::{arch::Arch, display, is_root, output, run, tool};
 
 /// One kernel of the matrix.
 pub(super) struct KernelSpec {
     pub name: &'static str,
+    /// The architecture it runs (and the agent and tests are built for).
+    pub arch: Arch,
     pub source: Source,
+    /// Whether `./x test` and a plain `./x vm-test` run it; the others
+    /// run with `--full` or `--kernel NAME`. CI runs the default on a
+    /// fresh machine within 90 minutes (README, "Kernel matrix", has the
+    /// time each kernel takes): the netlink path (6.1), tcx and kprobe
+    /// override (fi-6.12), and one arm64 kernel.
+    pub default: bool,
 }
 
 pub(super) enum Source {
@@ -26,6 +39,8 @@ pub(super) enum Source {
         suffix: &'static str,
         /// For `apt-cache search --names-only` (a regular expression).
         search: &'static str,
+        /// Where apt finds it.
+        apt: Apt,
     },
     /// Built from Debian's kernel source with kprobe override.
     FaultInjection,
@@ -34,23 +49,64 @@ pub(super) enum Source {
 pub(super) const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "debian-6.1",
+        arch: Arch::Amd64,
         source: Source::Debian {
             prefix: "linux-image-6.1.0-",
             suffix: "-amd64-unsigned",
             search: "^linux-image-6\\.1\\.0-[0-9]+-amd64-unsigned$",
+            apt: Apt::Host,
         },
+        default: true,
     },
     KernelSpec {
         name: "debian-6.12",
+        arch: Arch::Amd64,
         source: Source::Debian {
             prefix: "linux-image-6.12.",
             suffix: "+deb12-amd64-unsigned",
             search: "^linux-image-6\\.12\\.[0-9]+\\+deb12-amd64-unsigned$",
+            apt: Apt::Host,
         },
+        default: false,
     },
     KernelSpec {
         name: "fi-6.12",
+        arch: Arch::Amd64,
         source: Source::FaultInjection,
+        default: true,
+    },
+    KernelSpec {
+        name: "debian-5.10",
+        arch: Arch::Amd64,
+        source: Source::Debian {
+            prefix: "linux-image-5.10.0-",
+            suffix: "-amd64-unsigned",
+            search: "^linux-image-5\\.10\\.0-[0-9]+-amd64-unsigned$",
+            apt: Apt::Private(&BULLSEYE, Arch::Amd64),
+        },
+        default: false,
+    },
+    KernelSpec {
+        name: "debian-6.1-arm64",
+        arch: Arch::Arm64,
+        source: Source::Debian {
+            prefix: "linux-image-6.1.0-",
+            suffix: "-arm64-unsigned",
+            search: "^linux-image-6\\.1\\.0-[0-9]+-arm64-unsigned$",
+            apt: Apt::Private(&BOOKWORM, Arch::Arm64),
+        },
+        default: false,
+    },
+    KernelSpec {
+        name: "debian-6.12-arm64",
+        arch: Arch::Arm64,
+        source: Source::Debian {
+            prefix: "linux-image-6.12.",
+            suffix: "+deb13-arm64-unsigned",
+            search: "^linux-image-6\\.12\\.[0-9]+\\+deb13-arm64-unsigned$",
+            apt: Apt::Private(&TRIXIE, Arch::Arm64),
+        },
+        default: true,
     },
 ];
 
@@ -81,6 +137,11 @@ impl Source {
 
 pub(super) fn kernel_names() -> Vec<&'static str> {
     KERNELS.iter().map(|k| k.name).collect()
+}
+
+/// The kernels a run without `--kernel` boots: the default ones, or all.
+pub(super) fn default_kernels(all: bool) -> Vec<&'static KernelSpec> {
+    KERNELS.iter().filter(|k| all || k.default).collect()
 }
 
 /// `$XDG_CACHE_HOME/chaos-agent/vm` or `~/.cache/chaos-agent/vm`.
@@ -114,7 +175,7 @@ pub(super) struct KernelTree {
 impl KernelTree {
     /// An extracted Debian package.
     fn open(package: &str, dir: PathBuf) -> Result<KernelTree> {
-        let release = only_entry(&dir.join("lib/modules"))?;
+        let release = only_entry(&modules_root(&dir))?;
         let boot = dir.join("boot");
         let tree = KernelTree {
             package: package.to_owned(),
@@ -133,6 +194,17 @@ impl KernelTree {
     }
 }
 
+/// Where an extracted kernel package keeps its modules: `lib/modules`,
+/// or `usr/lib/modules` (trixie's packages).
+fn modules_root(dir: &Path) -> PathBuf {
+    let usr = dir.join("usr/lib/modules");
+    if usr.is_dir() {
+        usr
+    } else {
+        dir.join("lib/modules")
+    }
+}
+
 fn only_entry(dir: &Path) -> Result<String> {
     let names: Vec<String> = fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -148,6 +220,9 @@ fn only_entry(dir: &Path) -> Result<String> {
 /// Finds the newest package for `spec`, and downloads and extracts it
 /// unless the cache has it already. Older cached versions are removed.
 pub(super) fn debian_kernel(name: &str, spec: &Source, pattern: &str) -> Result<KernelTree> {
+    let Source::Debian { apt, .. } = spec else {
+        bail!("{name} is not a Debian package");
+    };
     let kernels = cache_dir()?.join("kernels");
     fs::create_dir_all(&kernels)?;
     let cached: Vec<(u32, String)> = fs::read_dir(&kernels)?
@@ -157,14 +232,18 @@ pub(super) fn debian_kernel(name: &str, spec: &Source, pattern: &str) -> Result<
         .filter_map(|n| spec.version_of(&n).map(|v| (v, n)))
         .collect();
     let newest_cached = cached.iter().max().map(|(_, n)| n.clone());
+    apt.prepare()?;
     let search = || {
-        output(Command::new("apt-cache").args(["search", "--names-only", pattern]))
-            .map(|out| spec.newest_in(&out))
+        output(
+            apt.command("apt-cache")
+                .args(["search", "--names-only", pattern]),
+        )
+        .map(|out| spec.newest_in(&out))
     };
     let mut newest = search()?;
     if newest.is_none() {
         eprintln!("xtask: no package matches {pattern} in the apt lists; updating them");
-        apt_update()?;
+        apt.update()?;
         newest = search()?;
     }
     let package = match (newest, newest_cached) {
@@ -176,15 +255,13 @@ pub(super) fn debian_kernel(name: &str, spec: &Source, pattern: &str) -> Result<
             );
             return KernelTree::open(&c, kernels.join(&c));
         }
-        (None, None) => bail!(
-            "{name}: no package matches {pattern} (is a Debian bookworm(-security) source configured?)"
-        ),
+        (None, None) => bail!("{name}: no package matches {pattern} ({})", apt.sources()),
     };
     let dir = kernels.join(&package);
     if dir.join(".done").is_file() {
         return KernelTree::open(&package, dir);
     }
-    let deb = match download(&package) {
+    let deb = match download(apt, &package) {
         Ok(deb) => deb,
         Err(e) => match cached.iter().max() {
             Some((_, c)) => {
@@ -201,9 +278,15 @@ pub(super) fn debian_kernel(name: &str, spec: &Source, pattern: &str) -> Result<
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
-    let release = only_entry(&dir.join("lib/modules"))?;
+    let modules = modules_root(&dir);
+    let release = only_entry(&modules)?;
+    if !dir.join("lib/modules").exists() {
+        // The host's depmod and modprobe look under `lib/modules`.
+        fs::create_dir_all(dir.join("lib"))?;
+        std::os::unix::fs::symlink("../usr/lib/modules", dir.join("lib/modules"))?;
+    }
     // The package ships no modules.dep: modprobe needs it to resolve
-    // dependencies.
+    // dependencies (depmod reads modules of any architecture).
     run(Command::new(tool("depmod"))
         .arg("-b")
         .arg(&dir)
@@ -220,7 +303,7 @@ pub(super) fn debian_kernel(name: &str, spec: &Source, pattern: &str) -> Result<
 /// `apt-get download PACKAGE` into the cache; returns the .deb. Retries
 /// once after `apt-get update` (the lists may name a version the mirror no
 /// longer has).
-fn download(package: &str) -> Result<PathBuf> {
+fn download(apt: &Apt, package: &str) -> Result<PathBuf> {
     let debs = cache_dir()?.join("debs");
     fs::create_dir_all(&debs)?;
     let find = || -> Result<Option<PathBuf>> {
@@ -230,7 +313,7 @@ fn download(package: &str) -> Result<PathBuf> {
         }))
     };
     let get = || -> Result<()> {
-        let mut cmd = Command::new("apt-get");
+        let mut cmd = apt.command("apt-get");
         if is_root() {
             // _apt cannot enter root's home: download without its sandbox
             // (what apt does anyway, with a warning).
@@ -247,7 +330,7 @@ fn download(package: &str) -> Result<PathBuf> {
     };
     if let Err(e) = get() {
         eprintln!("xtask: {e:#}; updating the apt lists and retrying");
-        apt_update()?;
+        apt.update()?;
         get()?;
     }
     find()?.with_context(|| {
@@ -281,5 +364,17 @@ mod tests {
             Some("linux-image-6.12.113+deb12-amd64-unsigned")
         );
         assert_eq!(KERNELS[1].source.newest_in("nothing here"), None);
+        let arm = KERNELS
+            .iter()
+            .find(|k| k.name == "debian-6.12-arm64")
+            .unwrap();
+        assert_eq!(arm.arch, Arch::Arm64);
+        let out = "linux-image-6.12.57+deb13-arm64-unsigned - x\n\
+                   linux-image-6.12.63+deb13-arm64-unsigned - x\n\
+                   linux-image-6.12.63+deb13-cloud-arm64-unsigned - x\n";
+        assert_eq!(
+            arm.source.newest_in(out).as_deref(),
+            Some("linux-image-6.12.63+deb13-arm64-unsigned")
+        );
     }
 }

@@ -2,9 +2,11 @@
 //!
 //! Each kernel of the matrix (a Debian kernel package, looked up and
 //! downloaded with apt at run time, cached under the user's cache directory)
-//! boots under `qemu-system-x86_64 -accel tcg` with a busybox initramfs that
+//! boots under `qemu-system-x86_64 -accel tcg` (arm64 kernels under
+//! `qemu-system-aarch64 -M virt -cpu max`) with a busybox initramfs that
 //! carries the test executables, the static agent, `chaos-traffic`, the
-//! policies, `ip`/`tc` and the modules the tests need. A bash script inside
+//! policies, `ip`/`tc` and the modules the tests need, all built for the
+//! kernel's architecture (arm64: cross-built, and Debian's arm64 tools). A bash script inside
 //! runs every test executable one test at a time, prints a summary line and
 //! `VM_EXIT=<code>`, and powers off. The host reads the serial console,
 //! echoes it, keeps it in `target/vm-test/<kernel>.log`, and kills qemu when
@@ -13,19 +15,22 @@
 //! Software emulation (TCG; KVM does not work on the development machines)
 //! runs CPU-bound work 6 to 7 times slower than the host (the tests, mostly
 //! paced traffic and timers, take about 2.5 times as long), so by default
-//! the slowest tests are left out (see [`DEFAULT_SKIP`]); `--filter` or
-//! `--full` choose otherwise.
+//! the slowest tests are left out (see [`DEFAULT_SKIP`]), and so are the
+//! kernels not marked `default` in [`kernels::KERNELS`]; `--filter`,
+//! `--kernel` or `--full` choose otherwise.
 
+mod apt;
 pub(crate) mod console;
 mod fikernel;
 mod initramfs;
 mod kernels;
 mod run;
+mod userland;
 
 use std::{
     fs,
     io::{Read as _, Write as _},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc::{RecvTimeoutError, channel},
     time::{Duration, Instant},
@@ -34,22 +39,29 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
+    arch::Arch,
     display,
     required::{KernelFacts, Requirement, selected_tests},
     root,
 };
 use console::{Console, Outcome};
 pub(crate) use initramfs::test_executables;
-use initramfs::{MODULES, Payload, initramfs};
-use kernels::{KERNELS, KernelSpec, KernelTree, Source, debian_kernel, kernel_names};
+use initramfs::{MODULES, Payload, initramfs, test_executables_for};
+use kernels::{
+    KERNELS, KernelSpec, KernelTree, Source, debian_kernel, default_kernels, kernel_names,
+};
 use run::KernelRun;
 
-/// Host packages the runner uses: qemu, the guest's busybox, cpio for the
-/// initramfs, depmod/modprobe (kmod) to resolve module dependencies, xz and
-/// zstd to decompress modules, file, and the `ip`/`tc` copied into the
-/// guest.
+/// Host packages the runner uses: qemu (x86 and arm), the guest's busybox,
+/// cpio for the initramfs, depmod/modprobe (kmod) to resolve module
+/// dependencies, xz and zstd to decompress modules, file, the `ip`/`tc`
+/// copied into the guest, readelf (binutils) for the libraries of arm64
+/// tools, and the Debian archive keys for the private apt states.
 const HOST_PACKAGES: &[&str] = &[
     "qemu-system-x86",
+    "qemu-system-arm",
+    "binutils",
+    "debian-archive-keyring",
     "busybox-static",
     "cpio",
     "kmod",
@@ -76,6 +88,7 @@ pub struct Options {
     /// Only tests whose name contains one of these (instead of the
     /// default set).
     pub filters: Vec<String>,
+    /// Every test, and (without `kernels`) every kernel.
     pub full: bool,
     pub timeout: Duration,
 }
@@ -97,25 +110,43 @@ fn fmt_duration(d: Duration) -> String {
 /// Boots `kernel` with `image` under qemu (TCG), echoing and parsing the
 /// serial console; kills qemu at `timeout`.
 fn boot(
-    name: &'static str,
+    spec: &KernelSpec,
     kernel: &KernelTree,
     image: &Path,
     log: &Path,
     timeout: Duration,
 ) -> Result<KernelRun> {
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
+    let name = spec.name;
+    let (mut cmd, console) = match spec.arch {
+        Arch::Amd64 => {
+            let mut cmd = Command::new("qemu-system-x86_64");
+            cmd.args(["-cpu", "max"]);
+            // qboot starts the kernel faster than SeaBIOS.
+            let qboot = Path::new("/usr/share/qemu/qboot.rom");
+            if qboot.is_file() {
+                cmd.arg("-bios").arg(qboot);
+            }
+            (cmd, "ttyS0")
+        }
+        Arch::Arm64 => {
+            // The generic virtual board, the emulated CPU with every
+            // feature; pointer authentication with QEMU's own cheap
+            // algorithm instead of the architected one, which costs TCG
+            // much time for nothing the tests look at.
+            let mut cmd = Command::new("qemu-system-aarch64");
+            cmd.args(["-M", "virt", "-cpu", "max,pauth-impdef=on"]);
+            (cmd, "ttyAMA0")
+        }
+    };
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    cmd.args(["-accel", "tcg", "-m", "2048", "-smp", "2"])
         .args(["-nographic", "-no-reboot", "-nic", "none"]);
-    // qboot starts the kernel faster than SeaBIOS.
-    let qboot = Path::new("/usr/share/qemu/qboot.rom");
-    if qboot.is_file() {
-        cmd.arg("-bios").arg(qboot);
-    }
     cmd.arg("-kernel")
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(image)
-        .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=4"])
+        .arg("-append")
+        .arg(format!("console={console} panic=-1 quiet loglevel=4"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -127,7 +158,9 @@ fn boot(
     let mut log_file =
         fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let start = Instant::now();
-    let mut child = cmd.spawn().context("cannot run qemu-system-x86_64")?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {program}"))?;
     let mut stdout = child.stdout.take().expect("piped");
     // Lines from a reader thread; the last, unterminated one (a test that
     // was running when qemu was killed) arrives at EOF.
@@ -212,14 +245,15 @@ fn boot(
     })
 }
 
-/// What `kernel` is, from its release and build configuration.
-fn facts(kernel: &KernelTree) -> Result<KernelFacts> {
+/// What `kernel` is, from its architecture, release and build
+/// configuration.
+fn facts(spec: &KernelSpec, kernel: &KernelTree) -> Result<KernelFacts> {
     let path = kernel
         .config
         .as_ref()
         .context("the kernel comes without its config: its required tests cannot be known")?;
     let config = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(KernelFacts::new(&kernel.release, &config))
+    Ok(KernelFacts::new(spec.arch.rust(), &kernel.release, &config))
 }
 
 /// Modules the kernel builds as modules (`=m`) that the image lacks or
@@ -322,7 +356,7 @@ pub struct Totals {
 /// Runs the matrix; the error names the kernels that failed or timed out.
 pub fn vm_test(opts: Options) -> Result<Totals> {
     let specs: Vec<&KernelSpec> = if opts.kernels.is_empty() {
-        KERNELS.iter().collect()
+        default_kernels(opts.full)
     } else {
         opts.kernels
             .iter()
@@ -335,7 +369,6 @@ pub fn vm_test(opts: Options) -> Result<Totals> {
     };
     crate::setup::setup()?;
     crate::setup::apt_packages(HOST_PACKAGES)?;
-    let agent = crate::build()?;
     let test_args: Vec<String> = if !opts.filters.is_empty() {
         opts.filters.clone()
     } else if opts.full {
@@ -346,18 +379,30 @@ pub fn vm_test(opts: Options) -> Result<Totals> {
             .flat_map(|s| ["--skip".to_owned(), s.to_string()])
             .collect()
     };
-    let tests: Vec<_> = test_executables()?
-        .into_iter()
-        .filter(|(name, _)| !initramfs::HOST_ONLY.contains(&name.as_str()))
-        .collect();
-    // What the run selects, listed on the host with the same arguments.
-    let selected = selected_tests(&tests, &test_args)?;
-    let payload = Payload {
-        agent,
-        traffic: root().join("target/release/chaos-traffic"),
-        tests,
-        test_args,
+    let guest_tests = |arch: Arch| -> Result<Vec<(String, PathBuf)>> {
+        Ok(test_executables_for(arch)?
+            .into_iter()
+            .filter(|(name, _)| !initramfs::HOST_ONLY.contains(&name.as_str()))
+            .collect())
     };
+    // What the run selects, listed with the same arguments by this
+    // machine's build of the tests (another architecture's cannot run
+    // here; both are built from the same sources).
+    let selected = selected_tests(&guest_tests(Arch::host())?, &test_args)?;
+    // The guest's payload per architecture, all built before the first
+    // boot (a build error shows at once, not after an hour of VMs).
+    let mut payloads: Vec<(Arch, Payload)> = Vec::new();
+    for spec in &specs {
+        if !payloads.iter().any(|(a, _)| *a == spec.arch) {
+            let payload = Payload {
+                agent: crate::build_for(spec.arch)?,
+                traffic: crate::traffic_bin(spec.arch),
+                tests: guest_tests(spec.arch)?,
+                test_args: test_args.clone(),
+            };
+            payloads.push((spec.arch, payload));
+        }
+    }
     let work = root().join("target/vm-test");
     fs::create_dir_all(&work)?;
 
@@ -365,14 +410,24 @@ pub fn vm_test(opts: Options) -> Result<Totals> {
     for spec in specs {
         eprintln!("xtask: === {} ===", spec.name);
         let attempt = (|| -> Result<KernelRun> {
+            let payload = &payloads
+                .iter()
+                .find(|(a, _)| *a == spec.arch)
+                .expect("built above")
+                .1;
+            let userland = if spec.arch == Arch::host() {
+                None
+            } else {
+                Some(userland::sysroot(spec.arch)?)
+            };
             let tree = kernel(spec)?;
-            let facts = facts(&tree)?;
+            let facts = facts(spec, &tree)?;
             let requirement = Requirement::new(&selected, &facts);
             let dir = work.join(spec.name);
             fs::create_dir_all(&dir)?;
-            let (image, packed) = initramfs(&tree, &payload, &dir)?;
+            let (image, packed) = initramfs(&tree, payload, userland.as_ref(), &dir)?;
             let log = work.join(format!("{}.log", spec.name));
-            let mut run = boot(spec.name, &tree, &image, &log, opts.timeout)?;
+            let mut run = boot(spec, &tree, &image, &log, opts.timeout)?;
             eprintln!("xtask: console log in {}", log.display());
             run.module_problems = module_problems(&facts, &packed, &run.console, &requirement);
             run.requirement = requirement;
@@ -439,16 +494,16 @@ pub(crate) struct Row<'a> {
 /// skipped ones.
 pub(crate) fn print_table<'a>(rows: impl Iterator<Item = Row<'a>>) {
     println!(
-        "{:<12} | {:>8} | {:>5} | {:>6} | {:>6} | {:>7} | {:>9} | result",
+        "{:<17} | {:>8} | {:>5} | {:>6} | {:>6} | {:>7} | {:>9} | result",
         "kernel", "required", "ran", "passed", "failed", "skipped", "wall time"
     );
     println!(
-        "{:-<12}-|-{:->8}-|-{:->5}-|-{:->6}-|-{:->6}-|-{:->7}-|-{:->9}-|-{:-<7}",
+        "{:-<17}-|-{:->8}-|-{:->5}-|-{:->6}-|-{:->6}-|-{:->7}-|-{:->9}-|-{:-<7}",
         "", "", "", "", "", "", "", ""
     );
     for r in rows {
         println!(
-            "{:<12} | {:>8} | {:>5} | {:>6} | {:>6} | {:>7} | {:>9} | {}",
+            "{:<17} | {:>8} | {:>5} | {:>6} | {:>6} | {:>7} | {:>9} | {}",
             r.kernel,
             r.required,
             r.ran,
