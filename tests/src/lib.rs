@@ -60,7 +60,7 @@ pub use snmp::{netstat_counters, snmp_counters, snmp_tcp_segments};
 pub use stats::{receiver_loss, sigma_band, three_sigma_band, within_3_sigma, within_k_sigma};
 pub use tcp::{
     TcpOptions, TcpReceiver, TcpRecvStats, TcpSendStats, TcpTransfer, tcp_receiver, tcp_send,
-    tcp_transfer,
+    tcp_transfer, tcp_transfers,
 };
 pub use udp::{
     BlastOptions, RxRecord, SendStats, UdpRun, UdpSink, UdpStats, stream_while, udp_blast,

@@ -1,5 +1,6 @@
 //! Bounded TCP transfers: a receiver that accepts one connection and counts
-//! (and checks) the bytes, and a sender with a connect timeout.
+//! (and checks) the bytes, a sender with a connect timeout, and many senders
+//! at once to one listener.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -275,7 +276,7 @@ fn recv_loop(
         start_ns: monotonic_ns(),
         ..TcpRecvStats::default()
     };
-    let mut stream = loop {
+    let stream = loop {
         if stop.load(Ordering::SeqCst) {
             st.stop_reason = "stopped".into();
             st.end_ns = monotonic_ns();
@@ -305,6 +306,17 @@ fn recv_loop(
         }
     };
     drop(listener);
+    read_stream(stream, deadline, stop, st)
+}
+
+/// Reads an accepted connection until EOF, `stop` or `deadline`, checking
+/// the sender's pattern, then resets it.
+fn read_stream(
+    mut stream: TcpStream,
+    deadline: Instant,
+    stop: &AtomicBool,
+    mut st: TcpRecvStats,
+) -> TcpRecvStats {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
     let mut buf = vec![0u8; 64 * 1024];
@@ -426,6 +438,88 @@ pub fn tcp_transfer(
     }
     let recv = receiver.wait()?;
     Ok(TcpTransfer { send, recv })
+}
+
+/// `connections` senders at once from the sending side to one listener on
+/// the receiving side's `kind` address and `port`, each a [`tcp_send`] of
+/// `o.bytes` within `o.max_time`. For samples of many segments under loss,
+/// where a single connection spends most of its time waiting on
+/// retransmission timers. Returns what each sender saw and the bytes the
+/// receiving side read from all of them.
+pub fn tcp_transfers(
+    pair: &NetnsPair,
+    dir: Direction,
+    kind: AddrKind,
+    port: u16,
+    o: &TcpOptions,
+    connections: usize,
+) -> Result<(Vec<TcpSendStats>, u64)> {
+    let dst = pair.sockaddr(dir.dst(), kind, port);
+    let listener = pair
+        .run_in(dir.dst(), || TcpListener::bind(dst))?
+        .with_context(|| format!("binding TCP listener to {dst}"))?;
+    listener.set_nonblocking(true)?;
+    let to = listener.local_addr()?;
+    let deadline = Instant::now() + o.max_time + Duration::from_secs(2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let acceptor = std::thread::Builder::new()
+        .name("tcp-acceptor".into())
+        .spawn(move || accept_all(listener, deadline, stop2))
+        .context("spawning TCP acceptor thread")?;
+    let mut so = o.clone();
+    if so.from.is_none() {
+        so.from = Some(pair.sockaddr(dir.src(), kind, 0));
+    }
+    let sent = std::thread::scope(|scope| {
+        let senders: Vec<_> = (0..connections)
+            .map(|_| scope.spawn(|| pair.run_in(dir.src(), || tcp_send(to, &so))))
+            .collect();
+        senders
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow!("TCP sender thread panicked"))?
+            })
+            .collect::<Result<Vec<_>>>()
+    });
+    // Let the readers take what is still in flight, then end them.
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    let read = acceptor
+        .join()
+        .map_err(|_| anyhow!("TCP acceptor thread panicked"))?;
+    Ok((sent?, read))
+}
+
+/// Accepts connections until `stop` or `deadline`, reading each on its own
+/// thread; returns the bytes read from all of them.
+fn accept_all(listener: TcpListener, deadline: Instant, stop: Arc<AtomicBool>) -> u64 {
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let mut readers = Vec::new();
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let st = TcpRecvStats {
+                    local: local.clone(),
+                    accepted: true,
+                    start_ns: monotonic_ns(),
+                    ..TcpRecvStats::default()
+                };
+                let stop = stop.clone();
+                readers.push(std::thread::spawn(move || {
+                    read_stream(stream, deadline, &stop, st).bytes
+                }));
+            }
+            // Nothing waiting, or a connection reset before it was
+            // accepted: try again shortly.
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    readers.into_iter().filter_map(|r| r.join().ok()).sum()
 }
 
 #[cfg(test)]
