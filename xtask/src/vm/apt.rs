@@ -8,10 +8,26 @@
 
 use std::{fs, path::PathBuf, process::Command, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
-use super::kernels::cache_dir;
 use crate::{arch::Arch, is_root, run};
+
+/// `$XDG_CACHE_HOME/chaos-agent/vm` or `~/.cache/chaos-agent/vm`.
+pub(super) fn cache_dir() -> Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache"),
+    };
+    Ok(base.join("chaos-agent").join("vm"))
+}
+
+/// `apt-get update` of the host's own sources.
+pub(super) fn apt_update() -> Result<()> {
+    if !is_root() {
+        bail!("the apt package lists need `apt-get update`, which needs root");
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))
+}
 
 /// A Debian release as apt sources: (URI, suite) pairs, component `main`.
 pub(super) struct Archive {
@@ -152,7 +168,7 @@ impl Apt {
     /// `apt-get update` of this state (the host's needs root).
     pub(super) fn update(&self) -> Result<()> {
         match self {
-            Apt::Host => super::kernels::apt_update(),
+            Apt::Host => apt_update(),
             Apt::Private(archive, arch) => {
                 let mut cmd = self.command("apt-get");
                 if is_root() {

@@ -11,7 +11,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use super::kernels::{KernelTree, apt_update, cache_dir};
+use super::apt::{apt_update, cache_dir};
+use super::kernels::KernelTree;
 use crate::{output, run};
 
 const SOURCE_PACKAGE: &str = "linux-source-6.12";

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use super::apt::{Apt, BOOKWORM, BULLSEYE, TRIXIE};
+use super::apt::{Apt, BOOKWORM, BULLSEYE, TRIXIE, cache_dir};
 use crate::{arch::Arch, display, is_root, output, run, tool};
 
 /// One kernel of the matrix.
@@ -142,22 +142,6 @@ pub(super) fn kernel_names() -> Vec<&'static str> {
 /// The kernels a run without `--kernel` boots: the default ones, or all.
 pub(super) fn default_kernels(all: bool) -> Vec<&'static KernelSpec> {
     KERNELS.iter().filter(|k| all || k.default).collect()
-}
-
-/// `$XDG_CACHE_HOME/chaos-agent/vm` or `~/.cache/chaos-agent/vm`.
-pub(super) fn cache_dir() -> Result<PathBuf> {
-    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        Some(x) => PathBuf::from(x),
-        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache"),
-    };
-    Ok(base.join("chaos-agent").join("vm"))
-}
-
-pub(super) fn apt_update() -> Result<()> {
-    if !is_root() {
-        bail!("the apt package lists need `apt-get update`, which needs root");
-    }
-    run(Command::new("apt-get").args(["update", "-q"]))
 }
 
 /// A kernel ready to boot.

@@ -14,10 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use super::{
-    apt::{Apt, BOOKWORM},
-    kernels::cache_dir,
-};
+use super::apt::{Apt, BOOKWORM, cache_dir};
 use crate::{arch::Arch, display, is_root, output, run};
 
 /// The packages whose programs the guest runs; their library
