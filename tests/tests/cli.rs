@@ -355,6 +355,17 @@ fn probe_names_every_mechanism() {
         chaos_tests::kernel::bpf_lsm().is_ok(),
         "{lsm}"
     );
+    // The qdisc rows agree with what the kernel answers `tc` (the agent
+    // asks over netlink, with the options tc would send).
+    let pair = chaos_tests::NetnsPair::new("probeq").unwrap();
+    for (feature, kind) in [("qdisc-fq", "fq"), ("qdisc-netem", "netem")] {
+        let r = row(feature);
+        assert_eq!(
+            r["supported"] == true,
+            chaos_tests::kernel::qdisc_kind(pair.ns_a(), kind).is_ok(),
+            "{r}"
+        );
+    }
     // Without bpf_set_retval the cgroup row says EPERM only.
     let cgroup = row("syscall-cgroup");
     if cgroup["supported"] == true {

@@ -246,7 +246,7 @@ impl Metrics {
     /// Serves `GET /metrics` on `addr` and pushes to the OTLP endpoint of
     /// `push`, either or both, on the current tokio runtime.
     pub fn new(addr: Option<SocketAddr>, push: Option<&otlp::Config>) -> Result<Metrics> {
-        let push_config = push;
+        let push_port = push.map(otlp::Config::port);
         let listener = addr.map(listen).transpose()?;
         let addr = listener
             .as_ref()
@@ -291,7 +291,7 @@ impl Metrics {
             _provider: provider,
             server,
             push,
-            push_port: push_config.map(otlp::Config::port),
+            push_port,
             health,
         })
     }

@@ -35,6 +35,26 @@ const TCA_KIND: u16 = 1;
 /// `NLMSGERR_ATTR_MSG` (include/uapi/linux/netlink.h): the extended ack's
 /// message, the text iproute2 prints after "Error:".
 const NLMSGERR_ATTR_MSG: u16 = 1;
+/// `TCA_OPTIONS`: the qdisc's options.
+const TCA_OPTIONS: u16 = 2;
+/// `tc qdisc add ... netem`'s default queue limit, in packets.
+const NETEM_LIMIT: u32 = 1000;
+
+/// The options a qdisc kind refuses to be made without: netem's
+/// `TCA_OPTIONS` starts with a `struct tc_netem_qopt` (latency, limit,
+/// loss, gap, duplicate, jitter; six u32s), and netem_init fails with
+/// EINVAL when there is none. `tc qdisc add ... netem` sends one with only
+/// the limit set, which is what this gives. Other kinds need none.
+fn default_options(kind: &str) -> Option<TcAttribute> {
+    (kind == "netem").then(|| {
+        let qopt: Vec<u8> = [0, NETEM_LIMIT, 0, 0, 0, 0]
+            .iter()
+            .flat_map(|v: &u32| v.to_ne_bytes())
+            .collect();
+        TcAttribute::Other(DefaultNla::new(TCA_OPTIONS, qopt))
+    })
+}
+
 /// The parent of a root qdisc (`TC_H_ROOT`).
 pub const TC_H_ROOT: u32 = 0xffff_ffff;
 /// The parent (and handle major) of a clsact or ingress qdisc.
@@ -272,8 +292,12 @@ impl Rtnl {
     }
 
     /// `tc qdisc add dev IF root KIND`: fails when there is one already.
+    /// A qdisc that cannot be made without options gets the ones `tc`
+    /// would send (see [`default_options`]).
     pub fn add_root_qdisc(&mut self, ifindex: u32, kind: &str) -> Result<()> {
-        let msg = tc_message(ifindex, TC_H_ROOT, 0, vec![TcAttribute::Kind(kind.into())]);
+        let mut attributes = vec![TcAttribute::Kind(kind.into())];
+        attributes.extend(default_options(kind));
+        let msg = tc_message(ifindex, TC_H_ROOT, 0, attributes);
         self.change(
             RouteNetlinkMessage::NewQueueDiscipline(msg),
             NLM_F_CREATE | NLM_F_EXCL,
@@ -425,6 +449,24 @@ mod tests {
                 (14, 10_000_000u32.to_ne_bytes().to_vec()),
             ]
         );
+    }
+
+    #[test]
+    fn netem_is_asked_for_with_the_options_tc_sends() {
+        let msg = tc_message(1, TC_H_ROOT, 0, {
+            let mut a = vec![TcAttribute::Kind("netem".into())];
+            a.extend(default_options("netem"));
+            a
+        });
+        let mut buf = vec![0; msg.buffer_len()];
+        msg.emit(&mut buf);
+        let top = attributes(&buf[20..]);
+        assert_eq!(top[0], (TCA_KIND, b"netem\0".to_vec()));
+        assert_eq!(top[1].0, TCA_OPTIONS);
+        let mut qopt = vec![0u8; 24];
+        qopt[4..8].copy_from_slice(&1000u32.to_ne_bytes());
+        assert_eq!(top[1].1, qopt);
+        assert!(default_options("fq").is_none());
     }
 
     #[test]
