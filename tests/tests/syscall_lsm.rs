@@ -198,3 +198,50 @@ fn syscall_kprobe_only_request_names_the_config() {
         "{err}"
     );
 }
+
+/// Where the kernel cannot run BPF LSM programs (bpf not in `lsm=`, no BPF
+/// trampolines for the architecture, a platform that refuses them), an
+/// LSM fault exits 3 naming the BPF LSM and what the kernel said, nothing
+/// stays loaded, and probe's row says no: the probe and the fault agree.
+#[test]
+fn syscall_lsm_unavailable_exits_3_and_probe_agrees() {
+    require_root!();
+    if kernel::bpf_lsm().is_ok() {
+        println!(
+            "skipped: BPF LSM programs run on this kernel; the refusal for a kernel without them cannot be seen here"
+        );
+        return;
+    }
+    let (code, _, err) = agent_output(&[
+        "blast",
+        "syscall",
+        "--syscall",
+        "openat",
+        "--errno",
+        "EACCES",
+        "--backend",
+        "lsm",
+        "--comm",
+        "nobody-x",
+        "--duration",
+        "5s",
+    ])
+    .unwrap();
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("openat needs the BPF LSM: "), "{err}");
+    assert!(
+        common::none_of_ours_loaded().unwrap(),
+        "a program stayed loaded"
+    );
+    let (code, out, _) = agent_output(&["probe", "--json"]).unwrap();
+    assert_eq!(code, 0);
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let lsm = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["feature"] == "syscall-lsm")
+        .expect("a syscall-lsm row")
+        .clone();
+    assert_eq!(lsm["supported"], false, "{lsm}");
+}

@@ -32,6 +32,9 @@ pub enum Feature {
     /// BPF LSM programs: `CONFIG_BPF_LSM` with `bpf` in the default
     /// `CONFIG_LSM` list, and a platform that lets trampolines load.
     BpfLsm,
+    /// No BPF LSM programs, on a kernel whose config says so (never on the
+    /// host, where the platform decides): the refusal is seen there.
+    NoBpfLsm,
     /// cgroup socket hooks that set an errno (`bpf_set_retval`, Linux 5.18).
     CgroupErrno,
     /// No `bpf_set_retval`: the cgroup hooks serve EPERM only, and other
@@ -51,6 +54,7 @@ impl fmt::Display for Feature {
             Feature::KprobeOverride => "kprobe override",
             Feature::NoKprobeOverride => "a kernel without kprobe override",
             Feature::BpfLsm => "BPF LSM programs",
+            Feature::NoBpfLsm => "a kernel without BPF LSM programs",
             Feature::CgroupErrno => "cgroup socket hooks with bpf_set_retval",
             Feature::NoCgroupErrno => "a kernel without bpf_set_retval",
             Feature::Tool(name) => name,
@@ -112,6 +116,10 @@ pub const GATED: &[(&str, Feature)] = &[
     (
         "engine::daemon_runs_an_lsm_syscall_policy_next_to_five_network_policies",
         Feature::BpfLsm,
+    ),
+    (
+        "syscall_lsm::syscall_lsm_unavailable_exits_3_and_probe_agrees",
+        Feature::NoBpfLsm,
     ),
     (
         "engine::daemon_runs_a_syscall_policy_next_to_five_network_policies",
@@ -300,6 +308,13 @@ impl KernelFacts {
                     None => Ok(()),
                 }
             }
+            Feature::NoBpfLsm => need(
+                self.no_trampolines.is_none() && self.has(Feature::BpfLsm).is_err(),
+                match self.no_trampolines {
+                    Some(why) => why.into(),
+                    None => format!("Linux {} runs BPF LSM programs", self.release),
+                },
+            ),
             Feature::CgroupErrno => need(
                 self.set("CONFIG_CGROUP_BPF") && (major, minor) >= (5, 18),
                 format!(
@@ -455,6 +470,9 @@ mod tests {
         assert!(host.has(Feature::NoFq).is_ok());
         assert!(host.has(Feature::Fq).is_err());
         assert!(host.has(Feature::BpfLsm).is_err());
+        // Neither side of BPF LSM is required on the host: the platform
+        // decides, whatever the config says.
+        assert!(host.has(Feature::NoBpfLsm).is_err());
         assert!(host.has(Feature::Tcx).is_ok());
     }
 
@@ -490,12 +508,15 @@ mod tests {
         let arm61 = KernelFacts::new("aarch64", "6.1.0-56-arm64", DEBIAN_61);
         let why = arm61.has(Feature::BpfLsm).unwrap_err();
         assert!(why.contains("error 524"), "{why}");
+        assert!(arm61.has(Feature::NoBpfLsm).is_ok());
+        assert!(old.has(Feature::NoBpfLsm).is_ok());
         let arm612 = KernelFacts::new(
             "aarch64",
             "6.12.57+deb13-arm64",
             &format!("{DEBIAN_61}CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS=y\n"),
         );
         assert!(arm612.has(Feature::BpfLsm).is_ok());
+        assert!(arm612.has(Feature::NoBpfLsm).is_err());
         assert!(arm612.has(Feature::NoCgroupErrno).is_err());
         // The same config on x86_64 needs nothing more.
         assert!(
