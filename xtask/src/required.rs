@@ -41,7 +41,8 @@ pub enum Feature {
     /// errnos are refused naming it.
     NoCgroupErrno,
     /// A program the test runs (`systemd-analyze`, `strace`): `./x setup`
-    /// installs it on the host; no VM image carries it.
+    /// installs it on the host; a VM has it when its image carries it
+    /// (`initramfs::carried_programs`: strace in the amd64 images).
     Tool(&'static str),
 }
 

@@ -440,6 +440,24 @@ fn busybox_applets(st: &Staging, applets: &str) -> Result<()> {
     Ok(())
 }
 
+/// Programs some tests need (`Feature::Tool`) that a guest of the host's
+/// architecture carries when the host has them (`./x setup` installs
+/// them), with where they go in the guest.
+const HOST_PROGRAMS: &[(&str, &str)] = &[("strace", "/usr/bin/strace")];
+
+/// The [`HOST_PROGRAMS`] a guest of `arch` carries: those the host has,
+/// for a guest of the host's architecture; none for another.
+pub(super) fn carried_programs(arch: Arch) -> Vec<&'static str> {
+    if arch != Arch::host() {
+        return Vec::new();
+    }
+    HOST_PROGRAMS
+        .iter()
+        .filter(|(name, _)| tool(name).is_file())
+        .map(|(name, _)| *name)
+        .collect()
+}
+
 /// The guest's tools from the host (the guest has the host's
 /// architecture).
 fn host_tools(st: &Staging) -> Result<()> {
@@ -464,6 +482,11 @@ fn host_tools(st: &Staging) -> Result<()> {
     let setpriv = tool("setpriv");
     if setpriv.is_file() {
         st.copy_exe(&setpriv, "/usr/bin/setpriv")?;
+    }
+    for (name, guest) in HOST_PROGRAMS {
+        if carried_programs(Arch::host()).contains(name) {
+            st.copy_exe(&tool(name), guest)?;
+        }
     }
     let busybox = tool("busybox");
     st.copy_exe(&busybox, "/bin/busybox")?;
