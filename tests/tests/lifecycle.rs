@@ -191,12 +191,7 @@ fn sigterm_reverts_and_exits_zero() {
 }
 
 fn chaos_agent_has_tcx() -> bool {
-    let (_, out, _) = common::agent_output(&["probe", "--json"]).unwrap();
-    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
-    rows.as_array()
-        .unwrap()
-        .iter()
-        .any(|r| r["feature"] == "attach-tcx" && r["supported"] == true)
+    common::probe_row("attach-tcx")["supported"] == true
 }
 
 /// Two netlink blasts on one interface, ending in either order: the

@@ -233,15 +233,6 @@ fn syscall_lsm_unavailable_exits_3_and_probe_agrees() {
         common::none_of_ours_loaded().unwrap(),
         "a program stayed loaded"
     );
-    let (code, out, _) = agent_output(&["probe", "--json"]).unwrap();
-    assert_eq!(code, 0);
-    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let lsm = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["feature"] == "syscall-lsm")
-        .expect("a syscall-lsm row")
-        .clone();
+    let lsm = common::probe_row("syscall-lsm");
     assert_eq!(lsm["supported"], false, "{lsm}");
 }

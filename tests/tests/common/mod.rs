@@ -53,6 +53,20 @@ pub fn agent_output(args: &[&str]) -> Result<(i32, String, String)> {
     ))
 }
 
+/// The row of `probe --json` for `feature` (e.g. `attach-tcx`); probe
+/// must exit 0 and have that row.
+pub fn probe_row(feature: &str) -> Value {
+    let (code, out, err) = agent_output(&["probe", "--json"]).expect("running probe");
+    assert_eq!(code, 0, "probe: {err}");
+    let rows: Value = serde_json::from_str(&out).expect("probe --json output");
+    rows.as_array()
+        .expect("probe --json gives a list")
+        .iter()
+        .find(|r| r["feature"] == feature)
+        .unwrap_or_else(|| panic!("probe has no {feature} row: {out}"))
+        .clone()
+}
+
 /// A blast running in the background, with `--json` events on stdout.
 pub struct Blast {
     child: Option<Child>,

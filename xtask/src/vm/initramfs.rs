@@ -445,16 +445,17 @@ fn busybox_applets(st: &Staging, applets: &str) -> Result<()> {
 /// them), with where they go in the guest.
 const HOST_PROGRAMS: &[(&str, &str)] = &[("strace", "/usr/bin/strace")];
 
-/// The [`HOST_PROGRAMS`] a guest of `arch` carries: those the host has,
-/// for a guest of the host's architecture; none for another.
-pub(super) fn carried_programs(arch: Arch) -> Vec<&'static str> {
+/// The [`HOST_PROGRAMS`] a guest of `arch` carries, with their guest
+/// paths: those the host has, for a guest of the host's architecture;
+/// none for another.
+pub(super) fn carried_programs(arch: Arch) -> Vec<(&'static str, &'static str)> {
     if arch != Arch::host() {
         return Vec::new();
     }
     HOST_PROGRAMS
         .iter()
+        .copied()
         .filter(|(name, _)| tool(name).is_file())
-        .map(|(name, _)| *name)
         .collect()
 }
 
@@ -483,10 +484,8 @@ fn host_tools(st: &Staging) -> Result<()> {
     if setpriv.is_file() {
         st.copy_exe(&setpriv, "/usr/bin/setpriv")?;
     }
-    for (name, guest) in HOST_PROGRAMS {
-        if carried_programs(Arch::host()).contains(name) {
-            st.copy_exe(&tool(name), guest)?;
-        }
+    for (name, guest) in carried_programs(Arch::host()) {
+        st.copy_exe(&tool(name), guest)?;
     }
     let busybox = tool("busybox");
     st.copy_exe(&busybox, "/bin/busybox")?;

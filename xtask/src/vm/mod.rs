@@ -254,7 +254,11 @@ fn facts(spec: &KernelSpec, kernel: &KernelTree) -> Result<KernelFacts> {
         .context("the kernel comes without its config: its required tests cannot be known")?;
     let config = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut facts = KernelFacts::new(spec.arch.rust(), &kernel.release, &config);
-    facts.tools.extend(initramfs::carried_programs(spec.arch));
+    facts.tools.extend(
+        initramfs::carried_programs(spec.arch)
+            .into_iter()
+            .map(|(name, _)| name),
+    );
     Ok(facts)
 }
 
